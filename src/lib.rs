@@ -1,0 +1,1 @@
+//! beatlab library
