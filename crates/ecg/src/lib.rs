@@ -1,1 +1,7 @@
-//! placeholder
+//! ECG data for beatlab: readers for real recordings (WFDB, MAT v4, PTB-XL, LUDB, CinC), the
+//! built-in 12-lead simulator, and the published preprocessing (resampling, cleaning, window
+//! choice, normalisation) that turns records into model-ready windows.
+
+pub mod record;
+
+pub use record::{Record, RecordMeta, STANDARD_LEADS, SourceKind, Superclass, Wave, WaveKind};
