@@ -1,1 +1,10 @@
-//! beatlab library
+//! beatlab: a declarative experiment framework for multimodal ECG language models.
+//!
+//! A TOML [`spec`] expands into a plan of cells; the [`registry`] records every run, metric and
+//! checkpoint in SQLite; the [`runner`] trains each cell's stages; [`table`] renders the
+//! published ablation tables from the registry.
+
+pub mod registry;
+pub mod runner;
+pub mod spec;
+pub mod tracking;

@@ -1,0 +1,476 @@
+//! Runs cells: claims them from the registry, runs their enabled stages in order, and records
+//! the outcome.
+//!
+//! A run's folder `runs/<experiment>/<run-id>/` holds `spec.toml` (the resolved cell), `log.txt`,
+//! `checkpoints/` and `tb/`. A stage that already has a final checkpoint is skipped, and an
+//! unfinished stage continues from its newest checkpoint, so a killed or interrupted run loses
+//! at most the work since its last checkpoint. While a run is held, a heartbeat thread refreshes
+//! its lease; if the lease is lost to another worker, the run stops without writing further.
+
+pub mod checkpoint;
+pub mod stage;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use candle_core::Device;
+
+use crate::registry::{CellOffer, Claim, ClaimPolicy, Registry, RegistryError, RunStatus};
+use crate::spec::{Cell, Plan, Spec};
+use crate::tracking::{Console, Tracker};
+use checkpoint::CheckpointStore;
+pub use stage::{
+    RunControl, Stage, StageContext, StageError, StageOutcome, StageRegistry, StopReason,
+};
+
+/// Settings shared by every worker of a process.
+#[derive(Clone)]
+pub struct RunnerConfig {
+    pub registry: Registry,
+    pub runs_dir: PathBuf,
+    pub device: Device,
+    /// How the device is described in the registry (`cpu`, `cuda:0`).
+    pub device_name: String,
+    pub lease_s: f64,
+    pub force: bool,
+    pub rerun_failed: bool,
+    pub console: Console,
+    pub stages: StageRegistry,
+    /// Set by Ctrl-C / SIGTERM.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// How one cell ended in this process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellOutcome {
+    Finished,
+    Failed(String),
+    Stopped(StopReason),
+}
+
+/// One cell this process worked on.
+#[derive(Debug, Clone)]
+pub struct CellReport {
+    pub run_id: String,
+    pub label: String,
+    pub outcome: CellOutcome,
+}
+
+/// Why the runner could not go on (as opposed to a run failing, which is recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The run folder could not be prepared.
+    #[error("cannot prepare run folder {}: {source}", path.display())]
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Logging could not start.
+    #[error(transparent)]
+    Track(#[from] crate::tracking::TrackError),
+    /// `resume` was asked for a run that is finished or held by a live worker.
+    #[error("run {id} is {status}; only failed, stale or interrupted runs can be resumed")]
+    NotResumable { id: String, status: &'static str },
+    /// The run's stored spec no longer parses (written by another beatlab version).
+    #[error("run {id}: stored spec does not load: {message}")]
+    BadStoredSpec { id: String, message: String },
+}
+
+/// The git revision this binary was built from, and whether the tree had uncommitted changes.
+pub fn code_revision() -> (String, bool) {
+    (
+        env!("BEATLAB_GIT_REV").to_string(),
+        env!("BEATLAB_GIT_DIRTY") == "true",
+    )
+}
+
+fn offers(plan: &Plan) -> Vec<CellOffer> {
+    plan.cells
+        .iter()
+        .map(|c| CellOffer {
+            index: c.index as i64,
+            label: c.label(),
+            overrides: c.overrides_json(),
+            spec_json: c.canonical.clone(),
+            hash: c.hash.clone(),
+            seed: c.spec.experiment.seed as i64,
+        })
+        .collect()
+}
+
+impl RunnerConfig {
+    fn policy(&self, experiment: &str, worker: &str, started: f64) -> ClaimPolicy {
+        let (code_rev, code_dirty) = code_revision();
+        ClaimPolicy {
+            experiment: experiment.to_string(),
+            worker: worker.to_string(),
+            host: hostname(),
+            device: self.device_name.clone(),
+            code_rev,
+            code_dirty,
+            lease_s: self.lease_s,
+            force_before: self.force.then_some(started),
+            rerun_failed_before: self.rerun_failed.then_some(started),
+            experiment_dir: self.runs_dir.join(experiment),
+        }
+    }
+}
+
+fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Runs the cells of a plan that need work with `workers` threads, each claiming cells from
+/// the registry until none is left. Other processes may work on the same plan at the same time.
+pub fn run_plan(
+    plan: &Plan,
+    cfg: &RunnerConfig,
+    workers: usize,
+) -> Result<Vec<CellReport>, RunnerError> {
+    let started = crate::registry::now();
+    cfg.registry.upsert_experiment(
+        &plan.experiment,
+        &plan.path.to_string_lossy(),
+        &plan.description,
+    )?;
+    let offers = offers(plan);
+    let base_policy = cfg.policy(&plan.experiment, "", started);
+    cfg.registry.enqueue(&base_policy, &offers)?;
+
+    let workers = workers.max(1);
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|i| {
+                let offers = &offers;
+                scope.spawn(move || {
+                    let worker = format!("{}:{}:{i}", hostname(), std::process::id());
+                    let policy = cfg.policy(&plan.experiment, &worker, started);
+                    let mut reports = Vec::new();
+                    while !cfg.interrupted.load(Ordering::Relaxed) {
+                        let Some(claim) = cfg.registry.claim(&policy, offers)? else {
+                            break;
+                        };
+                        let cell = &plan.cells[claim.cell_index as usize];
+                        reports.push(run_claimed(
+                            cfg,
+                            &policy,
+                            &claim,
+                            &cell.spec,
+                            &cell.label(),
+                        )?);
+                    }
+                    Ok::<_, RunnerError>(reports)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread panicked"))
+            .collect::<Vec<_>>()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+/// Continues one run (failed, stale or interrupted) from its last checkpoint.
+pub fn resume_run(run_id: &str, cfg: &RunnerConfig) -> Result<CellReport, RunnerError> {
+    let run = cfg.registry.run(run_id)?;
+    let worker = format!("{}:{}:resume", hostname(), std::process::id());
+    let policy = cfg.policy(&run.experiment, &worker, crate::registry::now());
+    let claim = match cfg.registry.claim_run(&run.id, &policy)? {
+        Ok(claim) => claim,
+        Err(row) => {
+            return Err(RunnerError::NotResumable {
+                id: row.id.clone(),
+                status: row.effective_status(crate::registry::now()).as_str(),
+            });
+        }
+    };
+    let spec: Spec =
+        serde_json::from_str(&run.spec_json).map_err(|e| RunnerError::BadStoredSpec {
+            id: run.id.clone(),
+            message: e.to_string(),
+        })?;
+    run_claimed(cfg, &policy, &claim, &spec, &run.cell_label)
+}
+
+/// Keeps a run's lease alive until dropped; flags `lease_lost` if another worker took the run.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(
+        registry: Registry,
+        run_id: String,
+        worker: String,
+        lease_s: f64,
+        lost: Arc<AtomicBool>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        // Four beats per lease: one missed beat (a long GC-free pause, a slow disk) is harmless.
+        let period = Duration::from_secs_f64((lease_s / 4.0).max(0.05));
+        let handle = std::thread::spawn(move || {
+            let tick = Duration::from_millis(50).min(period);
+            let mut waited = Duration::ZERO;
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                waited += tick;
+                if waited < period {
+                    continue;
+                }
+                waited = Duration::ZERO;
+                match registry.heartbeat(&run_id, &worker) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    // A transient registry error: try again next beat; the lease has slack.
+                    Err(_) => {}
+                }
+            }
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn prepare_run_dir(dir: &Path, spec: &Spec) -> Result<(), RunnerError> {
+    let err = |source| RunnerError::RunDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let spec_path = dir.join("spec.toml");
+    if !spec_path.exists() {
+        checkpoint::write_atomically(&spec_path, crate::spec::to_toml_string(spec).as_bytes())
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Runs the stages of a claimed run and records how it ended.
+fn run_claimed(
+    cfg: &RunnerConfig,
+    policy: &ClaimPolicy,
+    claim: &Claim,
+    spec: &Spec,
+    label: &str,
+) -> Result<CellReport, RunnerError> {
+    let run_id = claim.run_id.as_str();
+    prepare_run_dir(&claim.run_dir, spec)?;
+    let control = RunControl {
+        interrupted: cfg.interrupted.clone(),
+        lease_lost: Arc::new(AtomicBool::new(false)),
+    };
+    let _heartbeat = Heartbeat::start(
+        cfg.registry.clone(),
+        run_id.to_string(),
+        policy.worker.clone(),
+        policy.lease_s,
+        control.lease_lost.clone(),
+    );
+    let mut tracker = Tracker::new(
+        cfg.registry.clone(),
+        run_id,
+        &claim.run_dir,
+        cfg.console.clone(),
+    )?;
+    tracker.log(&format!(
+        "{} {label} (attempt {}, {}, device {})",
+        if claim.resumed {
+            "resuming"
+        } else {
+            "starting"
+        },
+        claim.attempt,
+        spec.experiment.name,
+        cfg.device_name
+    ));
+    if !claim.resumed {
+        tracker.text(
+            "spec",
+            0,
+            &format!("```toml\n{}\n```", crate::spec::to_toml_string(spec)),
+        )?;
+    }
+    let store = CheckpointStore::new(cfg.registry.clone(), run_id, &claim.run_dir);
+    let cache_dir = cfg.runs_dir.join(".cache");
+
+    let outcome = run_stages(
+        cfg,
+        spec,
+        run_id,
+        &claim.run_dir,
+        &cache_dir,
+        &mut tracker,
+        &store,
+        &control,
+    );
+    let _ = tracker.flush();
+    let report = |outcome| CellReport {
+        run_id: run_id.to_string(),
+        label: label.to_string(),
+        outcome,
+    };
+    match outcome {
+        Ok(None) => {
+            cfg.registry
+                .end_run(run_id, &policy.worker, RunStatus::Finished, None)?;
+            tracker.log("finished");
+            Ok(report(CellOutcome::Finished))
+        }
+        Ok(Some(StopReason::Interrupted)) => {
+            // Left stale at once (no lease wait) so any worker or `beatlab resume` continues it.
+            cfg.registry.end_run(
+                run_id,
+                &policy.worker,
+                RunStatus::Stale,
+                Some("interrupted"),
+            )?;
+            tracker.log("interrupted; resume with `beatlab resume`");
+            Ok(report(CellOutcome::Stopped(StopReason::Interrupted)))
+        }
+        Ok(Some(StopReason::LeaseLost)) => {
+            tracker.log("lease lost to another worker; stopped");
+            Ok(report(CellOutcome::Stopped(StopReason::LeaseLost)))
+        }
+        Err(e) => {
+            let text = error_chain(&e);
+            cfg.registry
+                .end_run(run_id, &policy.worker, RunStatus::Failed, Some(&text))?;
+            tracker.log(&format!("failed: {text}"));
+            Ok(report(CellOutcome::Failed(text)))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stages(
+    cfg: &RunnerConfig,
+    spec: &Spec,
+    run_id: &str,
+    run_dir: &Path,
+    cache_dir: &Path,
+    tracker: &mut Tracker,
+    store: &CheckpointStore,
+    control: &RunControl,
+) -> Result<Option<StopReason>, StageError> {
+    for stage_spec in &spec.stage {
+        if let Some(reason) = control.stop_reason() {
+            return Ok(Some(reason));
+        }
+        if !stage_spec.enabled {
+            tracker.log(&format!("{}: disabled, skipped", stage_spec.name));
+            continue;
+        }
+        if store.is_complete(&stage_spec.name)? {
+            tracker.log(&format!("{}: already complete", stage_spec.name));
+            continue;
+        }
+        cfg.registry.set_stage(run_id, &stage_spec.name)?;
+        let resume = store.latest(&stage_spec.name, &cfg.device)?;
+        if let Some(c) = &resume {
+            tracker.log(&format!(
+                "{}: continuing from checkpoint at step {} (epoch {})",
+                stage_spec.name, c.step, c.epoch
+            ));
+        }
+        let mut stage = cfg.stages.create(spec, stage_spec)?;
+        let mut ctx = StageContext {
+            spec,
+            stage: stage_spec,
+            device: &cfg.device,
+            run_id,
+            run_dir,
+            cache_dir,
+            resume,
+            tracker,
+            checkpoints: store,
+            registry: &cfg.registry,
+            control,
+        };
+        match stage.run(&mut ctx)? {
+            StageOutcome::Completed => {
+                if !store.is_complete(&stage_spec.name)? {
+                    return Err(StageError::Invalid(format!(
+                        "stage `{}` returned without its final checkpoint",
+                        stage_spec.name
+                    )));
+                }
+            }
+            StageOutcome::Stopped(reason) => return Ok(Some(reason)),
+        }
+    }
+    Ok(None)
+}
+
+/// An error and its causes, one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Describes the cells of a plan with their registry status.
+pub fn cell_statuses(
+    plan: &Plan,
+    registry: Option<&Registry>,
+) -> Result<Vec<(Cell, String, Option<String>)>, RegistryError> {
+    let latest = match registry {
+        Some(r) => r.latest_runs(
+            &plan
+                .cells
+                .iter()
+                .map(|c| c.hash.clone())
+                .collect::<Vec<_>>(),
+        )?,
+        None => Default::default(),
+    };
+    let t = crate::registry::now();
+    Ok(plan
+        .cells
+        .iter()
+        .map(|c| {
+            let (status, id) = match latest.get(&c.hash) {
+                Some(run) => (
+                    run.effective_status(t).as_str().to_string(),
+                    Some(run.id.clone()),
+                ),
+                None => ("new".to_string(), None),
+            };
+            (c.clone(), status, id)
+        })
+        .collect())
+}

@@ -1,0 +1,238 @@
+//! The stage interface: what a training or evaluation stage gets from the runner, and the
+//! registry of stage implementations by kind.
+//!
+//! A stage is handed a [`StageContext`]: the resolved spec, the device, the checkpoint to resume
+//! from (if any), the final checkpoints of earlier stages, and sinks for metrics, summaries,
+//! checkpoints and log lines. It checks [`StageContext::stop_requested`] between steps and
+//! returns [`StageOutcome::Stopped`] (after checkpointing or not) when asked to.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Tensor};
+
+use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::registry::{Registry, RegistryError};
+use crate::spec::{Spec, StageKind, StageSpec};
+use crate::tracking::{TrackError, Tracker};
+
+/// Why a stage stopped before finishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Ctrl-C / SIGTERM: the run is left resumable.
+    Interrupted,
+    /// Another worker took the run over after a missed lease: stop without writing.
+    LeaseLost,
+}
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageOutcome {
+    Completed,
+    Stopped(StopReason),
+}
+
+/// Why a stage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Metrics or logs could not be written.
+    #[error(transparent)]
+    Track(#[from] TrackError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The stage's data could not be loaded or prepared.
+    #[error("data: {0}")]
+    Data(String),
+    /// The spec asks for something this stage cannot do at run time (e.g. a missing data root).
+    #[error("{0}")]
+    Invalid(String),
+    /// Training diverged.
+    #[error("loss is {value} at step {step}: training diverged (try a lower lr or grad_clip)")]
+    Diverged { step: i64, value: f64 },
+    /// No implementation is registered for this stage kind.
+    #[error("stage kind `{0}` is not available in this build")]
+    Unsupported(StageKind),
+}
+
+/// Stop flags shared with the heartbeat thread and the signal handler.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    pub interrupted: Arc<AtomicBool>,
+    pub lease_lost: Arc<AtomicBool>,
+}
+
+impl RunControl {
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        if self.lease_lost.load(Ordering::Relaxed) {
+            Some(StopReason::LeaseLost)
+        } else if self.interrupted.load(Ordering::Relaxed) {
+            Some(StopReason::Interrupted)
+        } else {
+            None
+        }
+    }
+}
+
+/// Everything a stage may use while it runs.
+pub struct StageContext<'a> {
+    pub spec: &'a Spec,
+    pub stage: &'a StageSpec,
+    pub device: &'a Device,
+    pub run_id: &'a str,
+    pub run_dir: &'a Path,
+    /// Folder for cached preprocessed data shared by all runs.
+    pub cache_dir: &'a Path,
+    /// The newest checkpoint of this stage from an earlier attempt, if any.
+    pub resume: Option<Checkpoint>,
+    pub(crate) tracker: &'a mut Tracker,
+    pub(crate) checkpoints: &'a CheckpointStore,
+    pub(crate) registry: &'a Registry,
+    pub(crate) control: &'a RunControl,
+}
+
+impl StageContext<'_> {
+    /// Records a metric under `<stage>/<key>` (registry and TensorBoard).
+    pub fn metric(&mut self, key: &str, step: i64, value: f64) -> Result<(), StageError> {
+        let key = format!("{}/{key}", self.stage.name);
+        self.tracker.metric(&key, step, value)?;
+        Ok(())
+    }
+
+    /// Records summary values under `<stage>/<key>`: the numbers tables are made of.
+    pub fn summaries(&mut self, values: &[(&str, f64)]) -> Result<(), StageError> {
+        let values: Vec<(String, f64)> = values
+            .iter()
+            .map(|(k, v)| (format!("{}/{k}", self.stage.name), *v))
+            .collect();
+        self.registry.set_summaries(self.run_id, &values)?;
+        Ok(())
+    }
+
+    /// Saves a resumable checkpoint (metrics logged so far are flushed first, so a resumed run
+    /// never lacks the metrics of the steps its checkpoint covers).
+    pub fn checkpoint(
+        &mut self,
+        step: i64,
+        epoch: i64,
+        tensors: &BTreeMap<String, Tensor>,
+        meta: &serde_json::Value,
+    ) -> Result<(), StageError> {
+        self.tracker.flush()?;
+        let path = self
+            .checkpoints
+            .save(&self.stage.name, step, epoch, false, tensors, meta)?;
+        self.log(&format!("checkpoint {}", path.display()));
+        Ok(())
+    }
+
+    /// Saves the stage's final checkpoint, which marks it complete and is what later stages load.
+    pub fn finish(
+        &mut self,
+        step: i64,
+        epoch: i64,
+        tensors: &BTreeMap<String, Tensor>,
+        meta: &serde_json::Value,
+    ) -> Result<(), StageError> {
+        self.tracker.flush()?;
+        self.checkpoints
+            .save(&self.stage.name, step, epoch, true, tensors, meta)?;
+        Ok(())
+    }
+
+    /// The final checkpoint of the earlier stage named `name` in this run.
+    pub fn completed_stage(&self, name: &str) -> Result<Option<Checkpoint>, StageError> {
+        Ok(self.checkpoints.final_of(name, self.device)?)
+    }
+
+    /// The final checkpoint of the latest earlier enabled stage of this kind, if it completed.
+    pub fn completed_kind(&self, kind: StageKind) -> Result<Option<Checkpoint>, StageError> {
+        let earlier = self
+            .spec
+            .stage
+            .iter()
+            .take_while(|s| s.name != self.stage.name)
+            .filter(|s| s.kind == kind && s.enabled)
+            .last();
+        match earlier {
+            Some(s) => self.completed_stage(&s.name),
+            None => Ok(None),
+        }
+    }
+
+    /// Set when the stage should stop at the next safe point.
+    pub fn stop_requested(&self) -> Option<StopReason> {
+        self.control.stop_reason()
+    }
+
+    /// A line in the run's log (and on the console).
+    pub fn log(&mut self, text: &str) {
+        let line = format!("{}: {text}", self.stage.name);
+        self.tracker.log(&line);
+    }
+
+    /// A progress bar (hidden when the console is not a terminal).
+    pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        self.tracker
+            .console()
+            .bar(len, &format!("{} {what}", self.stage.name))
+    }
+
+    /// Marks in TensorBoard that this attempt continues from `step`.
+    pub fn resumed_at(&mut self, step: i64) -> Result<(), StageError> {
+        self.tracker.resumed_at(step)?;
+        Ok(())
+    }
+}
+
+/// A training or evaluation stage.
+pub trait Stage {
+    /// Runs the stage (or continues it from `ctx.resume`).
+    fn run(&mut self, ctx: &mut StageContext<'_>) -> Result<StageOutcome, StageError>;
+}
+
+/// Builds a stage of one kind.
+pub trait StageFactory: Send + Sync {
+    fn create(&self, spec: &Spec, stage: &StageSpec) -> Result<Box<dyn Stage>, StageError>;
+}
+
+impl<F> StageFactory for F
+where
+    F: Fn(&Spec, &StageSpec) -> Result<Box<dyn Stage>, StageError> + Send + Sync,
+{
+    fn create(&self, spec: &Spec, stage: &StageSpec) -> Result<Box<dyn Stage>, StageError> {
+        self(spec, stage)
+    }
+}
+
+/// Stage implementations by kind.
+#[derive(Clone, Default)]
+pub struct StageRegistry {
+    factories: BTreeMap<&'static str, Arc<dyn StageFactory>>,
+}
+
+impl StageRegistry {
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or replaces) the implementation of a kind.
+    pub fn register(&mut self, kind: StageKind, factory: impl StageFactory + 'static) {
+        self.factories.insert(kind.as_str(), Arc::new(factory));
+    }
+
+    pub fn create(&self, spec: &Spec, stage: &StageSpec) -> Result<Box<dyn Stage>, StageError> {
+        match self.factories.get(stage.kind.as_str()) {
+            Some(f) => f.create(spec, stage),
+            None => Err(StageError::Unsupported(stage.kind)),
+        }
+    }
+}

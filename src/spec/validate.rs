@@ -1,0 +1,445 @@
+//! Checks a merged spec tree against the schema, then the typed spec against the rules that
+//! span several fields. Every problem becomes a [`Diagnostic`]; nothing stops at the first.
+
+use super::diag::{Diagnostic, did_you_mean};
+use super::schema::{SectionSchema, Ty};
+use super::sections::{BackboneModel, DataSource, StageKind, VisionModel};
+use super::tree::{Node, Origin, Value, lookup};
+use super::{LORA_TARGETS, Spec, TASK_KINDS, TRAINABLE_PARTS};
+
+/// Checks a table against a section schema. Invalid entries are reported and removed, so that
+/// the rest of the spec can still be typed and checked in the same pass.
+pub fn check_section(
+    node: &mut Node,
+    schema: &SectionSchema,
+    path: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let section_label = if path.is_empty() {
+        "the spec".to_string()
+    } else {
+        format!("[{path}]")
+    };
+    let origin = node.origin.clone();
+    let Value::Table(table) = &mut node.value else {
+        diags.push(Diagnostic::new(
+            &node.origin,
+            false,
+            path,
+            format!("expected a table, found {}", node.value.type_name()),
+        ));
+        return;
+    };
+    let mut remove = Vec::new();
+    for (key, child) in table.iter_mut() {
+        let child_path = join(path, key);
+        if path.is_empty() && key == "sweep" {
+            continue; // validated by the sweep module
+        }
+        let Some(field) = schema.field(key) else {
+            let what = if path.is_empty() { "section" } else { "key" };
+            let mut d = Diagnostic::new(
+                &child.origin,
+                true,
+                &child_path,
+                format!("unknown {what} `{key}` in {section_label}"),
+            );
+            let known = schema
+                .field_names()
+                .chain(path.is_empty().then_some("sweep"));
+            if let Some(help) = did_you_mean(key, known) {
+                d = d.with_help(help);
+            } else {
+                d = d.with_help(format!(
+                    "known keys: {}",
+                    schema.field_names().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            diags.push(d);
+            remove.push(key.clone());
+            continue;
+        };
+        if !check_value(child, &field.ty, &child_path, diags) {
+            remove.push(key.clone());
+        }
+    }
+    for key in remove {
+        table.shift_remove(&key);
+    }
+    for field in schema.fields.iter().filter(|f| f.required) {
+        if !table.contains_key(field.name) {
+            diags.push(Diagnostic::new(
+                &origin,
+                false,
+                join(path, field.name),
+                format!("missing required key `{}` in {section_label}", field.name),
+            ));
+        }
+    }
+}
+
+/// Checks one value against a type; returns whether it is valid (after widening integers given
+/// for float fields).
+pub fn check_value(node: &mut Node, ty: &Ty, path: &str, diags: &mut Vec<Diagnostic>) -> bool {
+    let mismatch = |node: &Node, diags: &mut Vec<Diagnostic>| {
+        diags.push(Diagnostic::new(
+            &node.origin,
+            false,
+            path,
+            format!(
+                "expected {}, found {} {}",
+                ty.describe(),
+                node.value.type_name(),
+                show(node)
+            ),
+        ));
+        false
+    };
+    match (ty, &mut node.value) {
+        (Ty::Bool, Value::Bool(_)) => true,
+        (Ty::Int { min, max }, Value::Int(v)) => {
+            if *v < *min || *v > *max {
+                diags.push(Diagnostic::new(
+                    &node.origin,
+                    false,
+                    path,
+                    format!("{v} is out of range: expected {}", ty.describe()),
+                ));
+                return false;
+            }
+            true
+        }
+        (Ty::Float { min, max }, Value::Int(_) | Value::Float(_)) => {
+            let v = match node.value {
+                Value::Int(i) => i as f64,
+                Value::Float(f) => f,
+                _ => unreachable!(),
+            };
+            if !v.is_finite() || v < *min || v > *max {
+                diags.push(Diagnostic::new(
+                    &node.origin,
+                    false,
+                    path,
+                    format!("{} is out of range: expected {}", show(node), ty.describe()),
+                ));
+                return false;
+            }
+            node.value = Value::Float(v);
+            true
+        }
+        (Ty::Str, Value::Str(_)) => true,
+        (Ty::Choice(allowed), Value::Str(s)) => {
+            if allowed.contains(&s.as_str()) {
+                return true;
+            }
+            let mut d = Diagnostic::new(
+                &node.origin,
+                false,
+                path,
+                format!("unknown value `{s}`: expected {}", ty.describe()),
+            );
+            if let Some(help) = did_you_mean(s, allowed.iter().copied()) {
+                d = d.with_help(help);
+            }
+            diags.push(d);
+            false
+        }
+        (Ty::List(inner), Value::Array(items)) => {
+            let mut ok = true;
+            for (i, item) in items.iter_mut().enumerate() {
+                ok &= check_value(item, inner, &format!("{path}[{i}]"), diags);
+            }
+            ok
+        }
+        (Ty::Map(inner), Value::Table(entries)) => {
+            let mut ok = true;
+            for (k, v) in entries.iter_mut() {
+                ok &= check_value(v, inner, &join(path, &format!("\"{k}\"")), diags);
+            }
+            ok
+        }
+        (Ty::Section(schema), Value::Table(_)) => {
+            let before = diags.len();
+            check_section(node, &schema(), path, diags);
+            diags.len() == before
+        }
+        (Ty::Scalar, Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_)) => true,
+        _ => mismatch(node, diags),
+    }
+}
+
+/// A value as it would be written in TOML, for messages.
+pub fn show(node: &Node) -> String {
+    match &node.value {
+        Value::Table(_) => String::new(),
+        _ => format!("`{}`", node.to_toml()),
+    }
+}
+
+pub fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Collects rule violations, locating each at the value that set the offending field.
+struct Rules<'a> {
+    tree: &'a Node,
+    diags: Vec<Diagnostic>,
+}
+
+impl Rules<'_> {
+    fn origin(&self, path: &str) -> Origin {
+        lookup(self.tree, path)
+            .map(|n| n.origin.clone())
+            .unwrap_or_else(|| self.tree.origin.clone())
+    }
+
+    fn err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
+        let d = Diagnostic::new(&self.origin(path), false, path, message);
+        self.diags.push(d);
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    /// Every entry of `values` must be one of `allowed`.
+    fn members(&mut self, path: &str, values: &[String], allowed: &[&str], what: &str) {
+        for v in values {
+            if !allowed.contains(&v.as_str()) {
+                let help = did_you_mean(v, allowed.iter().copied());
+                let d = self.err(
+                    path,
+                    format!(
+                        "unknown {what} `{v}`: expected {}",
+                        super::schema::quote_list(allowed)
+                    ),
+                );
+                d.help = help;
+            }
+        }
+    }
+
+    /// `key` must be a field path of the spec.
+    fn field(&mut self, spec: &Spec, path: &str, key: &str) {
+        if super::field_type(spec, key).is_none() {
+            let paths = super::all_field_paths(spec);
+            let help = did_you_mean(key, paths.iter().map(String::as_str));
+            self.err(path, format!("`{key}` is not a spec field")).help = help;
+        }
+    }
+}
+
+/// Rules that span several fields, checked on the typed spec. `tree` gives the locations.
+pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
+    let mut r = Rules {
+        tree,
+        diags: Vec::new(),
+    };
+
+    if let Some(problem) = name_problem(&spec.experiment.name) {
+        r.err("experiment.name", problem);
+    }
+
+    let b = &spec.beat;
+    for (field, len) in [
+        ("beat.input_len", b.input_len),
+        ("beat.predict_len", b.predict_len),
+    ] {
+        if len % b.patch_size != 0 {
+            r.err(
+                field,
+                format!(
+                    "{len} is not a multiple of beat.patch_size ({})",
+                    b.patch_size
+                ),
+            );
+        }
+    }
+    if b.width % b.heads != 0 {
+        r.err(
+            "beat.heads",
+            format!(
+                "beat.width ({}) is not divisible by {} heads",
+                b.width, b.heads
+            ),
+        );
+    }
+    if b.input_len % b.patch_size == 0 {
+        let patches = b.input_len / b.patch_size;
+        if (f64::from(patches) * b.query_ratio).round() < 1.0 {
+            r.err(
+                "beat.query_ratio",
+                format!(
+                    "{} x {patches} patches gives no query tokens",
+                    b.query_ratio
+                ),
+            );
+        }
+    }
+
+    let d = &spec.data;
+    if d.val_fraction + d.test_fraction >= 1.0 {
+        r.err(
+            "data.test_fraction",
+            format!(
+                "val_fraction + test_fraction = {} leaves no training data (must be < 1)",
+                d.val_fraction + d.test_fraction
+            ),
+        );
+    }
+    if d.bandpass_low_hz >= d.bandpass_high_hz {
+        r.err(
+            "data.bandpass_high_hz",
+            format!(
+                "{} Hz is not above bandpass_low_hz ({} Hz)",
+                d.bandpass_high_hz, d.bandpass_low_hz
+            ),
+        );
+    } else if d.bandpass_high_hz >= d.target_fs / 2.0 {
+        r.err(
+            "data.bandpass_high_hz",
+            format!(
+                "{} Hz is not below the Nyquist frequency of target_fs ({} Hz)",
+                d.bandpass_high_hz,
+                d.target_fs / 2.0
+            ),
+        );
+    }
+    if ![100, 500].contains(&d.ptbxl_rate) {
+        r.err(
+            "data.ptbxl_rate",
+            format!("{} Hz: PTB-XL ships 100 or 500 Hz records", d.ptbxl_rate),
+        );
+    }
+    if d.source != DataSource::Synthetic && d.root.trim().is_empty() {
+        r.err(
+            "data.source",
+            format!(
+                "source `{}` needs `data.root` (the folder of its records)",
+                d.source
+            ),
+        );
+    }
+
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, stage) in spec.stage.iter().enumerate() {
+        let path = format!("stage.{}", stage.name);
+        if let Some(first) = seen.insert(stage.name.clone(), i) {
+            r.err(
+                &format!("{path}.name"),
+                format!(
+                    "duplicate stage name `{}` (stages {} and {} of [[stage]])",
+                    stage.name,
+                    first + 1,
+                    i + 1
+                ),
+            );
+            continue;
+        }
+        let name_ok = stage
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !stage.name.is_empty() && !name_ok {
+            r.err(
+                &format!("{path}.name"),
+                format!(
+                    "stage name `{}` may hold only letters, digits, `_` and `-` (it is used in dotted paths)",
+                    stage.name
+                ),
+            );
+        }
+        r.members(
+            &format!("{path}.train"),
+            &stage.train,
+            TRAINABLE_PARTS,
+            "part",
+        );
+        r.members(&format!("{path}.tasks"), &stage.tasks, TASK_KINDS, "task");
+        if stage.lr_min > stage.lr {
+            r.err(
+                &format!("{path}.lr_min"),
+                format!("{} is above the stage's lr ({})", stage.lr_min, stage.lr),
+            );
+        }
+        if stage.kind != StageKind::Eval && stage.epochs == 0 && stage.steps == 0 {
+            r.err(
+                &format!("{path}.epochs"),
+                "a training stage needs epochs > 0 or steps > 0",
+            );
+        }
+    }
+
+    let bb = &spec.backbone;
+    match bb.model {
+        BackboneModel::TinyQwen2 | BackboneModel::TinyPhi3 => {
+            if bb.hidden_size % bb.heads != 0 {
+                r.err(
+                    "backbone.heads",
+                    format!(
+                        "backbone.hidden_size ({}) is not divisible by {} heads",
+                        bb.hidden_size, bb.heads
+                    ),
+                );
+            }
+        }
+        BackboneModel::Qwen2 | BackboneModel::Phi3 => {
+            if bb.weights.trim().is_empty() {
+                r.err(
+                    "backbone.weights",
+                    format!(
+                        "backbone `{}` needs `weights` (a local folder or a Hugging Face model id)",
+                        bb.model
+                    ),
+                );
+            }
+        }
+    }
+    if spec.vision.model == VisionModel::Siglip && spec.vision.weights.trim().is_empty() {
+        r.err(
+            "vision.weights",
+            "vision model `siglip` needs `weights` (a local folder or a Hugging Face model id)",
+        );
+    }
+    r.members(
+        "backbone.lora.targets",
+        &spec.backbone.lora.targets,
+        LORA_TARGETS,
+        "module",
+    );
+
+    for key in &spec.table.rows {
+        r.field(spec, "table.rows", key);
+    }
+    for key in &spec.table.columns {
+        r.field(spec, "table.columns", key);
+    }
+    for cell in &spec.paper.cell {
+        for key in cell.at.keys() {
+            r.field(spec, "paper.cell", key);
+        }
+    }
+    r.diags
+}
+
+/// Why a name cannot be used as a folder under `runs/`, if it cannot.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.contains('/') || name.contains('\\') || name.contains("..") || name.starts_with('.') {
+        return Some(format!(
+            "`{name}` would escape or hide in runs/: no `/`, `\\`, `..` or leading `.`"
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Some(format!(
+            "`{name}` may hold only letters, digits, `_`, `-` and `.`"
+        ));
+    }
+    None
+}
