@@ -1,0 +1,1 @@
+//! Heartcare instruction items (in progress).
