@@ -2,6 +2,15 @@
 //! built-in 12-lead simulator, and the published preprocessing (resampling, cleaning, window
 //! choice, normalisation) that turns records into model-ready windows.
 
+pub mod annotation;
+pub mod check;
+pub mod error;
+pub mod ludb;
+pub mod mat;
+pub mod ptbxl;
 pub mod record;
+pub mod sources;
+pub mod wfdb;
 
+pub use error::DataError;
 pub use record::{Record, RecordMeta, STANDARD_LEADS, SourceKind, Superclass, Wave, WaveKind};
