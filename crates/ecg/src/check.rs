@@ -29,6 +29,8 @@ pub struct CheckFailure {
 pub struct CheckReport {
     pub root: PathBuf,
     pub records_ok: usize,
+    /// Records listed or found that failed to load or verify. A dataset table that cannot be
+    /// read is listed in `failures` only, since its records are unknown.
     pub records_failed: usize,
     /// Verified records per source kind (`ptbxl`, `ludb`, `cinc`, `wfdb`).
     pub sources: BTreeMap<String, usize>,

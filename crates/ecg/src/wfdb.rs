@@ -136,7 +136,7 @@ impl DigitalRecord {
                         if Some(d) == invalid {
                             f32::NAN
                         } else {
-                            (f64::from(d - baseline) * scale) as f32
+                            ((f64::from(d) - f64::from(baseline)) * scale) as f32
                         }
                     })
                     .collect()
