@@ -870,6 +870,39 @@ mod tests {
     }
 
     #[test]
+    fn byte_formats_decode_per_the_wfdb_spec() {
+        let check = |format: u16, bytes: &[u8], expected: Vec<i32>| {
+            let layout = layout(format).unwrap();
+            let n = expected.len();
+            assert_eq!(bytes_for(layout, n), Some(bytes.len()), "format {format}");
+            assert_eq!(
+                decode(layout, bytes, 1, n),
+                vec![expected],
+                "format {format}"
+            );
+        };
+        // 80: offset binary, 128 is zero.
+        check(80, &[128, 0, 255], vec![0, -128, 127]);
+        // 160: little-endian offset binary, 0x8000 is zero.
+        check(
+            160,
+            &[0x00, 0x80, 0xff, 0xff, 0x00, 0x00],
+            vec![0, 32767, -32768],
+        );
+        // 61: big-endian two's complement.
+        check(61, &[0x01, 0x02, 0xff, 0xfe], vec![258, -2]);
+        // 16, 24, 32: little-endian two's complement.
+        check(16, &[0x02, 0x01, 0xfe, 0xff], vec![258, -2]);
+        check(
+            24,
+            &[0xff, 0xff, 0xff, 0x01, 0x00, 0x80],
+            vec![-1, -8_388_607],
+        );
+        check(32, &[0xfe, 0xff, 0xff, 0xff], vec![-2]);
+        assert_eq!(layout(310), None);
+    }
+
+    #[test]
     fn format_fields_split_into_parts() {
         let path = Path::new("x.hea");
         let ctx = FieldContext {
