@@ -360,8 +360,9 @@ impl Decoder {
     }
 }
 
-/// The additive attention bias `[batch, 1, seq, seq]` (f32): causal, optionally windowed, and
-/// masking padded keys where `mask[b, j] == 0`.
+/// The additive attention bias (f32): causal and optionally windowed, `[1, 1, seq, seq]`, plus
+/// `[batch, 1, 1, seq]` for padded keys (`mask[b, j] == 0`) when a mask is given, so the host
+/// builds `seq^2 + batch * seq` values rather than `batch * seq^2`.
 pub(crate) fn causal_bias(
     batch: usize,
     seq: usize,
@@ -369,31 +370,73 @@ pub(crate) fn causal_bias(
     window: Option<usize>,
     device: &Device,
 ) -> Result<Tensor> {
-    let keep: Option<Vec<f32>> = match mask {
-        None => None,
-        Some(m) => {
-            if m.dims() != [batch, seq] {
-                return Err(LmError::input(
-                    "attention_mask",
-                    format!("[{batch}, {seq}] (1 = token, 0 = padding)"),
-                    format!("{:?}", m.dims()),
-                ));
-            }
-            Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-        }
-    };
-    let mut bias = vec![0f32; batch * seq * seq];
-    for b in 0..batch {
-        for i in 0..seq {
-            for j in 0..seq {
-                let future = j > i;
-                let too_far = window.is_some_and(|w| i - j.min(i) >= w);
-                let padded = keep.as_ref().is_some_and(|k| k[b * seq + j] == 0.0);
-                if future || too_far || padded {
-                    bias[(b * seq + i) * seq + j] = MASKED;
-                }
+    let mut causal = vec![0f32; seq * seq];
+    for i in 0..seq {
+        for j in 0..seq {
+            let future = j > i;
+            let too_far = window.is_some_and(|w| j <= i && i - j >= w);
+            if future || too_far {
+                causal[i * seq + j] = MASKED;
             }
         }
     }
-    Ok(Tensor::from_vec(bias, (batch, 1, seq, seq), device)?)
+    let causal = Tensor::from_vec(causal, (1, 1, seq, seq), device)?;
+    let Some(mask) = mask else {
+        return Ok(causal);
+    };
+    if mask.dims() != [batch, seq] {
+        return Err(LmError::input(
+            "attention_mask",
+            format!("[{batch}, {seq}] (1 = token, 0 = padding)"),
+            format!("{:?}", mask.dims()),
+        ));
+    }
+    let keys: Vec<f32> = mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|keep| if keep == 0.0 { MASKED } else { 0.0 })
+        .collect();
+    let keys = Tensor::from_vec(keys, (batch, 1, 1, seq), device)?;
+    Ok(causal.broadcast_add(&keys)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(bias: &Tensor) -> Vec<Vec<Vec<bool>>> {
+        let (b, _, q, k) = bias.dims4().unwrap();
+        let v = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (0..b)
+            .map(|b| {
+                (0..q)
+                    .map(|i| (0..k).map(|j| v[(b * q + i) * k + j] < -1.0).collect())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bias_masks_future_far_and_padded_keys() {
+        let dev = Device::Cpu;
+        let plain = masked(&causal_bias(1, 3, None, None, &dev).unwrap());
+        assert_eq!(
+            plain[0],
+            vec![
+                vec![false, true, true],
+                vec![false, false, true],
+                vec![false, false, false]
+            ]
+        );
+        // Window 2: a query sees itself and one key back.
+        let windowed = masked(&causal_bias(1, 3, None, Some(2), &dev).unwrap());
+        assert_eq!(windowed[0][2], vec![true, false, false]);
+        let mask = Tensor::new(&[[1u8, 1, 0], [0, 1, 1]], &dev).unwrap();
+        let padded = masked(&causal_bias(2, 3, Some(&mask), None, &dev).unwrap());
+        assert_eq!(padded[0][2], vec![false, false, true]);
+        assert_eq!(padded[1][1], vec![true, false, true]);
+        assert!(causal_bias(2, 4, Some(&mask), None, &dev).is_err());
+    }
 }

@@ -56,12 +56,6 @@ pub struct Phi3Config {
     /// RoPE scaling (`longrope` / `su`; not supported: must be null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
-    /// Beginning-of-sequence token id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bos_token_id: Option<u32>,
-    /// End-of-sequence token id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eos_token_id: Option<u32>,
 }
 
 fn default_max_positions() -> usize {

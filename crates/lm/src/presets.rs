@@ -109,8 +109,6 @@ pub fn tiny_phi3(vocab_size: usize) -> Phi3Config {
         hidden_act: Activation::Silu,
         sliding_window: None,
         rope_scaling: None,
-        bos_token_id: None,
-        eos_token_id: None,
     }
 }
 

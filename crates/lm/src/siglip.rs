@@ -4,7 +4,8 @@
 //!
 //! The patch embedding is a strided convolution in the checkpoint; here it is the same weights
 //! applied as a linear map over flattened non-overlapping patches (identical result, and the
-//! gradient path is plain matmul). Images must be `image_size x image_size`: position
+//! gradient path is plain matmul; trailing pixels that do not fill a patch are ignored, as the
+//! convolution does). Images must be `image_size x image_size`: position
 //! embeddings are not interpolated to other sizes.
 
 use std::path::Path;
@@ -131,11 +132,11 @@ impl SiglipVisionConfig {
                 ),
             ));
         }
-        if self.image_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+        if self.image_size < self.patch_size {
             return Err(LmError::config(
                 "image_size",
                 format!(
-                    "= {} must be a positive multiple of patch_size = {}",
+                    "= {} must be at least patch_size = {}",
                     self.image_size, self.patch_size
                 ),
             ));
@@ -354,8 +355,13 @@ impl SiglipVision {
         }
         let side = cfg.patches_per_side();
         let dtype = self.patch_weight.dtype();
+        // The checkpoint's stride-`p` convolution ignores the last `image_size % p` rows and
+        // columns (384 px in 14 px patches uses 378), so crop them off before patching.
+        let used = side * p;
         let patches = images
             .to_dtype(dtype)?
+            .narrow(2, 0, used)?
+            .narrow(3, 0, used)?
             .reshape(vec![batch, c, side, p, side, p])?
             .permute(vec![0, 2, 4, 1, 3, 5])?
             .contiguous()?
@@ -449,4 +455,32 @@ pub fn pixels_from_rgb8(
         .permute((2, 0, 1))?
         .to_dtype(DType::F32)?;
     normalize_pixels(&(t / 255.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rgb_bytes_become_normalised_channels_first() {
+        // 1 x 2 image: a black pixel and a (255, 128, 0) pixel.
+        let t = pixels_from_rgb8(&[0, 0, 0, 255, 128, 0], 1, 2, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[3, 1, 2]);
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected = [-1.0, 1.0, -1.0, 128.0 / 127.5 - 1.0, -1.0, -1.0];
+        for (got, want) in v.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{v:?}");
+        }
+        assert!(pixels_from_rgb8(&[0; 5], 1, 2, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn so400m_has_729_patches_of_1152() {
+        let c = SiglipVisionConfig::so400m_patch14_384();
+        c.validate().unwrap();
+        assert_eq!(c.num_patches(), 729);
+        let mut bad = c.clone();
+        bad.image_size = 13;
+        assert!(bad.validate().is_err());
+    }
 }

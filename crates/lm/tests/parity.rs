@@ -160,10 +160,8 @@ fn siglip_checkpoint(config: &SiglipVisionConfig, seed: u64) -> tempfile::TempDi
     dir
 }
 
-#[test]
-fn siglip_vision_matches_candle_transformers() {
-    let config = tiny_siglip();
-    let dir = siglip_checkpoint(&config, 50);
+fn check_siglip(config: SiglipVisionConfig, seed: u64) {
+    let dir = siglip_checkpoint(&config, seed);
     let ours = load_siglip(
         &ModelSource::Dir(dir.path().to_path_buf()),
         DType::F32,
@@ -176,27 +174,23 @@ fn siglip_vision_matches_candle_transformers() {
             .unwrap();
     let their_cfg: candle_transformers::models::siglip::VisionConfig =
         serde_json::from_value(json["vision_config"].clone()).unwrap();
-    let images = Tensor::rand(-1f32, 1., (2, 3, 64, 64), &Device::Cpu).unwrap();
+    let s = config.image_size;
+    let images = Tensor::rand(-1f32, 1., (2, 3, s, s), &Device::Cpu).unwrap();
     let out = ours.forward(&images).unwrap();
-    assert_eq!(out.patches.dims(), &[2, 64, 64]);
+    let (n, h) = (config.num_patches(), config.hidden_size);
+    assert_eq!(out.patches.dims(), &[2, n, h]);
     let pooled = out.pooled.unwrap();
-    assert_eq!(pooled.dims(), &[2, 64]);
+    assert_eq!(pooled.dims(), &[2, h]);
 
     use candle_core::Module;
-    let with_head = candle_transformers::models::siglip::VisionModel::new(
-        &their_cfg,
-        true,
-        their_vb(dir.path()).pp("vision_model"),
-    )
-    .unwrap();
+    let vb = their_vb(dir.path()).pp("vision_model");
+    let with_head =
+        candle_transformers::models::siglip::VisionModel::new(&their_cfg, true, vb.clone())
+            .unwrap();
     let d = max_abs_diff(&pooled, &with_head.forward(&images).unwrap());
     assert!(d < TOL, "pooled features differ by {d}");
-    let without_head = candle_transformers::models::siglip::VisionModel::new(
-        &their_cfg,
-        false,
-        their_vb(dir.path()).pp("vision_model"),
-    )
-    .unwrap();
+    let without_head =
+        candle_transformers::models::siglip::VisionModel::new(&their_cfg, false, vb).unwrap();
     let d = max_abs_diff(&out.patches, &without_head.forward(&images).unwrap());
     assert!(d < TOL, "patch features differ by {d}");
     // The features are not trivially equal (e.g. all zero): they vary across images.
@@ -206,4 +200,20 @@ fn siglip_vision_matches_candle_transformers() {
         "pooled features barely vary: {spread}"
     );
     assert!(max_abs(&out.patches) > 100.0 * TOL);
+}
+
+#[test]
+fn siglip_vision_matches_candle_transformers() {
+    check_siglip(tiny_siglip(), 50);
+}
+
+#[test]
+fn siglip_with_leftover_pixels_matches_candle_transformers() {
+    // 30 px in 7 px patches: 4 x 4 patches, the last 2 rows and columns unused (as 384 / 14).
+    let mut config = tiny_siglip();
+    config.image_size = 30;
+    config.patch_size = 7;
+    config.hidden_size = 32;
+    config.num_hidden_layers = 1;
+    check_siglip(config, 60);
 }

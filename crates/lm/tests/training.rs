@@ -529,6 +529,10 @@ fn grown_vocabulary_trains_new_rows_only() {
         assert_eq!(markers, VOCAB as u32..VOCAB as u32 + 4);
         assert_eq!(learned, VOCAB as u32 + 4..VOCAB as u32 + 7);
         assert_eq!(model.vocab_size(), VOCAB + 7);
+        assert_eq!(
+            model.ensure_vocab(VOCAB + 7, &trainable, "none").unwrap(),
+            None
+        );
         // Old tokens keep their logits over the old vocabulary.
         let new_logits = model.forward(&ids, None).unwrap();
         assert_eq!(new_logits.dim(2).unwrap(), VOCAB + 7);
