@@ -4,7 +4,10 @@
 //! checkpoint in SQLite; the [`runner`] trains each cell's stages; [`table`] renders the
 //! published ablation tables from the registry.
 
+pub mod device;
 pub mod registry;
 pub mod runner;
 pub mod spec;
+pub mod stages;
+pub mod table;
 pub mod tracking;

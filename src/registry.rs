@@ -797,18 +797,22 @@ impl Registry {
             .collect())
     }
 
-    /// Summaries of the finished runs of these cell hashes: hash -> one map per finished run.
+    /// Summaries of the latest finished run of each of these cell hashes (a `--force` re-run
+    /// supersedes the earlier one).
     pub fn finished_summaries(
         &self,
         hashes: &[String],
-    ) -> Result<std::collections::HashMap<String, Vec<std::collections::BTreeMap<String, f64>>>>
-    {
-        let mut out: std::collections::HashMap<String, Vec<_>> = std::collections::HashMap::new();
+    ) -> Result<std::collections::HashMap<String, std::collections::BTreeMap<String, f64>>> {
+        let mut latest: std::collections::HashMap<
+            String,
+            (String, std::collections::BTreeMap<String, f64>),
+        > = Default::default();
         for chunk in hashes.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(",");
             let sql = format!(
                 "SELECT r.id, r.spec_hash, s.key, s.value FROM runs r JOIN summaries s ON s.run_id = r.id
-                 WHERE r.status = 'finished' AND r.spec_hash IN ({placeholders}) ORDER BY r.id"
+                 WHERE r.status = 'finished' AND r.spec_hash IN ({placeholders})
+                 ORDER BY r.created_at, r.rowid"
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for h in chunk {
@@ -817,21 +821,18 @@ impl Registry {
             let rows = self
                 .block(query.fetch_all(&self.pool))
                 .map_err(q("reading summaries"))?;
-            let mut by_run: std::collections::BTreeMap<
-                (String, String),
-                std::collections::BTreeMap<String, f64>,
-            > = Default::default();
             for r in &rows {
-                by_run
-                    .entry((r.get("spec_hash"), r.get("id")))
-                    .or_default()
-                    .insert(r.get("key"), r.get("value"));
-            }
-            for ((hash, _), sums) in by_run {
-                out.entry(hash).or_default().push(sums);
+                let (id, hash): (String, String) = (r.get("id"), r.get("spec_hash"));
+                let entry = latest
+                    .entry(hash)
+                    .or_insert_with(|| (id.clone(), Default::default()));
+                if entry.0 != id {
+                    *entry = (id, Default::default());
+                }
+                entry.1.insert(r.get("key"), r.get("value"));
             }
         }
-        Ok(out)
+        Ok(latest.into_iter().map(|(h, (_, s))| (h, s)).collect())
     }
 }
 

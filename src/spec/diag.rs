@@ -79,6 +79,23 @@ impl SpecError {
     }
 }
 
+/// Orders diagnostics as a reader meets them: overrides first, then by file, line and column.
+pub fn sort(diagnostics: &mut [Diagnostic]) {
+    fn key(d: &Diagnostic) -> (u8, String, usize, usize) {
+        let mut parts = d.location.rsplitn(3, ':');
+        let (col, line, file) = (parts.next(), parts.next(), parts.next());
+        match (
+            file,
+            line.and_then(|l| l.parse().ok()),
+            col.and_then(|c| c.parse().ok()),
+        ) {
+            (Some(f), Some(l), Some(c)) => (1, f.to_string(), l, c),
+            _ => (0, d.location.clone(), 0, 0),
+        }
+    }
+    diagnostics.sort_by_cached_key(key);
+}
+
 fn render_all(diagnostics: &[Diagnostic]) -> String {
     let n = diagnostics.len();
     let mut out = format!("{n} problem{} in the spec:", if n == 1 { "" } else { "s" });

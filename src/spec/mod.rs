@@ -7,6 +7,7 @@
 //! normalised numbers, no comments) whose sha256 identifies the cell in the registry.
 
 pub mod diag;
+pub mod reference;
 pub mod schema;
 pub mod sections;
 pub mod sweep;
@@ -137,6 +138,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, SpecError> {
     let spec = check_and_type(&mut tree, &mut diags);
     let sweep = sweep::parse(tree.get("sweep"), &spec, &pinned, &mut diags);
     if !diags.is_empty() {
+        diag::sort(&mut diags);
         return Err(SpecError::Invalid { diagnostics: diags });
     }
     Ok(Loaded {
@@ -682,4 +684,84 @@ pub fn get_field(spec: &Spec, path: &str) -> Option<toml::Value> {
 /// The resolved cell as TOML, for `runs/<experiment>/<run>/spec.toml`.
 pub fn to_toml_string(spec: &Spec) -> String {
     toml::to_string_pretty(spec).expect("specs serialise to TOML")
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in a path field.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (std::env::var(name).ok().filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!("environment variable `{name}` is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The data root of a spec with variables expanded (`None` for the simulator).
+pub fn data_root(spec: &Spec) -> Option<Result<PathBuf, String>> {
+    (spec.data.source != DataSource::Synthetic)
+        .then(|| expand_env(&spec.data.root).map(PathBuf::from))
+}
+
+impl Loaded {
+    /// Checks what running needs beyond a valid spec: every cell's data root exists.
+    pub fn check_runtime(&self, plan: &Plan) -> Result<(), SpecError> {
+        let origin = tree::lookup(&self.tree, "data.root")
+            .map(|n| n.origin.clone())
+            .unwrap_or(Origin::Default);
+        let mut diags: Vec<Diagnostic> = Vec::new();
+        for cell in &plan.cells {
+            let problem = match data_root(&cell.spec) {
+                None => None,
+                Some(Err(e)) => Some(e),
+                Some(Ok(root)) if !root.is_dir() => Some(format!(
+                    "data root `{}` does not exist (source `{}`); set `data.root` or BEATLAB_ECG_DATA",
+                    root.display(),
+                    cell.spec.data.source
+                )),
+                Some(Ok(_)) => None,
+            };
+            if let Some(message) = problem {
+                let d = Diagnostic::new(&origin, false, "data.root", message);
+                if !diags.contains(&d) {
+                    diags.push(d);
+                }
+            }
+        }
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError::Invalid { diagnostics: diags })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion_with_defaults() {
+        assert_eq!(
+            expand_env("${BEATLAB_SURELY_UNSET_X:-a/b}/c").unwrap(),
+            "a/b/c"
+        );
+        assert!(expand_env("${BEATLAB_SURELY_UNSET_X}").is_err());
+        assert_eq!(expand_env("plain").unwrap(), "plain");
+    }
 }

@@ -367,7 +367,14 @@ fn parse_exclude(
             continue;
         };
         let mut conds = Vec::new();
+        let mut void = false;
         for (key, value) in flatten(t) {
+            if sweep.pinned.contains(&key) {
+                // A pinned key has one value: the exclusion applies only if it names that value.
+                let pinned = super::get_field(spec, &key);
+                void |= !pinned.is_some_and(|p| same_value(&p, &value.to_toml()));
+                continue;
+            }
             if !keys.contains(&key.as_str()) {
                 let mut d = Diagnostic::new(
                     &value.origin,
@@ -389,7 +396,9 @@ fn parse_exclude(
             }
             conds.push((key, v));
         }
-        out.push(conds);
+        if !void {
+            out.push(conds);
+        }
     }
     out
 }

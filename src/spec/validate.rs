@@ -15,10 +15,16 @@ pub fn check_section(
     path: &str,
     diags: &mut Vec<Diagnostic>,
 ) {
-    let section_label = if path.is_empty() {
-        "the spec".to_string()
-    } else {
-        format!("[{path}]")
+    let section_label = match path
+        .strip_prefix("stage[")
+        .and_then(|r| r.strip_suffix(']'))
+    {
+        _ if path.is_empty() => "the spec".to_string(),
+        Some(i) => format!(
+            "[[stage]] number {}",
+            i.parse::<usize>().map_or(0, |i| i + 1)
+        ),
+        None => format!("[{path}]"),
     };
     let origin = node.origin.clone();
     let Value::Table(table) = &mut node.value else {
@@ -78,8 +84,9 @@ pub fn check_section(
     }
 }
 
-/// Checks one value against a type; returns whether it is valid (after widening integers given
-/// for float fields).
+/// Checks one value against a type; returns whether to keep it (after widening integers given
+/// for float fields). Tables are kept with their invalid entries removed, so one bad field in a
+/// `[[stage]]` does not hide the checks of the others.
 pub fn check_value(node: &mut Node, ty: &Ty, path: &str, diags: &mut Vec<Diagnostic>) -> bool {
     let mismatch = |node: &Node, diags: &mut Vec<Diagnostic>| {
         diags.push(Diagnostic::new(
@@ -147,7 +154,12 @@ pub fn check_value(node: &mut Node, ty: &Ty, path: &str, diags: &mut Vec<Diagnos
         (Ty::List(inner), Value::Array(items)) => {
             let mut ok = true;
             for (i, item) in items.iter_mut().enumerate() {
-                ok &= check_value(item, inner, &format!("{path}[{i}]"), diags);
+                // Stages are addressed by name, as in overrides (`stage.beat.lr`).
+                let item_path = match super::tree::stage_name(item) {
+                    Some(name) if path == "stage" => format!("stage.{name}"),
+                    _ => format!("{path}[{i}]"),
+                };
+                ok &= check_value(item, inner, &item_path, diags);
             }
             ok
         }
@@ -159,9 +171,8 @@ pub fn check_value(node: &mut Node, ty: &Ty, path: &str, diags: &mut Vec<Diagnos
             ok
         }
         (Ty::Section(schema), Value::Table(_)) => {
-            let before = diags.len();
             check_section(node, &schema(), path, diags);
-            diags.len() == before
+            true
         }
         (Ty::Scalar, Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_)) => true,
         _ => mismatch(node, diags),
@@ -191,10 +202,50 @@ struct Rules<'a> {
 }
 
 impl Rules<'_> {
+    /// Where `path` was set; for a field left at its default, the nearest enclosing key that
+    /// was written (e.g. the `[backbone]` table for an absent `backbone.weights`).
     fn origin(&self, path: &str) -> Origin {
-        lookup(self.tree, path)
+        let mut prefix = path;
+        loop {
+            if let Some(n) = lookup(self.tree, prefix) {
+                if !matches!(n.origin, Origin::Default) {
+                    return n.origin.clone();
+                }
+            }
+            match prefix.rsplit_once('.') {
+                Some((head, _)) => prefix = head,
+                None => return self.tree.origin.clone(),
+            }
+        }
+    }
+
+    /// Where field `field` of the `index`-th stage was set (by position: names may be invalid).
+    fn stage_origin(&self, index: usize, field: &str) -> Origin {
+        let stage = match self.tree.get("stage").map(|s| &s.value) {
+            Some(Value::Array(stages)) => stages.get(index),
+            _ => None,
+        };
+        stage
+            .and_then(|s| s.get(field).or(Some(s)))
             .map(|n| n.origin.clone())
             .unwrap_or_else(|| self.tree.origin.clone())
+    }
+
+    fn stage_err(
+        &mut self,
+        index: usize,
+        name: &str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        let d = Diagnostic::new(
+            &self.stage_origin(index, field),
+            false,
+            format!("stage.{name}.{field}"),
+            message,
+        );
+        self.diags.push(d);
+        self.diags.last_mut().expect("just pushed")
     }
 
     fn err(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
@@ -237,8 +288,11 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
         diags: Vec::new(),
     };
 
-    if let Some(problem) = name_problem(&spec.experiment.name) {
-        r.err("experiment.name", problem);
+    // An absent name is reported as a missing required key by the schema check.
+    if !spec.experiment.name.is_empty() {
+        if let Some(problem) = name_problem(&spec.experiment.name) {
+            r.err("experiment.name", problem);
+        }
     }
 
     let b = &spec.beat;
@@ -324,32 +378,35 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
 
     let mut seen = std::collections::BTreeMap::new();
     for (i, stage) in spec.stage.iter().enumerate() {
-        let path = format!("stage.{}", stage.name);
-        if let Some(first) = seen.insert(stage.name.clone(), i) {
-            r.err(
-                &format!("{path}.name"),
+        let name = stage.name.as_str();
+        if let Some(first) = seen.insert(name.to_string(), i) {
+            r.stage_err(
+                i,
+                name,
+                "name",
                 format!(
-                    "duplicate stage name `{}` (stages {} and {} of [[stage]])",
-                    stage.name,
+                    "duplicate stage name `{name}` (stages {} and {} of [[stage]])",
                     first + 1,
                     i + 1
                 ),
             );
             continue;
         }
-        let name_ok = stage
-            .name
+        let name_ok = name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !stage.name.is_empty() && !name_ok {
-            r.err(
-                &format!("{path}.name"),
+        if !name.is_empty() && !name_ok {
+            r.stage_err(
+                i,
+                name,
+                "name",
                 format!(
-                    "stage name `{}` may hold only letters, digits, `_` and `-` (it is used in dotted paths)",
-                    stage.name
+                    "stage name `{name}` may hold only letters, digits, `_` and `-` (it is used in dotted paths)"
                 ),
             );
+            continue;
         }
+        let path = format!("stage.{name}");
         r.members(
             &format!("{path}.train"),
             &stage.train,
@@ -358,14 +415,18 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
         );
         r.members(&format!("{path}.tasks"), &stage.tasks, TASK_KINDS, "task");
         if stage.lr_min > stage.lr {
-            r.err(
-                &format!("{path}.lr_min"),
+            r.stage_err(
+                i,
+                name,
+                "lr_min",
                 format!("{} is above the stage's lr ({})", stage.lr_min, stage.lr),
             );
         }
         if stage.kind != StageKind::Eval && stage.epochs == 0 && stage.steps == 0 {
-            r.err(
-                &format!("{path}.epochs"),
+            r.stage_err(
+                i,
+                name,
+                "epochs",
                 "a training stage needs epochs > 0 or steps > 0",
             );
         }

@@ -1,0 +1,214 @@
+//! Command-line arguments (clap derive). Parsing and validation only: no file is read here.
+
+use std::path::PathBuf;
+
+use beatlab::device::DeviceChoice;
+use beatlab::registry::RunStatus;
+use beatlab::table::Format;
+use clap::{Args, Parser, Subcommand};
+
+/// Declarative experiments for multimodal ECG language models (HeartcareGPT, GEM, anyECG-chat).
+#[derive(Debug, Parser)]
+#[command(name = "beatlab", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// SQLite run registry.
+    #[arg(
+        long,
+        global = true,
+        env = "BEATLAB_REGISTRY",
+        default_value = "registry/beatlab.db"
+    )]
+    pub registry: PathBuf,
+    /// Folder of run folders (`<runs-dir>/<experiment>/<run-id>/`) and the data cache.
+    #[arg(long, global = true, env = "BEATLAB_RUNS_DIR", default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// No progress output (results and errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+/// Spec file plus overrides, shared by the commands that read a spec.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Experiment spec (TOML).
+    pub file: PathBuf,
+    /// Override a field: `--set beat.codebook_size=1024`, `--set stage.beat.epochs=3`
+    /// (repeatable; typed by the schema; pins a swept key to one value).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// Options of commands that train.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Where to train: auto (GPU if available, else CPU), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto", value_parser = clap::value_parser!(DeviceChoice))]
+    pub device: DeviceChoice,
+    /// Run cells again even if they already finished.
+    #[arg(long)]
+    pub force: bool,
+    /// Run failed cells again.
+    #[arg(long)]
+    pub rerun_failed: bool,
+    /// Seconds without a heartbeat after which a running cell is stale and taken over.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_lease)]
+    pub lease: f64,
+}
+
+fn parse_lease(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.2 && v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}`: expected seconds >= 0.2")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every cell of a spec that has no finished run, then print its table.
+    ///
+    /// Example: beatlab run experiments/quickstart.toml --set stage.beat.epochs=2
+    Run {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Print the cells of a spec, their hashes, overrides and registry status, without running.
+    ///
+    /// Example: beatlab plan experiments/table18_beat.toml --json
+    Plan {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// JSON array: one object per cell with `hash`, `status`, `overrides`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a spec's cells with several workers (other processes may join the same sweep).
+    ///
+    /// Example: beatlab sweep experiments/table18_beat.toml --workers 2
+    Sweep {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Worker threads in this process, each claiming cells from the registry.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        workers: u32,
+    },
+    /// One worker pulling cells of a spec from a shared registry (for cluster job arrays).
+    ///
+    /// Example: BEATLAB_REGISTRY=/shared/beatlab.db beatlab worker experiments/table18_beat.toml
+    Worker {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Render a spec's table from the registry, with the paper's values and deltas.
+    ///
+    /// Example: beatlab table experiments/table18_beat.toml --format latex
+    Table {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[arg(long, value_enum, default_value = "md")]
+        format: Format,
+    },
+    /// Run the missing cells of `experiments/NAME.toml`, then print its table.
+    ///
+    /// Example: beatlab reproduce table18_beat_fast
+    Reproduce {
+        /// Experiment name (a file in experiments/) or a path to a spec.
+        name: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[command(flatten)]
+        train: TrainArgs,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        workers: u32,
+        #[arg(long, value_enum, default_value = "md")]
+        format: Format,
+    },
+    /// List runs.
+    ///
+    /// Example: beatlab runs --status failed --experiment table18_beat --json
+    Runs {
+        #[arg(long)]
+        status: Option<RunStatusArg>,
+        #[arg(long)]
+        experiment: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run: status, spec overrides, summaries, last metrics, checkpoints.
+    ///
+    /// Example: beatlab show 3f2a9c1b0d-1
+    Show {
+        /// Run id or a unique prefix of it.
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two runs: the spec fields that differ and their summaries side by side.
+    ///
+    /// Example: beatlab compare 3f2a9c1b0d-1 77aa01c2e4-1
+    Compare { a: String, b: String },
+    /// Continue a failed, stale or interrupted run from its last checkpoint.
+    ///
+    /// Example: beatlab resume 3f2a9c1b0d-1
+    Resume {
+        run: String,
+        #[arg(long, default_value = "auto", value_parser = clap::value_parser!(DeviceChoice))]
+        device: DeviceChoice,
+        #[arg(long, default_value_t = 60.0, value_parser = parse_lease)]
+        lease: f64,
+    },
+    /// ECG data tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Print the spec reference (every field, its type, default and meaning) as Markdown.
+    ///
+    /// Example: beatlab reference > docs/spec.md
+    Reference,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Load and verify every record under ROOT; print counts of records, leads, rates, labels.
+    ///
+    /// Example: beatlab data check ../shared/data/ecg --json
+    Check {
+        root: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--status` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RunStatusArg {
+    Pending,
+    Running,
+    Finished,
+    Failed,
+    Stale,
+}
+
+impl From<RunStatusArg> for RunStatus {
+    fn from(s: RunStatusArg) -> Self {
+        match s {
+            RunStatusArg::Pending => RunStatus::Pending,
+            RunStatusArg::Running => RunStatus::Running,
+            RunStatusArg::Finished => RunStatus::Finished,
+            RunStatusArg::Failed => RunStatus::Failed,
+            RunStatusArg::Stale => RunStatus::Stale,
+        }
+    }
+}

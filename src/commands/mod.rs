@@ -1,0 +1,529 @@
+//! The `beatlab` commands: resolve arguments (read specs, open the registry, pick the device),
+//! call the library, print results. Errors travel up to `main`, which prints them once.
+
+pub mod args;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use beatlab::device::{self, DeviceChoice};
+use beatlab::registry::{Registry, RunRow, RunStatus};
+use beatlab::runner::{self, CellOutcome, RunnerConfig};
+use beatlab::spec::{self, Overrides, Plan};
+use beatlab::table::{self, Format};
+use beatlab::tracking::Console;
+
+use args::{Cli, Command, DataCommand, Global, SpecArgs, TrainArgs};
+
+/// An error caused by the user's input (exit code 2), as opposed to a failed run (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BadInput(#[from] pub anyhow::Error);
+
+fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    BadInput(e.into()).into()
+}
+
+/// What the process should exit with.
+pub enum Exit {
+    Done,
+    RunFailed,
+}
+
+pub fn run(cli: Cli) -> Result<Exit> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Plan { spec, json } => plan(g, &spec, json),
+        Command::Run { spec, train } => {
+            train_cells(g, &spec.file, spec.sets, &train, 1, Some(Format::Md))
+        }
+        Command::Sweep {
+            spec,
+            train,
+            workers,
+        } => train_cells(
+            g,
+            &spec.file,
+            spec.sets,
+            &train,
+            workers as usize,
+            Some(Format::Md),
+        ),
+        Command::Worker { spec, train } => train_cells(g, &spec.file, spec.sets, &train, 1, None),
+        Command::Reproduce {
+            name,
+            sets,
+            train,
+            workers,
+            format,
+        } => {
+            let file = experiment_file(&name)?;
+            train_cells(g, &file, sets, &train, workers as usize, Some(format))
+        }
+        Command::Table { spec, format } => {
+            let (_, plan) = load_plan(&spec.file, spec.sets)?;
+            let registry = Registry::open_existing(&g.registry)?;
+            print!("{}", table::build(&plan, registry.as_ref())?.render(format));
+            Ok(Exit::Done)
+        }
+        Command::Runs {
+            status,
+            experiment,
+            json,
+        } => runs(g, status.map(Into::into), experiment.as_deref(), json),
+        Command::Show { run, json } => show(g, &run, json),
+        Command::Compare { a, b } => compare(g, &a, &b),
+        Command::Resume { run, device, lease } => resume(g, &run, device, lease),
+        Command::Data(DataCommand::Check { root, json }) => data_check(&root, json),
+        Command::Reference => {
+            print!("{}", beatlab::spec::reference::markdown());
+            Ok(Exit::Done)
+        }
+    }
+}
+
+/// `experiments/NAME.toml`, or NAME itself when it is a path to a file.
+fn experiment_file(name: &str) -> Result<PathBuf> {
+    let direct = PathBuf::from(name);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let file = Path::new("experiments").join(format!("{name}.toml"));
+    if file.is_file() {
+        return Ok(file);
+    }
+    let known: Vec<String> = std::fs::read_dir("experiments")
+        .map(|d| {
+            let mut v: Vec<String> = d
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let p = e.path();
+                    if p.extension()? != "toml" {
+                        return None;
+                    }
+                    Some(p.file_stem()?.to_string_lossy().into_owned())
+                })
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    Err(bad(anyhow::anyhow!(
+        "no experiment `{name}`: {} does not exist (known: {})",
+        file.display(),
+        if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+fn load_plan(file: &Path, sets: Vec<String>) -> Result<(spec::Loaded, Plan)> {
+    let loaded = spec::load(file, &Overrides::from_process(sets)).map_err(bad)?;
+    let plan = loaded.plan().map_err(bad)?;
+    Ok((loaded, plan))
+}
+
+fn plan(g: &Global, args: &SpecArgs, json: bool) -> Result<Exit> {
+    let (_, plan) = load_plan(&args.file, args.sets.clone())?;
+    let registry = Registry::open_existing(&g.registry)?;
+    let cells = runner::cell_statuses(&plan, registry.as_ref())?;
+    if json {
+        let items: Vec<serde_json::Value> = cells
+            .iter()
+            .map(|(c, status, run)| {
+                serde_json::json!({
+                    "index": c.index,
+                    "hash": c.hash,
+                    "short_hash": c.short_hash(),
+                    "status": status,
+                    "run": run,
+                    "overrides": c.overrides_json(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(Exit::Done);
+    }
+    println!(
+        "{}: {} cell{}{}",
+        plan.experiment,
+        plan.cells.len(),
+        if plan.cells.len() == 1 { "" } else { "s" },
+        if plan.description.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", plan.description)
+        }
+    );
+    for key in &plan.pinned {
+        println!("  (sweep key `{key}` pinned by an override)");
+    }
+    for (c, status, run) in &cells {
+        println!(
+            "  {:>3}  {}  {:<8}  {}{}",
+            c.index,
+            c.short_hash(),
+            status,
+            c.label(),
+            run.as_ref().map(|r| format!("  [{r}]")).unwrap_or_default()
+        );
+    }
+    Ok(Exit::Done)
+}
+
+/// Ctrl-C and SIGTERM set this flag; stages stop at their next safe point and leave their run
+/// resumable. A second Ctrl-C exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}
+
+fn runner_config(
+    g: &Global,
+    choice: DeviceChoice,
+    lease: f64,
+    force: bool,
+    rerun_failed: bool,
+) -> Result<RunnerConfig> {
+    let console = Console::new(g.quiet);
+    let resolved = device::resolve(choice).map_err(bad)?;
+    if let Some(why) = &resolved.fallback {
+        console.line(&format!("device auto: using the CPU ({why})"));
+    }
+    let registry = Registry::open(&g.registry)?;
+    Ok(RunnerConfig {
+        registry,
+        runs_dir: g.runs_dir.clone(),
+        device: resolved.device,
+        device_name: resolved.name,
+        lease_s: lease,
+        force,
+        rerun_failed,
+        console,
+        stages: beatlab::stages::builtin(),
+        interrupted: interrupt_flag(),
+    })
+}
+
+fn train_cells(
+    g: &Global,
+    file: &Path,
+    sets: Vec<String>,
+    train: &TrainArgs,
+    workers: usize,
+    table_format: Option<Format>,
+) -> Result<Exit> {
+    // Everything that can be wrong with the input is checked before the registry is touched.
+    let (loaded, plan) = load_plan(file, sets)?;
+    loaded.check_runtime(&plan).map_err(bad)?;
+    let cfg = runner_config(
+        g,
+        train.device,
+        train.lease,
+        train.force,
+        train.rerun_failed,
+    )?;
+    cfg.console.line(&format!(
+        "{}: {} cells, {} worker{}, device {}",
+        plan.experiment,
+        plan.cells.len(),
+        workers,
+        if workers == 1 { "" } else { "s" },
+        cfg.device_name
+    ));
+    let reports = runner::run_plan(&plan, &cfg, workers)?;
+    let failed: Vec<_> = reports
+        .iter()
+        .filter(|r| matches!(r.outcome, CellOutcome::Failed(_)))
+        .collect();
+    let stopped = reports
+        .iter()
+        .any(|r| matches!(r.outcome, CellOutcome::Stopped(_)));
+    let finished = reports
+        .iter()
+        .filter(|r| r.outcome == CellOutcome::Finished)
+        .count();
+    eprintln!(
+        "{}: {finished} cell(s) finished, {} failed{} in this process",
+        plan.experiment,
+        failed.len(),
+        if stopped { ", some interrupted" } else { "" }
+    );
+    for r in &failed {
+        if let CellOutcome::Failed(e) = &r.outcome {
+            eprintln!("  failed {} ({}): {e}", r.run_id, r.label);
+        }
+    }
+    if let Some(format) = table_format {
+        println!();
+        print!(
+            "{}",
+            table::build(&plan, Some(&cfg.registry))?.render(format)
+        );
+    }
+    Ok(if failed.is_empty() && !stopped {
+        Exit::Done
+    } else {
+        Exit::RunFailed
+    })
+}
+
+fn resume(g: &Global, run: &str, choice: DeviceChoice, lease: f64) -> Result<Exit> {
+    let cfg = runner_config(g, choice, lease, false, false)?;
+    let report = match runner::resume_run(run, &cfg) {
+        Err(runner::RunnerError::Registry(e @ beatlab::registry::RegistryError::NoSuchRun(_)))
+        | Err(runner::RunnerError::Registry(
+            e @ beatlab::registry::RegistryError::Ambiguous { .. },
+        )) => {
+            return Err(bad(e));
+        }
+        Err(e @ runner::RunnerError::NotResumable { .. }) => return Err(bad(e)),
+        other => other?,
+    };
+    Ok(match report.outcome {
+        CellOutcome::Finished => {
+            eprintln!("{}: finished", report.run_id);
+            Exit::Done
+        }
+        CellOutcome::Failed(e) => {
+            eprintln!("{}: failed: {e}", report.run_id);
+            Exit::RunFailed
+        }
+        CellOutcome::Stopped(_) => Exit::RunFailed,
+    })
+}
+
+fn open_for_reading(g: &Global) -> Result<Option<Registry>> {
+    Ok(Registry::open_existing(&g.registry)?)
+}
+
+fn runs(
+    g: &Global,
+    status: Option<RunStatus>,
+    experiment: Option<&str>,
+    json: bool,
+) -> Result<Exit> {
+    let rows = match open_for_reading(g)? {
+        Some(r) => r.runs(experiment, status)?,
+        None => Vec::new(),
+    };
+    let t = beatlab::registry::now();
+    let rows: Vec<RunRow> = rows
+        .into_iter()
+        .map(|mut r| {
+            r.status = r.effective_status(t);
+            r
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(Exit::Done);
+    }
+    if rows.is_empty() {
+        println!("no runs in {}", g.registry.display());
+        return Ok(Exit::Done);
+    }
+    println!(
+        "{:<14} {:<20} {:<9} {:>3}  {:<19}  cell",
+        "run", "experiment", "status", "try", "started"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:<20} {:<9} {:>3}  {:<19}  {}",
+            r.id,
+            r.experiment,
+            r.status.as_str(),
+            r.attempt,
+            r.started_at.map(format_time).unwrap_or_default(),
+            r.cell_label
+        );
+    }
+    Ok(Exit::Done)
+}
+
+fn format_time(t: f64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t as i64)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn find_run(g: &Global, id: &str) -> Result<(Registry, RunRow)> {
+    let registry = open_for_reading(g)?
+        .ok_or_else(|| bad(anyhow::anyhow!("no registry at {}", g.registry.display())))?;
+    let run = registry.run(id).map_err(bad)?;
+    Ok((registry, run))
+}
+
+fn show(g: &Global, id: &str, json: bool) -> Result<Exit> {
+    let (registry, mut run) = find_run(g, id)?;
+    run.status = run.effective_status(beatlab::registry::now());
+    let summaries = registry.summaries(&run.id)?;
+    let checkpoints = registry.checkpoints(&run.id)?;
+    let metrics = registry.metrics(&run.id)?;
+    let mut last: std::collections::BTreeMap<&str, (i64, f64)> = Default::default();
+    for m in &metrics {
+        last.insert(&m.key, (m.step, m.value));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "run": run,
+                "summaries": summaries,
+                "last_metrics": last.iter().map(|(k, (s, v))| (k.to_string(), serde_json::json!({"step": s, "value": v}))).collect::<serde_json::Map<_, _>>(),
+                "checkpoints": checkpoints,
+            }))?
+        );
+        return Ok(Exit::Done);
+    }
+    println!("run        {}", run.id);
+    println!("experiment {}", run.experiment);
+    println!("cell       #{} {}", run.cell_index, run.cell_label);
+    println!("hash       {}", run.hash);
+    println!(
+        "status     {} (attempt {}){}",
+        run.status.as_str(),
+        run.attempt,
+        run.stage
+            .as_ref()
+            .map(|s| format!(", stage {s}"))
+            .unwrap_or_default()
+    );
+    println!("seed       {}", run.seed);
+    println!(
+        "code       {}{}",
+        run.code_rev,
+        if run.code_dirty { " (dirty)" } else { "" }
+    );
+    println!("where      {} on {} ({})", run.worker, run.host, run.device);
+    println!("folder     {}", run.run_dir);
+    if let Some(e) = &run.error {
+        println!("error      {e}");
+    }
+    if !summaries.is_empty() {
+        println!("\nsummaries:");
+        for (k, v) in &summaries {
+            println!("  {k:<32} {v:.6}");
+        }
+    }
+    if !last.is_empty() {
+        println!("\nlast metrics:");
+        for (k, (s, v)) in &last {
+            println!("  {k:<32} {v:.6}  (step {s})");
+        }
+    }
+    if !checkpoints.is_empty() {
+        println!("\ncheckpoints:");
+        for c in &checkpoints {
+            println!(
+                "  {:<10} step {:>7}  {}{}  {} bytes  sha256 {}",
+                c.stage,
+                c.step,
+                c.path,
+                if c.is_final { " (final)" } else { "" },
+                c.bytes,
+                &c.sha256[..16]
+            );
+        }
+    }
+    Ok(Exit::Done)
+}
+
+fn flatten_json(
+    prefix: &str,
+    v: &serde_json::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_json(&p, v, out);
+            }
+        }
+        serde_json::Value::Array(items)
+            if items
+                .iter()
+                .all(|i| i.is_object() && i.get("name").is_some())
+                && !items.is_empty() =>
+        {
+            // Stages, addressed by name as in overrides.
+            for item in items {
+                let name = item["name"].as_str().unwrap_or("?");
+                flatten_json(&format!("{prefix}.{name}"), item, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+fn compare(g: &Global, a: &str, b: &str) -> Result<Exit> {
+    let (registry, ra) = find_run(g, a)?;
+    let rb = registry.run(b).map_err(bad)?;
+    let parse = |r: &RunRow| -> Result<std::collections::BTreeMap<String, String>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&r.spec_json).with_context(|| format!("spec of run {}", r.id))?;
+        let mut out = Default::default();
+        flatten_json("", &v, &mut out);
+        Ok(out)
+    };
+    let (sa, sb) = (parse(&ra)?, parse(&rb)?);
+    println!("spec differences ({} vs {}):", ra.id, rb.id);
+    let keys: std::collections::BTreeSet<&String> = sa.keys().chain(sb.keys()).collect();
+    let mut any = false;
+    for k in keys {
+        let (x, y) = (sa.get(k), sb.get(k));
+        if x != y {
+            any = true;
+            println!(
+                "  {k:<36} {:<16} {}",
+                x.map_or("—", |s| s),
+                y.map_or("—", |s| s)
+            );
+        }
+    }
+    if !any {
+        println!("  (identical)");
+    }
+    let (ma, mb) = (registry.summaries(&ra.id)?, registry.summaries(&rb.id)?);
+    println!("\nsummaries:");
+    let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+    for k in keys {
+        let (x, y) = (ma.get(k), mb.get(k));
+        let delta = match (x, y) {
+            (Some(x), Some(y)) => format!("{:+.6}", y - x),
+            _ => String::new(),
+        };
+        let show = |v: Option<&f64>| v.map_or("—".to_string(), |v| format!("{v:.6}"));
+        println!("  {k:<36} {:>12} {:>12} {delta:>12}", show(x), show(y));
+    }
+    Ok(Exit::Done)
+}
+
+fn data_check(root: &Path, _json: bool) -> Result<Exit> {
+    // Wired to beatlab_ecg::check once the readers land.
+    Err(bad(anyhow::anyhow!(
+        "data check is not available yet ({})",
+        root.display()
+    )))
+}
