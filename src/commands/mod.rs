@@ -520,10 +520,21 @@ fn compare(g: &Global, a: &str, b: &str) -> Result<Exit> {
     Ok(Exit::Done)
 }
 
-fn data_check(root: &Path, _json: bool) -> Result<Exit> {
-    // Wired to beatlab_ecg::check once the readers land.
-    Err(bad(anyhow::anyhow!(
-        "data check is not available yet ({})",
-        root.display()
-    )))
+fn data_check(root: &Path, json: bool) -> Result<Exit> {
+    if !root.is_dir() {
+        return Err(bad(anyhow::anyhow!("{} is not a folder", root.display())));
+    }
+    let report = beatlab_ecg::check::check_root(root);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(
+        if report.records_failed == 0 && report.failures.is_empty() {
+            Exit::Done
+        } else {
+            Exit::RunFailed
+        },
+    )
 }
