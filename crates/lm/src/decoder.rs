@@ -10,12 +10,11 @@ use std::ops::Range;
 
 use beatlab_nn::ParamStore;
 use candle_core::{D, DType, Device, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::error::{LmError, Result};
 use crate::layers::{
-    Activation, BuildOptions, Builder, INIT_STD, Linear, MASKED, RmsNorm, Rotary, attention,
-    repeat_kv,
+    Activation, BuildOptions, Builder, Linear, MASKED, RmsNorm, Rotary, attention, repeat_kv,
 };
 use crate::lora::Lora;
 use crate::vocab::Vocabulary;
@@ -47,6 +46,8 @@ pub(crate) struct DecoderSpec {
     pub hidden_act: Activation,
     /// Keys further back than this many positions are masked (Phi-3's `sliding_window`).
     pub sliding_window: Option<usize>,
+    /// Std of random initialisation (used only when weights are created, not loaded).
+    pub initializer_range: f64,
 }
 
 enum QkvProj {
@@ -212,16 +213,13 @@ pub(crate) struct Decoder {
 impl Decoder {
     /// Build over the weights `vb` provides (`model.*`, `lm_head.*`).
     pub(crate) fn new(spec: DecoderSpec, vb: VarBuilder, opts: &BuildOptions) -> Result<Self> {
-        let b = Builder::new(opts);
+        let b = Builder::new(opts, spec.initializer_range);
         let vb_m = vb.pp("model");
         let embed = b.weight(
             &vb_m.pp("embed_tokens"),
             &[spec.vocab_size, spec.hidden_size],
             "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: INIT_STD,
-            },
+            b.randn(),
         )?;
         let head = if spec.tie_word_embeddings {
             None
@@ -230,10 +228,7 @@ impl Decoder {
                 &vb.pp("lm_head"),
                 &[spec.vocab_size, spec.hidden_size],
                 "weight",
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: INIT_STD,
-                },
+                b.randn(),
             )?)
         };
         let mut layers = Vec::with_capacity(spec.num_layers);

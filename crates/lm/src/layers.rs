@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{LmError, Result};
 use crate::lora::{Lora, LoraAdapter, module_kind};
 
-/// Standard deviation of freshly initialised linear and embedding weights: the
-/// `initializer_range` of the Hugging Face Qwen2 / Phi-3 configurations.
+/// Default standard deviation of freshly initialised linear and embedding weights: the
+/// `initializer_range` default of the Hugging Face Qwen2 / Phi-3 / SigLIP configurations.
 pub const INIT_STD: f64 = 0.02;
 
 /// How a model is built on top of its weights.
@@ -37,14 +37,26 @@ pub struct BuildOptions {
 /// Fetches weights for one model and remembers which linear layers it built.
 pub(crate) struct Builder<'a> {
     opts: &'a BuildOptions,
+    init_std: f64,
     linear_paths: RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Builder<'a> {
-    pub(crate) fn new(opts: &'a BuildOptions) -> Self {
+    /// A builder whose random initialisation (only used when `vb` creates weights) draws
+    /// linear weights from N(0, `init_std`).
+    pub(crate) fn new(opts: &'a BuildOptions, init_std: f64) -> Self {
         Self {
             opts,
+            init_std,
             linear_paths: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// The normal initialiser of this model's weight matrices.
+    pub(crate) fn randn(&self) -> Init {
+        Init::Randn {
+            mean: 0.0,
+            stdev: self.init_std,
         }
     }
 
@@ -72,15 +84,7 @@ impl<'a> Builder<'a> {
         out_dim: usize,
         bias: bool,
     ) -> CResult<Linear> {
-        let weight = self.weight(
-            vb,
-            &[out_dim, in_dim],
-            "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: INIT_STD,
-            },
-        )?;
+        let weight = self.weight(vb, &[out_dim, in_dim], "weight", self.randn())?;
         let bias = if bias {
             Some(self.weight(vb, &[out_dim], "bias", Init::Const(0.0))?)
         } else {

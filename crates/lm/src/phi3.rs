@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::decoder::{DecoderSpec, Layout};
 use crate::error::{LmError, Result};
 use crate::layers::Activation;
-use crate::qwen2::{check_heads, check_positive};
+use crate::qwen2::{check_heads, check_init_range, check_positive};
 
 /// The fields of a Phi-3 `config.json` this crate uses (others are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +53,10 @@ pub struct Phi3Config {
     /// Attention window: keys this many or more positions back are masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// Std of the normal random initialisation of weight matrices and embeddings (only used
+    /// when a model is created rather than loaded).
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
     /// RoPE scaling (`longrope` / `su`; not supported: must be null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
@@ -66,6 +70,9 @@ fn default_rope_theta() -> f64 {
 }
 fn default_rms_eps() -> f64 {
     1e-5
+}
+fn default_init_range() -> f64 {
+    crate::layers::INIT_STD
 }
 fn default_act() -> Activation {
     Activation::Silu
@@ -90,6 +97,7 @@ impl Phi3Config {
         }
         let kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
         let head_dim = check_heads(self.hidden_size, self.num_attention_heads, kv_heads, None)?;
+        check_init_range(self.initializer_range)?;
         check_positive(&[
             ("vocab_size", self.vocab_size),
             ("intermediate_size", self.intermediate_size),
@@ -131,6 +139,7 @@ impl Phi3Config {
             rms_norm_eps: self.rms_norm_eps,
             tie_word_embeddings: self.tie_word_embeddings,
             hidden_act: self.hidden_act,
+            initializer_range: self.initializer_range,
             sliding_window: self.sliding_window,
         })
     }

@@ -66,6 +66,13 @@ impl FromStr for BackbonePreset {
     }
 }
 
+/// Initialisation std of the tiny presets: `1 / sqrt(hidden)`. Hugging Face's 0.02 is calibrated
+/// for hidden sizes in the thousands (0.02 * sqrt(3584) = 1.2: logits of std ~1 at init); at
+/// hidden 64 it would give near-flat logits std ~0.16 and a frozen head that caps every logit
+/// near +-1, which no LoRA adapter can lift. `1 / sqrt(hidden)` gives a tiny model the logit
+/// scale of a real one.
+pub const TINY_INIT_STD: f64 = 0.125;
+
 /// Qwen2 at toy size: hidden 64, MLP 176 (Qwen's ~2.7x ratio), 2 layers, 4 query heads sharing
 /// 2 key-value heads (so grouped-query attention is exercised), tied embeddings as the small
 /// Qwen2.5 checkpoints.
@@ -86,6 +93,7 @@ pub fn tiny_qwen2(vocab_size: usize) -> Qwen2Config {
         use_sliding_window: false,
         sliding_window: Some(1024),
         max_window_layers: Some(2),
+        initializer_range: TINY_INIT_STD,
         rope_scaling: None,
     }
 }
@@ -108,6 +116,7 @@ pub fn tiny_phi3(vocab_size: usize) -> Phi3Config {
         tie_word_embeddings: false,
         hidden_act: Activation::Silu,
         sliding_window: None,
+        initializer_range: TINY_INIT_STD,
         rope_scaling: None,
     }
 }

@@ -54,6 +54,10 @@ pub struct Qwen2Config {
     /// Layers using full attention before the window starts (only with `use_sliding_window`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_window_layers: Option<usize>,
+    /// Std of the normal random initialisation of weight matrices and embeddings (only used
+    /// when a model is created rather than loaded).
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
     /// RoPE scaling (YaRN etc.; not supported: must be null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
@@ -67,6 +71,9 @@ fn default_rope_theta() -> f64 {
 }
 fn default_rms_eps() -> f64 {
     1e-6
+}
+fn default_init_range() -> f64 {
+    crate::layers::INIT_STD
 }
 fn default_act() -> Activation {
     Activation::Silu
@@ -94,6 +101,7 @@ impl Qwen2Config {
             kv_heads,
             self.head_dim,
         )?;
+        check_init_range(self.initializer_range)?;
         check_positive(&[
             ("vocab_size", self.vocab_size),
             ("intermediate_size", self.intermediate_size),
@@ -113,6 +121,7 @@ impl Qwen2Config {
             rms_norm_eps: self.rms_norm_eps,
             tie_word_embeddings: self.tie_word_embeddings,
             hidden_act: self.hidden_act,
+            initializer_range: self.initializer_range,
             sliding_window: None,
         })
     }
@@ -155,6 +164,17 @@ pub(crate) fn check_heads(
         ));
     }
     Ok(head_dim)
+}
+
+pub(crate) fn check_init_range(std: f64) -> Result<()> {
+    if std.is_finite() && std > 0.0 {
+        Ok(())
+    } else {
+        Err(LmError::config(
+            "initializer_range",
+            format!("must be a positive number, found {std}"),
+        ))
+    }
 }
 
 pub(crate) fn check_positive(fields: &[(&str, usize)]) -> Result<()> {

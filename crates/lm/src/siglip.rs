@@ -236,7 +236,7 @@ impl SiglipVision {
     /// `fc1`, `fc2` (the encoder's and the head's).
     pub fn new(config: &SiglipVisionConfig, vb: VarBuilder, opts: &BuildOptions) -> Result<Self> {
         config.validate()?;
-        let b = Builder::new(opts);
+        let b = Builder::new(opts, INIT_STD);
         let vb = vb.pp("vision_model");
         let (h, i, p, c) = (
             config.hidden_size,
