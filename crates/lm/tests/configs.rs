@@ -144,3 +144,12 @@ fn siglip_so400m_config_parses() {
     // 384 px in 14 px patches: 27 per side.
     assert_eq!(cfg.num_patches(), 27 * 27);
 }
+
+#[test]
+fn models_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<beatlab_lm::Backbone>();
+    assert_send_sync::<beatlab_lm::SiglipVision>();
+    assert_send_sync::<beatlab_lm::LmTokenizer>();
+    assert_send_sync::<beatlab_lm::Lora>();
+}
