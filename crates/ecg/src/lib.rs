@@ -4,12 +4,16 @@
 
 pub mod annotation;
 pub mod check;
+pub mod dataset;
+pub mod dsp;
 pub mod error;
 pub mod ludb;
 pub mod mat;
+pub mod preprocess;
 pub mod ptbxl;
 pub mod record;
 pub mod sources;
+pub mod synthetic;
 pub mod wfdb;
 
 pub use error::DataError;
