@@ -20,6 +20,15 @@
 //! fallen to 4 % of its peak); the true intervals in the labels are computed from those, so
 //! labels and waveforms agree by construction.
 //!
+//! # Parameters
+//! Each record has one [`Condition`]. Rate, PR, QRS width, QTc (Bazett: QT = QTc * sqrt(RR)),
+//! frontal axis and amplitudes come from the [`PatientTraits`] of its patient, jittered per
+//! record, except where the condition dictates them (bradycardia 40-56 bpm, tachycardia
+//! 105-150 bpm, first-degree block PR 225-320 ms, LBBB QRS 135-175 ms, RBBB 128-165 ms, LVH
+//! Sokolow-Lyon 3.9-5.2 mV; every other record is kept below 3.0 mV). Sinus RR series carry
+//! respiratory (0.2-0.35 Hz) and Mayer-wave (0.1 Hz) variability; AF draws independent RRs.
+//! [`simulate_patient`] takes explicit traits for callers that want to set them.
+//!
 //! # Randomness
 //! Everything is drawn from a ChaCha8 stream seeded by the caller: the same `(config, condition,
 //! seed)` gives the same record bit for bit on every machine.
@@ -756,6 +765,9 @@ struct Plan {
     dominant: usize,
     pr_s: Option<f32>,
     qt_s: f32,
+    /// Mean ventricular cycle the beats were planned with, s (labels the rate of records too
+    /// short to hold two beats).
+    planned_rr_s: f32,
     st_territory: Option<String>,
     flutter_conduction: Option<u32>,
     atrial_rate_per_min: Option<f32>,
@@ -1002,6 +1014,7 @@ fn build_plan(
         }
     }
 
+    let mut planned_rr_s = mean_rr;
     let mut templates = vec![dominant];
     let mut beats = Vec::new();
     let mut atrial = AtrialActivity::None;
@@ -1071,6 +1084,7 @@ fn build_plan(
                 _ => 4,
             };
             let rr = ratio as f32 / freq;
+            planned_rr_s = rr;
             // Typical (counter-clockwise) flutter: negative sawtooth in II, III, aVF, positive
             // in V1.
             let phase_s = rng.random_range(0.0..1.0 / freq);
@@ -1195,6 +1209,7 @@ fn build_plan(
         dominant: 0,
         pr_s: has_p.then_some(pr),
         qt_s,
+        planned_rr_s,
         st_territory,
         flutter_conduction,
         atrial_rate_per_min: atrial_rate,
@@ -1572,19 +1587,15 @@ fn build_truth(
         });
     }
     let rr_ms: Vec<f32> = peaks.windows(2).map(|w| (w[1] - w[0]) * 1000.0).collect();
-    let heart_rate_bpm = if rr_ms.is_empty() {
-        0.0
-    } else {
-        60_000.0 * rr_ms.len() as f32 / rr_ms.iter().sum::<f32>()
-    };
-    let dom = &plan.templates[plan.dominant];
-    let (qa, qb) = dom.qrs_span();
-    let qt_ms = (plan.qt_s - qa) * 1000.0;
     let mean_rr_s = if rr_ms.is_empty() {
-        1.0
+        plan.planned_rr_s
     } else {
         rr_ms.iter().sum::<f32>() / rr_ms.len() as f32 / 1000.0
     };
+    let heart_rate_bpm = 60.0 / mean_rr_s;
+    let dom = &plan.templates[plan.dominant];
+    let (qa, qb) = dom.qrs_span();
+    let qt_ms = (plan.qt_s - qa) * 1000.0;
     let st_shift = plan.st_territory.as_ref().map(|territory| {
         let levels = st_levels(dom);
         let elevation = condition == Condition::StElevation;
@@ -1691,16 +1702,17 @@ fn diagnoses(truth: &SimTruth) -> Vec<String> {
         Condition::PrematureAtrial => d.push("Premature atrial contractions.".into()),
         Condition::StElevation | Condition::StDepression => {
             if let Some(st) = &truth.st_shift {
-                let kind = if truth.condition == Condition::StElevation {
-                    "ST elevation"
+                // Elevation follows a coronary territory; diffuse subendocardial depression
+                // does not, so it is reported by lead only.
+                d.push(if truth.condition == Condition::StElevation {
+                    format!(
+                        "ST elevation in the {} leads ({}).",
+                        st.territory,
+                        st.leads.join(", ")
+                    )
                 } else {
-                    "ST depression"
-                };
-                d.push(format!(
-                    "{kind} in the {} leads ({}).",
-                    st.territory,
-                    st.leads.join(", ")
-                ));
+                    format!("ST depression in leads {}.", st.leads.join(", "))
+                });
             }
         }
         _ => {}

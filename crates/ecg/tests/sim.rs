@@ -199,6 +199,37 @@ fn shape_and_lead_order() {
 }
 
 #[test]
+fn tiny_and_odd_configurations_do_not_panic() {
+    // check(fs, duration): every condition simulates, lengths follow, labels stay sane.
+    let check = |fs: f64, duration_s: f64| {
+        let cfg = SimConfig {
+            fs,
+            duration_s,
+            ..SimConfig::default()
+        };
+        for c in Condition::ALL {
+            let s = simulate(&cfg, c, 3);
+            let n = (fs * duration_s).round().max(0.0) as usize;
+            assert!(
+                s.record.signals.iter().all(|x| x.len() == n),
+                "{c:?} {fs} {duration_s}"
+            );
+            let hr = s.record.meta.heart_rate_bpm.unwrap();
+            assert!(
+                (35.0..200.0).contains(&hr),
+                "{c:?} {fs} Hz {duration_s} s: {hr} bpm"
+            );
+            assert!(s.record.signals.iter().flatten().all(|v| v.is_finite()));
+        }
+    };
+    check(500.0, 0.0);
+    check(500.0, 0.4);
+    check(250.0, 1.5);
+    check(1000.0, 3.0);
+    check(100.0, 60.0);
+}
+
+#[test]
 fn einthoven_and_goldberger_identities_hold_exactly() {
     let cfg = SimConfig::default(); // noise on: it must respect the identities too
     for (k, c) in Condition::ALL.into_iter().enumerate() {
