@@ -22,6 +22,9 @@ use rand_distr::{Distribution, StandardNormal};
 pub struct ParamStore {
     seed: u64,
     vars: Arc<Mutex<BTreeMap<String, Var>>>,
+    /// Non-trainable state (EMA statistics, counters). Kept as `Var`s only so that it can be
+    /// overwritten in place; it never appears in [`ParamStore::vars`], so no optimiser sees it.
+    buffers: Arc<Mutex<BTreeMap<String, Var>>>,
 }
 
 impl ParamStore {
@@ -29,7 +32,13 @@ impl ParamStore {
         Self {
             seed,
             vars: Arc::new(Mutex::new(BTreeMap::new())),
+            buffers: Arc::new(Mutex::new(BTreeMap::new())),
         }
+    }
+
+    /// The seed every tensor of this store is drawn from.
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// A `VarBuilder` whose `get`/`get_with_hints` create (or return) variables in this store.
@@ -64,7 +73,8 @@ impl ParamStore {
         self.vars().iter().map(|(_, v)| v.elem_count()).sum()
     }
 
-    /// Current values of every variable, for saving.
+    /// Current values of every variable, for saving. These share storage with the variables
+    /// (an optimiser step changes them too): serialise them before training on, or `copy()`.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         self.vars()
             .into_iter()
@@ -77,30 +87,70 @@ impl ParamStore {
     /// silently into the wrong model.
     pub fn load(&self, tensors: &BTreeMap<String, Tensor>) -> std::result::Result<(), LoadError> {
         let vars = self.vars.lock().expect("param store poisoned");
-        for name in tensors.keys() {
-            if !vars.contains_key(name) {
-                return Err(LoadError::Unexpected(name.clone()));
+        load_into(&vars, tensors)
+    }
+
+    /// A non-trainable buffer: created from the seeded generator on first request (like a
+    /// variable), returned as is afterwards. Buffers are saved and loaded with
+    /// [`ParamStore::buffer_tensors`] / [`ParamStore::load_buffers`] and never handed to an
+    /// optimiser. Use [`Tensor::detach`] on `as_tensor()` in a forward pass so that no gradient
+    /// is tracked for them.
+    pub fn buffer(
+        &self,
+        name: &str,
+        shape: impl Into<Shape>,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Var> {
+        let shape = shape.into();
+        let mut buffers = self.buffers.lock().expect("param store poisoned");
+        if let Some(buf) = buffers.get(name) {
+            if buf.shape() != &shape {
+                candle_core::bail!(
+                    "buffer `{name}` requested with shape {shape:?} but exists with {:?}",
+                    buf.shape()
+                );
             }
+            return Ok(buf.clone());
         }
-        for (name, var) in vars.iter() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| LoadError::Missing(name.clone()))?;
-            if t.dims() != var.dims() {
-                return Err(LoadError::Shape {
-                    name: name.clone(),
-                    expected: var.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
-            let t = t
-                .to_dtype(var.dtype())
-                .and_then(|t| t.to_device(var.device()))
-                .and_then(|t| var.set(&t))
-                .map_err(|e| LoadError::Candle(name.clone(), e))?;
-            let _: () = t;
-        }
-        Ok(())
+        let buf = self.create(&shape, name, init, dtype, device)?;
+        buffers.insert(name.to_string(), buf.clone());
+        Ok(buf)
+    }
+
+    /// Whether a buffer of that name exists already.
+    pub fn contains_buffer(&self, name: &str) -> bool {
+        self.buffers
+            .lock()
+            .expect("param store poisoned")
+            .contains_key(name)
+    }
+
+    /// All buffers, sorted by name.
+    pub fn buffers(&self) -> Vec<(String, Var)> {
+        let buffers = self.buffers.lock().expect("param store poisoned");
+        buffers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Current values of every buffer, for saving.
+    pub fn buffer_tensors(&self) -> BTreeMap<String, Tensor> {
+        self.buffers()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Overwrite buffers from saved tensors, with the same strictness as [`ParamStore::load`].
+    pub fn load_buffers(
+        &self,
+        tensors: &BTreeMap<String, Tensor>,
+    ) -> std::result::Result<(), LoadError> {
+        let buffers = self.buffers.lock().expect("param store poisoned");
+        load_into(&buffers, tensors)
     }
 
     fn create(
@@ -117,6 +167,38 @@ impl ParamStore {
             .to_device(dev)?;
         Var::from_tensor(&t)
     }
+}
+
+/// Every entry of `targets` must be in `tensors` with its shape, and nothing else may be.
+fn load_into(
+    targets: &BTreeMap<String, Var>,
+    tensors: &BTreeMap<String, Tensor>,
+) -> std::result::Result<(), LoadError> {
+    for name in tensors.keys() {
+        if !targets.contains_key(name) {
+            return Err(LoadError::Unexpected(name.clone()));
+        }
+    }
+    for (name, var) in targets.iter() {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| LoadError::Missing(name.clone()))?;
+        if t.dims() != var.dims() {
+            return Err(LoadError::Shape {
+                name: name.clone(),
+                expected: var.dims().to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        // `copy` because `Var::set` refuses a source that shares the variable's storage, which is
+        // what loading a store's own `tensors()` back would give.
+        t.to_dtype(var.dtype())
+            .and_then(|t| t.to_device(var.device()))
+            .and_then(|t| t.copy())
+            .and_then(|t| var.set(&t))
+            .map_err(|e| LoadError::Candle(name.clone(), e))?;
+    }
+    Ok(())
 }
 
 /// Why saved tensors could not be loaded into a [`ParamStore`].
@@ -254,5 +336,63 @@ mod tests {
         assert!(matches!(s.load(&saved), Err(LoadError::Shape { .. })));
         saved.remove("x.weight");
         assert!(matches!(s.load(&saved), Err(LoadError::Missing(_))));
+    }
+
+    #[test]
+    fn buffers_are_seeded_kept_apart_from_variables_and_reloaded_strictly() {
+        let s = ParamStore::new(3);
+        let dev = Device::Cpu;
+        let b = s
+            .buffer(
+                "stats",
+                (2, 2),
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+                DType::F32,
+                &dev,
+            )
+            .unwrap();
+        assert!(s.vars().is_empty(), "a buffer is not a trainable variable");
+        assert!(s.contains_buffer("stats"));
+        let again = ParamStore::new(3)
+            .buffer(
+                "stats",
+                (2, 2),
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+                DType::F32,
+                &dev,
+            )
+            .unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(b.as_tensor()), v(again.as_tensor()));
+        // Asking again returns the same buffer, not a new one.
+        b.set(&Tensor::zeros((2, 2), DType::F32, &dev).unwrap())
+            .unwrap();
+        let same = s
+            .buffer("stats", (2, 2), Init::Const(5.0), DType::F32, &dev)
+            .unwrap();
+        assert_eq!(v(same.as_tensor()), [0.0; 4]);
+        assert!(
+            s.buffer("stats", 3, Init::Const(0.0), DType::F32, &dev)
+                .is_err()
+        );
+
+        let mut saved = s.buffer_tensors();
+        saved.insert(
+            "stats".into(),
+            Tensor::ones((2, 2), DType::F32, &dev).unwrap(),
+        );
+        s.load_buffers(&saved).unwrap();
+        assert_eq!(v(b.as_tensor()), [1.0; 4]);
+        saved.insert("other".into(), Tensor::ones(1, DType::F32, &dev).unwrap());
+        assert!(matches!(
+            s.load_buffers(&saved),
+            Err(LoadError::Unexpected(_))
+        ));
     }
 }
