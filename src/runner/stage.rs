@@ -186,7 +186,8 @@ impl StageContext<'_> {
             .bar(len, &format!("{} {what}", self.stage.name))
     }
 
-    /// Marks in TensorBoard that this attempt continues from `step`.
+    /// Marks in TensorBoard that this attempt's first metric has step `step` (earlier attempts'
+    /// events from that step on are dropped).
     pub fn resumed_at(&mut self, step: i64) -> Result<(), StageError> {
         self.tracker.resumed_at(step)?;
         Ok(())

@@ -110,8 +110,11 @@ spec_section! {
         bandpass_order: u32 = 3 => range(1, 8),
         /// How the window is chosen in each record.
         window: WindowMode = WindowMode::Quality,
-        /// Step between windows for `window = "sliding"`, in samples at `target_fs`.
-        window_stride: u32 = 250 => range(1, 1_000_000),
+        /// Step between candidate windows (`quality`) or between windows (`sliding`), in
+        /// samples at `target_fs` (125 = 0.5 s at 250 Hz).
+        window_stride: u32 = 125 => range(1, 1_000_000),
+        /// Quality index (0-1) below which the best window is replaced by the centre crop.
+        min_quality: f64 = 0.5 => range(0, 1),
         /// Amplitude normalisation.
         normalize: Normalize = Normalize::LeadMeanGlobalStd,
         /// Share of patients in the validation split (sources without PTB-XL folds).
@@ -139,8 +142,11 @@ spec_section! {
         depth: u32 = 6 => range(1, 64),
         /// Decoder depth (transformer blocks).
         decoder_depth: u32 = 6 => range(1, 64),
-        /// Attention heads (width / heads = head size).
+        /// Attention heads.
         heads: u32 = 8 => range(1, 128),
+        /// Size of one attention head (paper: 8 heads of 64 at width 128, an attention width of
+        /// 512 projected back to 128); 0 = width / heads.
+        head_dim: u32 = 64 => range(0, 4096),
         /// MLP hidden size as a multiple of the width (paper: unpublished; 4 is the transformer norm).
         mlp_ratio: f64 = 4.0 => range(0.25, 16),
         /// Learned query tokens per patch (20 queries for 40 patches).

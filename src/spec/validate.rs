@@ -310,7 +310,7 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
             );
         }
     }
-    if b.width % b.heads != 0 {
+    if b.head_dim == 0 && b.width % b.heads != 0 {
         r.err(
             "beat.heads",
             format!(

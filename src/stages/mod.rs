@@ -1,8 +1,18 @@
 //! The built-in stage kinds, registered with the runner by kind.
 
-use crate::runner::StageRegistry;
+pub mod beat;
+
+use crate::runner::{Stage, StageError, StageRegistry};
+use crate::spec::{Spec, StageKind, StageSpec};
 
 /// The stage implementations this build provides.
 pub fn builtin() -> StageRegistry {
-    StageRegistry::empty()
+    let mut registry = StageRegistry::empty();
+    registry.register(
+        StageKind::Beat,
+        |_: &Spec, _: &StageSpec| -> Result<Box<dyn Stage>, StageError> {
+            Ok(Box::new(beat::BeatStage))
+        },
+    );
+    registry
 }

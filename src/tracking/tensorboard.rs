@@ -200,8 +200,8 @@ impl EventWriter {
         })
     }
 
-    /// Marks a (re)start at `step`: TensorBoard drops events of later steps that were written
-    /// before this mark.
+    /// Marks a (re)start whose first event has step `step`: TensorBoard drops the events of steps
+    /// `>= step` written before this mark.
     pub fn session_start(&mut self, step: i64) -> std::io::Result<()> {
         self.write_event(Event {
             wall_time: crate::registry::now(),
