@@ -114,6 +114,9 @@ struct Progress {
     batch: u64,
     /// Optimiser steps taken.
     step: u64,
+    /// Sum of the training losses of the current epoch's batches so far.
+    #[serde(default)]
+    epoch_loss: f64,
 }
 
 /// Validation results over a whole split.
@@ -287,6 +290,7 @@ impl Stage for BeatStage {
             epoch: 0,
             batch: 0,
             step: 0,
+            epoch_loss: 0.0,
         };
         if let Some(ckpt) = ctx.resume.take() {
             let state: BTreeMap<String, Tensor> = ckpt.tensors.into_iter().collect();
@@ -334,8 +338,7 @@ impl Stage for BeatStage {
                 spec.experiment.seed ^ (at.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             ));
             let epoch_started = Instant::now();
-            let mut epoch_loss = 0.0;
-            let mut epoch_batches = 0u64;
+            let mut timed_batches = 0u64;
             let batches: Vec<&[usize]> = order.chunks(batch).collect();
             while (at.batch as usize) < batches.len() {
                 if let Some(reason) = ctx.stop_requested() {
@@ -377,8 +380,8 @@ impl Stage for BeatStage {
                     .map_err(|e| StageError::Invalid(e.to_string()))?;
                 at.step += 1;
                 at.batch += 1;
-                epoch_loss += loss;
-                epoch_batches += 1;
+                at.epoch_loss += loss;
+                timed_batches += 1;
                 let s = at.step as i64;
                 ctx.metric("train/loss", s, loss)?;
                 ctx.metric("train/loss_recon", s, scalar(&out.recon_loss)?)?;
@@ -400,18 +403,19 @@ impl Stage for BeatStage {
                     break;
                 }
             }
-            let finished_epoch = at.batch as usize >= batches.len();
             let seconds = epoch_started.elapsed().as_secs_f64();
-            if finished_epoch {
+            let epoch_batches = at.batch;
+            let epoch_mean = at.epoch_loss / epoch_batches.max(1) as f64;
+            if at.batch as usize >= batches.len() {
                 at.epoch += 1;
                 at.batch = 0;
+                at.epoch_loss = 0.0;
             }
-            let epoch_mean = epoch_loss / epoch_batches.max(1) as f64;
             let last = at.epoch >= epochs || at.step >= total_steps;
             let mut line = format!(
                 "epoch {} train loss {epoch_mean:.4} ({:.1} windows/s)",
                 at.epoch,
-                epoch_batches as f64 * batch as f64 / seconds.max(1e-9)
+                timed_batches as f64 * batch as f64 / seconds.max(1e-9)
             );
             if epoch_batches > 0 {
                 ctx.metric("train/epoch_loss", at.step as i64, epoch_mean)?;

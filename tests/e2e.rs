@@ -1,0 +1,298 @@
+//! Real-process tests of the runner: the `beatlab` binary on a tiny Beat spec over simulated
+//! ECGs, with real registries, run folders, checkpoints and signals.
+//!
+//! - two concurrent `beatlab sweep` processes leave exactly one finished run per cell;
+//! - a `kill -9`ed worker's cell is left alone while its lease holds, then taken over and resumed;
+//! - a run killed mid-stage and resumed ends with the same metrics as an uninterrupted run, and
+//!   two runs of one cell are identical (CPU determinism);
+//! - Ctrl-C leaves a run resumable at once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use beatlab::registry::{Registry, RunRow, RunStatus};
+
+/// A tiny Beat on simulated records: a few seconds of CPU per cell.
+const TINY: &str = r#"
+[experiment]
+name = "tiny"
+
+[data]
+source = "synthetic"
+synthetic_records = 48
+synthetic_duration_s = 4.0
+val_fraction = 0.2
+test_fraction = 0.1
+
+[beat]
+patch_size = 25
+input_len = 250
+predict_len = 125
+width = 32
+head_dim = 8
+heads = 2
+depth = 1
+decoder_depth = 1
+codebook_size = 32
+
+[[stage]]
+name = "beat"
+kind = "beat"
+epochs = 12
+batch = 4
+lr = 0.001
+t_max = 12
+checkpoint_every = 0
+checkpoint_every_steps = 10
+"#;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(spec: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tiny.toml"), spec).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self, registry: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_beatlab"));
+        c.current_dir(self.dir.path())
+            .env("BEATLAB_REGISTRY", self.path(registry))
+            .env("BEATLAB_RUNS_DIR", self.path("runs"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn run(&self, registry: &str, args: &[&str]) -> std::process::Output {
+        self.cmd(registry, args).output().unwrap()
+    }
+
+    fn spawn(&self, registry: &str, args: &[&str]) -> Child {
+        self.cmd(registry, args).spawn().unwrap()
+    }
+
+    fn registry(&self, name: &str) -> Registry {
+        Registry::open_existing(&self.path(name))
+            .unwrap()
+            .expect("registry exists")
+    }
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "beatlab failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls until `f` returns `Some`, or panics after `secs`.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn only_run(reg: &Registry) -> RunRow {
+    let runs = reg.runs(None, None).unwrap();
+    assert_eq!(runs.len(), 1, "expected one run, found {runs:?}");
+    runs.into_iter().next().unwrap()
+}
+
+/// Summaries and every metric point except wall-clock times.
+fn results(reg: &Registry, run: &str) -> (Vec<(String, f64)>, Vec<(String, i64, f64)>) {
+    let summaries = reg.summaries(run).unwrap().into_iter().collect();
+    let metrics = reg
+        .metrics(run)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.key, m.step, m.value))
+        .collect();
+    (summaries, metrics)
+}
+
+/// Asserts two result sets are equal, naming the first difference (they hold thousands of points).
+fn assert_same(
+    a: &(Vec<(String, f64)>, Vec<(String, i64, f64)>),
+    b: &(Vec<(String, f64)>, Vec<(String, i64, f64)>),
+    what: &str,
+) {
+    let sa: Vec<String> =
+        a.0.iter()
+            .map(|x| format!("{x:?}"))
+            .chain(a.1.iter().map(|x| format!("{x:?}")))
+            .collect();
+    let sb: Vec<String> =
+        b.0.iter()
+            .map(|x| format!("{x:?}"))
+            .chain(b.1.iter().map(|x| format!("{x:?}")))
+            .collect();
+    if let Some(i) = (0..sa.len().max(sb.len())).find(|&i| sa.get(i) != sb.get(i)) {
+        panic!(
+            "{what}: first difference at entry {i}: {:?} vs {:?}",
+            sa.get(i),
+            sb.get(i)
+        );
+    }
+}
+
+/// Starts a run and SIGKILLs it once it has written a mid-stage checkpoint.
+fn kill_after_checkpoint(env: &Env, registry: &str, args: &[&str]) -> RunRow {
+    let mut child = env.spawn(registry, args);
+    let reg_path = env.path(registry);
+    wait_for(120, "a mid-stage checkpoint", || {
+        let reg = Registry::open_existing(&reg_path).ok()??;
+        let run = reg.runs(None, None).ok()?.into_iter().next()?;
+        let ckpts = reg.checkpoints(&run.id).ok()?;
+        ckpts.iter().any(|c| !c.is_final).then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = only_run(&env.registry(registry));
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "the run should be cut off mid-stage (it finished before the kill: make TINY longer)"
+    );
+    run
+}
+
+#[test]
+fn two_concurrent_sweeps_run_each_cell_exactly_once() {
+    let spec =
+        format!("{TINY}\n[sweep]\nbeat.codebook_size = [16, 32]\nbeat.dvq_levels = [1, 2]\n");
+    let env = Env::new(&spec.replace("epochs = 12", "epochs = 2"));
+    let a = env.spawn("reg.db", &["sweep", "tiny.toml", "--quiet"]);
+    let b = env.spawn("reg.db", &["sweep", "tiny.toml", "--quiet"]);
+    ok(&a.wait_with_output().unwrap());
+    ok(&b.wait_with_output().unwrap());
+    let runs = env.registry("reg.db").runs(None, None).unwrap();
+    assert_eq!(runs.len(), 4, "one run per cell: {runs:#?}");
+    let mut hashes: Vec<&str> = runs.iter().map(|r| r.hash.as_str()).collect();
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 4);
+    for r in &runs {
+        assert_eq!(r.status, RunStatus::Finished, "{r:?}");
+        assert_eq!(r.attempt, 1, "no cell was taken twice: {r:?}");
+    }
+    // A third sweep finds nothing to do.
+    let out = env.run("reg.db", &["sweep", "tiny.toml", "--quiet"]);
+    ok(&out);
+    assert_eq!(env.registry("reg.db").runs(None, None).unwrap().len(), 4);
+}
+
+#[test]
+fn a_killed_workers_cell_waits_for_its_lease_then_resumes_elsewhere() {
+    let env = Env::new(TINY);
+    let killed = kill_after_checkpoint(
+        &env,
+        "reg.db",
+        &["worker", "tiny.toml", "--lease", "3", "--quiet"],
+    );
+
+    // Within the lease the cell still belongs to the dead worker: a new worker leaves it alone.
+    let out = env.run(
+        "reg.db",
+        &["worker", "tiny.toml", "--lease", "3", "--quiet"],
+    );
+    ok(&out);
+    let run = only_run(&env.registry("reg.db"));
+    assert_eq!((run.status, run.attempt), (RunStatus::Running, 1));
+
+    // Past the lease it is stale, and the next worker takes it over from its checkpoint.
+    std::thread::sleep(Duration::from_secs_f64(3.5));
+    let out = env.run(
+        "reg.db",
+        &["worker", "tiny.toml", "--lease", "3", "--quiet"],
+    );
+    ok(&out);
+    let run = only_run(&env.registry("reg.db"));
+    assert_eq!(run.id, killed.id);
+    assert_eq!((run.status, run.attempt), (RunStatus::Finished, 2));
+    let log = std::fs::read_to_string(Path::new(&run.run_dir).join("log.txt")).unwrap();
+    assert!(log.contains("continuing from checkpoint"), "{log}");
+}
+
+#[test]
+fn killed_and_resumed_runs_match_uninterrupted_ones_exactly() {
+    let env = Env::new(TINY);
+    ok(&env.run("a.db", &["run", "tiny.toml", "--quiet"]));
+    ok(&env.run("b.db", &["run", "tiny.toml", "--quiet"]));
+    let (ra, rb) = (env.registry("a.db"), env.registry("b.db"));
+    let (run_a, run_b) = (only_run(&ra), only_run(&rb));
+    assert_eq!(run_a.hash, run_b.hash);
+    let (a, b) = (results(&ra, &run_a.id), results(&rb, &run_b.id));
+    assert!(!a.0.is_empty() && !a.1.is_empty());
+    assert_same(
+        &a,
+        &b,
+        "two CPU runs of one cell with one seed must be identical",
+    );
+
+    let killed = kill_after_checkpoint(
+        &env,
+        "c.db",
+        &["run", "tiny.toml", "--lease", "1", "--quiet"],
+    );
+    std::thread::sleep(Duration::from_secs_f64(1.5));
+    ok(&env.run("c.db", &["resume", &killed.id, "--quiet"]));
+    let rc = env.registry("c.db");
+    let run_c = only_run(&rc);
+    assert_eq!((run_c.status, run_c.attempt), (RunStatus::Finished, 2));
+    assert_same(
+        &results(&rc, &run_c.id),
+        &a,
+        "the resumed run must end where the uninterrupted one did",
+    );
+}
+
+#[test]
+fn ctrl_c_leaves_the_run_resumable_at_once() {
+    let env = Env::new(TINY);
+    let child = env.spawn("reg.db", &["run", "tiny.toml", "--quiet"]);
+    let reg_path = env.path("reg.db");
+    wait_for(120, "the first training steps", || {
+        let reg = Registry::open_existing(&reg_path).ok()??;
+        let run = reg.runs(None, None).ok()?.into_iter().next()?;
+        reg.metrics(&run.id)
+            .ok()?
+            .iter()
+            .any(|m| m.step >= 3)
+            .then_some(())
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "an interrupted run is not done");
+    let run = only_run(&env.registry("reg.db"));
+    assert_eq!(
+        run.status,
+        RunStatus::Stale,
+        "interrupted runs are resumable without a lease wait"
+    );
+    ok(&env.run("reg.db", &["resume", &run.id, "--quiet"]));
+    assert_eq!(
+        only_run(&env.registry("reg.db")).status,
+        RunStatus::Finished
+    );
+}
