@@ -10,10 +10,11 @@ use beatlab_heartcare::instruct::{Item, Modality};
 use beatlab_lm::presets::tiny_siglip;
 use beatlab_lm::{BackbonePreset, LmTokenizer, LoraConfig};
 use beatlab_mm::{
-    BackboneSource, EcgInput, Example, HeartcareConfig, HeartcareModel, ModelSpec, VisionSource,
+    BackboneSource, EcgInput, Example, HeartcareConfig, HeartcareModel, ModelSpec, Part,
+    VisionSource,
 };
-use beatlab_nn::BeatConfig;
 use beatlab_nn::optim::{AdamW, AdamWConfig};
+use beatlab_nn::{BeatConfig, Mode};
 use candle_core::{DType, Device, Tensor};
 
 const QUESTION: &str = "What does this ECG show?";
@@ -100,7 +101,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ])
         })
         .collect::<candle_core::Result<_>>()?;
-    // Beat and SigLIP stay frozen: encode every ECG once.
+    // Stage 1, briefly: Beat on its own loss, so that its codes tell the windows apart (an
+    // untrained Beat gives every window the same codes).
+    let windows: Vec<Tensor> = raw
+        .iter()
+        .map(|x| match &x[0] {
+            EcgInput::Window(w) => w.clone(),
+            _ => unreachable!("the first input is the window"),
+        })
+        .collect();
+    let windows = Tensor::stack(&windows, 0)?;
+    let beat = model.beat().ok_or("the model has Beat")?;
+    let mut beat_opt = AdamW::new(
+        model.store(Part::Beat).ok_or("Beat has a store")?.vars(),
+        AdamWConfig {
+            lr: 3e-3,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let started = Instant::now();
+    for step in 0..50 {
+        let out = beat.forward(&windows, Mode::Train { step })?;
+        beat_opt.step(&out.loss.backward()?)?;
+        beat.update_codebooks(&out)?;
+    }
+    println!(
+        "Beat: {:.1} ms per step",
+        started.elapsed().as_secs_f64() * 1e3 / 50.0
+    );
+
+    // Beat and SigLIP stay frozen from here on: encode every ECG once.
     let started = Instant::now();
     let inputs: Vec<Vec<EcgInput>> = raw
         .iter()
@@ -119,7 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for (stage, parts, lr, steps) in [
         ("warm-up", &["projector"][..], 3e-3, 40),
-        ("joint", &["projector", "lora"][..], 1e-2, 60),
+        ("joint", &["projector", "lora"][..], 2e-2, 80),
     ] {
         model.set_trainable(parts)?;
         let mut opt = AdamW::new(
@@ -153,7 +184,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let best = (0..scores.len())
             .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
             .unwrap_or(0);
-        let generation = model.generate(ex.item, ex.inputs, 16)?;
+        let generation = model.generate(ex.item, ex.inputs, 40)?;
         println!(
             "item {k}: best option {best} (right: {k}), generated {:?}",
             generation.text

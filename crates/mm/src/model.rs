@@ -500,7 +500,6 @@ impl HeartcareModel {
             _ => None,
         };
         let chat = ChatTokens::from_tokenizer(&tokenizer);
-        let trainable_set = Part::parse_list(trainable)?;
         // Vet the trainable set before anything is loaded, so a bad request costs no checkpoint
         // read.
         let check = TrainableCheck {
@@ -513,6 +512,7 @@ impl HeartcareModel {
                 .map(|o| matches!(o, VisionOrigin::Store(_))),
             beat: beat.is_some(),
         };
+        let trainable_set = check.resolve(trainable)?;
         check.check(&trainable_set)?;
         let hidden = backbone_config.hidden_size();
         let signal_proj = if config.signal && config.signal_input == SignalInput::Latents {
@@ -701,10 +701,15 @@ impl HeartcareModel {
         self.trainable_check().absent(part)
     }
 
-    /// Declare the parts the next steps train (`projector` = both projectors): the model is
-    /// rebuilt so that exactly these parts receive gradients. An empty list is evaluation.
+    fn resolve_parts<S: AsRef<str>>(&self, names: &[S]) -> Result<BTreeSet<Part>> {
+        self.trainable_check().resolve(names)
+    }
+
+    /// Declare the parts the next steps train (`projector` = the projectors the model has): the
+    /// model is rebuilt so that exactly these parts receive gradients. An empty list is
+    /// evaluation. On error the model is left as it was.
     pub fn set_trainable<S: AsRef<str>>(&mut self, parts: &[S]) -> Result<()> {
-        let wanted = Part::parse_list(parts)?;
+        let wanted = self.resolve_parts(parts)?;
         self.trainable_check().check(&wanted)?;
         let old = std::mem::replace(&mut self.trainable, wanted);
         if self.backbone_key(&old) != self.backbone_key(&self.trainable) {
@@ -717,11 +722,11 @@ impl HeartcareModel {
         Ok(())
     }
 
-    /// The variables of `parts` (`projector` = both), named `<part>/<variable>`, for an
+    /// The variables of `parts` (`projector` = the model's projectors), named `<part>/<variable>`, for an
     /// optimiser. Each part must be trainable now (see [`HeartcareModel::set_trainable`]).
     pub fn trainable_vars<S: AsRef<str>>(&self, parts: &[S]) -> Result<Vec<(String, Var)>> {
         let mut out = Vec::new();
-        for part in Part::parse_list(parts)? {
+        for part in self.resolve_parts(parts)? {
             if !self.trainable.contains(&part) {
                 return Err(MmError::FrozenPart {
                     part: part.name().into(),
@@ -856,11 +861,11 @@ impl HeartcareModel {
         self.rebuild_vision()
     }
 
-    /// Write the state of `parts` (`projector` = both) to one safetensors file, each tensor
+    /// Write the state of `parts` (`projector` = the model's projectors) to one safetensors file, each tensor
     /// named `<part>/<param|buffer>.<name>`.
     pub fn save_parts<S: AsRef<str>>(&self, parts: &[S], path: &Path) -> Result<()> {
         let mut all = BTreeMap::new();
-        for part in Part::parse_list(parts)? {
+        for part in self.resolve_parts(parts)? {
             for (key, tensor) in self.part_state(part)? {
                 all.insert(format!("{}/{key}", part.name()), tensor);
             }
@@ -1299,6 +1304,11 @@ impl HeartcareModel {
                 signal_rows.push((next_row, q));
                 next_row += q;
             }
+            let proj = if self.trainable.contains(&Part::SignalProjector) {
+                proj.clone()
+            } else {
+                proj.detached()
+            };
             pieces.push(proj.forward(&Tensor::cat(&latents, 0)?)?);
         }
         let mut image_rows = Vec::with_capacity(features.len());
@@ -1313,6 +1323,11 @@ impl HeartcareModel {
                 image_rows.push((next_row, n));
                 next_row += n;
             }
+            let proj = if self.trainable.contains(&Part::ImageProjector) {
+                proj.clone()
+            } else {
+                proj.detached()
+            };
             let projected = proj.forward(&Tensor::cat(&features, 0)?)?;
             let (n, t, h) = projected.dims3()?;
             pieces.push(projected.reshape((n * t, h))?);
@@ -1680,6 +1695,24 @@ impl TrainableCheck {
             Part::Vision => self.vision == Some(true),
             Part::Beat => self.beat,
         }
+    }
+
+    /// Part names to parts; `projector` stands for the projectors this model has (an
+    /// image-only model's is the image projector), a named part must exist.
+    fn resolve<S: AsRef<str>>(&self, names: &[S]) -> Result<BTreeSet<Part>> {
+        let mut parts = BTreeSet::new();
+        for name in names {
+            if name.as_ref() == "projector" {
+                parts.extend(
+                    [Part::SignalProjector, Part::ImageProjector]
+                        .into_iter()
+                        .filter(|&p| self.has(p)),
+                );
+            } else {
+                parts.extend(Part::parse_list(&[name.as_ref()])?);
+            }
+        }
+        Ok(parts)
     }
 
     fn check(&self, parts: &BTreeSet<Part>) -> Result<()> {

@@ -14,10 +14,14 @@
 //! Weights are f32 master weights in their own store, initialised like PyTorch's `nn.Linear`;
 //! the model casts the outputs to the backbone's dtype. The LayerNorm is the differentiable
 //! composition of beatlab-nn (candle's fused `layer_norm` has no backward pass).
+//! [`SignalProjector::detached`] / [`ImageProjector::detached`] give the same projector cut from
+//! the autograd graph (sharing storage, so it follows the trained values): what a stage that
+//! does not train the projector runs, so no gradient reaches its variables while gradients
+//! still flow through it to a trainable encoder.
 
 use beatlab_nn::layers::{LayerNorm, Linear};
 use candle_core::{Module, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 
 use crate::error::{MmError, Result};
 
@@ -25,7 +29,9 @@ use crate::error::{MmError, Result};
 #[derive(Debug, Clone)]
 pub struct SignalProjector {
     layers: Vec<Linear>,
-    norm: LayerNorm,
+    norm_weight: Tensor,
+    norm_bias: Tensor,
+    eps: f64,
     in_dim: usize,
     out_dim: usize,
 }
@@ -46,13 +52,25 @@ impl SignalProjector {
             let input = if i == 0 { in_dim } else { out_dim };
             layers.push(Linear::new(input, out_dim, true, vb.pp("layers").pp(i))?);
         }
-        let norm = LayerNorm::new(out_dim, eps, vb.pp("norm"))?;
+        let norm = vb.pp("norm");
         Ok(Self {
             layers,
-            norm,
+            norm_weight: norm.get_with_hints(out_dim, "weight", Init::Const(1.0))?,
+            norm_bias: norm.get_with_hints(out_dim, "bias", Init::Const(0.0))?,
+            eps,
             in_dim,
             out_dim,
         })
+    }
+
+    /// The same projector with every weight detached from the autograd graph.
+    pub fn detached(&self) -> Self {
+        Self {
+            layers: self.layers.iter().map(detach_linear).collect(),
+            norm_weight: self.norm_weight.detach(),
+            norm_bias: self.norm_bias.detach(),
+            ..self.clone()
+        }
     }
 
     /// Width of the latents it takes.
@@ -76,7 +94,12 @@ impl SignalProjector {
         for layer in &self.layers {
             xs = layer.forward(&xs)?.gelu_erf()?;
         }
-        Ok(self.norm.forward(&xs)?)
+        let norm = LayerNorm::from_tensors(
+            self.norm_weight.clone(),
+            Some(self.norm_bias.clone()),
+            self.eps,
+        );
+        Ok(norm.forward(&xs)?)
     }
 }
 
@@ -120,6 +143,14 @@ impl ImageProjector {
         })
     }
 
+    /// The same projector with every weight detached from the autograd graph.
+    pub fn detached(&self) -> Self {
+        Self {
+            layers: self.layers.iter().map(detach_linear).collect(),
+            ..self.clone()
+        }
+    }
+
     /// Width of the features it takes.
     pub fn in_dim(&self) -> usize {
         self.in_dim
@@ -152,6 +183,10 @@ impl ImageProjector {
         }
         Ok(xs.reshape((n, self.tokens, self.hidden))?)
     }
+}
+
+fn detach_linear(layer: &Linear) -> Linear {
+    Linear::from_tensors(layer.weight().detach(), layer.bias().map(Tensor::detach))
 }
 
 fn check_sizes(which: &str, in_dim: usize, out_dim: usize, depth: usize) -> Result<()> {

@@ -5,10 +5,11 @@ use beatlab_heartcare::instruct::{Item, Modality};
 use beatlab_lm::presets::tiny_siglip;
 use beatlab_lm::{BackbonePreset, LmTokenizer, LoraConfig};
 use beatlab_mm::{
-    BackboneSource, EcgInput, HeartcareConfig, HeartcareModel, ModelSpec, SignalInput, VisionSource,
+    BackboneSource, EcgInput, HeartcareConfig, HeartcareModel, ModelSpec, Part, SignalInput,
+    VisionSource,
 };
-use beatlab_nn::BeatConfig;
 use beatlab_nn::optim::{AdamW, AdamWConfig};
+use beatlab_nn::{BeatConfig, Mode};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -122,9 +123,48 @@ fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
 
-/// A seeded random signal window `[12, 150]`.
+/// A signal window `[12, 150]` that depends on `seed`: per lead a sine whose frequency,
+/// amplitude and phase come from the seed, plus a little seeded noise.
 pub fn window(seed: u64) -> EcgInput {
-    EcgInput::Window(random(&[12, WINDOW_LEN], seed, 1.0))
+    let noise = random(&[12, WINDOW_LEN], seed, 0.05);
+    let k = (seed % 7) as f32;
+    let values: Vec<f32> = (0..12 * WINDOW_LEN)
+        .map(|i| {
+            let (lead, t) = ((i / WINDOW_LEN) as f32, (i % WINDOW_LEN) as f32);
+            (1.0 + 0.3 * k) * (t * (0.04 + 0.03 * k) + lead * (0.5 + k)).sin()
+        })
+        .collect();
+    let clean = Tensor::from_vec(values, (12, WINDOW_LEN), &Device::Cpu).unwrap();
+    EcgInput::Window((clean + noise).unwrap())
+}
+
+/// Train the model's Beat on its own loss (reconstruction, prediction, VQ) over `windows` for
+/// `steps` steps, as stage 1 would, so that its codes tell the windows apart.
+pub fn train_beat(model: &HeartcareModel, windows: &[EcgInput], steps: u64) {
+    let batch: Vec<Tensor> = windows
+        .iter()
+        .map(|w| match w {
+            EcgInput::Window(t) => t.clone(),
+            other => panic!("not a window: {}", other.describe()),
+        })
+        .collect();
+    let batch = Tensor::stack(&batch, 0).unwrap();
+    let beat = model.beat().unwrap();
+    let vars = model.store(Part::Beat).unwrap().vars();
+    let mut opt = AdamW::new(
+        vars,
+        AdamWConfig {
+            lr: 3e-3,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )
+    .unwrap();
+    for step in 0..steps {
+        let out = beat.forward(&batch, Mode::Train { step }).unwrap();
+        opt.step(&out.loss.backward().unwrap()).unwrap();
+        beat.update_codebooks(&out).unwrap();
+    }
 }
 
 /// Seeded random pixels in [-1, 1]: `[3, 64, 64]`, or 12 tiles.
