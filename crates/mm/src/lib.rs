@@ -1,21 +1,24 @@
 //! HeartcareGPT assembled for beatlab: the DSPA projectors ([`projector`]), the multimodal chat
 //! sequence with spliced ECG embeddings ([`sequence`]), the model that ties Beat, SigLIP and a
-//! Qwen2 / Phi-3 backbone together with per-part training and saving ([`model`]), and
-//! likelihood scoring and greedy generation for evaluation.
+//! Qwen2 / Phi-3 backbone together with per-part training and saving ([`model`]), the encoding
+//! of ECG inputs ([`encode`]), and likelihood scoring and greedy generation ([`generate`]).
 
+pub mod encode;
 pub mod error;
+pub mod generate;
 pub mod input;
 pub mod model;
 pub mod parts;
 pub mod projector;
 pub mod sequence;
 
+pub use encode::Encoded;
 pub use error::{MmError, Result};
+pub use generate::Generation;
 pub use input::{EcgInput, TILES_PER_IMAGE, pixels_from_image, render_image_input};
 pub use model::{
-    BackboneSource, CodeVocab, Encoded, Example, ForwardOutput, Generation, HeartcareConfig,
-    HeartcareModel, MissingModality, ModelSpec, Prepared, SignalInput, StepStats, VisionSource,
-    lora_targets_for,
+    BackboneSource, CodeVocab, Example, ForwardOutput, HeartcareConfig, HeartcareModel,
+    MissingModality, ModelSpec, Prepared, SignalInput, StepStats, VisionSource, lora_targets_for,
 };
 pub use parts::Part;
 pub use projector::{ImageProjector, SignalProjector};

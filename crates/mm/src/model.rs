@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use beatlab_heartcare::instruct::{Item, Modality};
+use beatlab_heartcare::instruct::Item;
 use beatlab_lm::hub::{ModelSource, load_backbone, load_siglip, locate};
 use beatlab_lm::{
     Architecture, Backbone, BackboneConfig, BackbonePreset, BuildOptions, LmError, LmTokenizer,
@@ -37,18 +37,17 @@ use beatlab_nn::optim::{AdamW, clip_grad_norm};
 use beatlab_nn::params::named_rng;
 use beatlab_nn::{Beat, BeatConfig, ParamStore};
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Init;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::encode::Encoded;
 use crate::error::{MmError, Result};
 use crate::input::{EcgInput, TILES_PER_IMAGE};
 use crate::parts::{self, Part};
 use crate::projector::{ImageProjector, SignalProjector};
-use crate::sequence::{
-    Batch, Block, BlockContent, ChatTokens, Row, block_order, collate, item_name, layout_row,
-};
+use crate::sequence::{Batch, ChatTokens, Row, collate, item_name, layout_row};
 
 /// What the signal stream feeds the backbone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,15 +283,6 @@ impl<'a> Example<'a> {
     }
 }
 
-/// The projected embeddings of a batch's ECGs and where each item's blocks find them.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    /// `[N, H]` projected embeddings in the backbone's dtype (`None` when nothing is spliced).
-    pub table: Option<Tensor>,
-    /// Per item, its blocks in sequence order.
-    pub blocks: Vec<Vec<Block>>,
-}
-
 /// A batch laid out and collated, with its projected embeddings.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -330,17 +320,6 @@ pub struct StepStats {
     pub target_tokens: usize,
 }
 
-/// A greedy continuation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Generation {
-    /// Generated ids, `<|end|>` excluded.
-    pub ids: Vec<u32>,
-    /// Their text (special and non-text tokens left out).
-    pub text: String,
-    /// Whether generation stopped at `<|end|>` (rather than at a length limit).
-    pub finished: bool,
-}
-
 const CODE_ROWS: &str = "ecg_codes";
 const ADDED_ROWS: &str = "added_tokens";
 
@@ -368,24 +347,24 @@ struct Stores {
 
 /// The assembled multimodal model.
 pub struct HeartcareModel {
-    config: HeartcareConfig,
+    pub(crate) config: HeartcareConfig,
     lora_config: Option<LoraConfig>,
     backbone_origin: BackboneOrigin,
     backbone_config: BackboneConfig,
     vision_origin: Option<VisionOrigin>,
     beat_config: Option<BeatConfig>,
-    dtype: DType,
-    device: Device,
+    pub(crate) dtype: DType,
+    pub(crate) device: Device,
     stores: Stores,
-    tokenizer: LmTokenizer,
-    chat: ChatTokens,
+    pub(crate) tokenizer: LmTokenizer,
+    pub(crate) chat: ChatTokens,
     backbone: Backbone,
-    vision: Option<SiglipVision>,
-    beat: Option<Beat>,
-    signal_proj: Option<SignalProjector>,
-    image_proj: Option<ImageProjector>,
-    codes: Option<CodeVocab>,
-    trainable: BTreeSet<Part>,
+    pub(crate) vision: Option<SiglipVision>,
+    pub(crate) beat: Option<Beat>,
+    pub(crate) signal_proj: Option<SignalProjector>,
+    pub(crate) image_proj: Option<ImageProjector>,
+    pub(crate) codes: Option<CodeVocab>,
+    pub(crate) trainable: BTreeSet<Part>,
     training: AtomicBool,
 }
 
@@ -697,7 +676,7 @@ impl HeartcareModel {
         }
     }
 
-    fn absent(&self, part: Part) -> MmError {
+    pub(crate) fn absent(&self, part: Part) -> MmError {
         self.trainable_check().absent(part)
     }
 
@@ -782,7 +761,7 @@ impl HeartcareModel {
         }
     }
 
-    fn is_training(&self) -> bool {
+    pub(crate) fn is_training(&self) -> bool {
         self.training.load(Ordering::Relaxed)
     }
 
@@ -906,478 +885,9 @@ impl HeartcareModel {
     }
 
     // ---------------------------------------------------------------------------------------
-    // Encoders
-
-    fn require_beat(&self) -> Result<&Beat> {
-        self.beat.as_ref().ok_or_else(|| MmError::AbsentPart {
-            part: Part::Beat.name().into(),
-            reason: "signal windows need Beat; give precomputed latents or codes instead, or \
-                     build the model with a Beat configuration"
-                .into(),
-        })
-    }
-
-    fn require_vision(&self) -> Result<&SiglipVision> {
-        self.vision.as_ref().ok_or_else(|| MmError::AbsentPart {
-            part: Part::Vision.name().into(),
-            reason: "pixels need a vision tower; give precomputed features instead".into(),
-        })
-    }
-
-    /// Beat's quantized latents `[N, Q, width]` of windows `[N, leads, L]`; detached unless
-    /// Beat is trainable.
-    pub fn signal_latents(&self, windows: &Tensor) -> Result<Tensor> {
-        let beat = self.require_beat()?;
-        let latents = beat.encode(&windows.to_dtype(DType::F32)?)?;
-        Ok(if self.trainable.contains(&Part::Beat) {
-            latents
-        } else {
-            latents.detach()
-        })
-    }
-
-    /// Beat's codes `[N, levels, Q]` (u32) of windows `[N, leads, L]`.
-    pub fn signal_codes(&self, windows: &Tensor) -> Result<Tensor> {
-        let beat = self.require_beat()?;
-        let levels = beat.codes(&windows.to_dtype(DType::F32)?)?;
-        Ok(Tensor::stack(&levels, 1)?)
-    }
-
-    /// Pooled features `[N, F]` of normalised pixels `[N, 3, S, S]`; detached unless the
-    /// vision tower is trainable.
-    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        let vision = self.require_vision()?;
-        let pooled = vision
-            .forward(&pixels.to_dtype(self.dtype)?)?
-            .pooled
-            .ok_or_else(|| MmError::config("vision", "the tower has no pooling head"))?;
-        Ok(if self.trainable.contains(&Part::Vision) {
-            pooled
-        } else {
-            pooled.detach()
-        })
-    }
-
-    /// Run the frozen encoders once: windows become latents (or codes in "codes" mode) when
-    /// Beat is frozen, pixels become pooled features when the vision tower is frozen; other
-    /// inputs are returned as they are. Inputs of one kind are encoded in one batch.
-    pub fn precompute(&self, inputs: &[EcgInput]) -> Result<Vec<EcgInput>> {
-        let mut out: Vec<EcgInput> = inputs.to_vec();
-        let beat_frozen = self.beat.is_some() && !self.trainable.contains(&Part::Beat);
-        let vision_frozen = self.vision.is_some() && !self.trainable.contains(&Part::Vision);
-        if beat_frozen {
-            let input_len = self.require_beat()?.config().input_len;
-            let mut slots = Vec::new();
-            let mut windows = Vec::new();
-            for (i, input) in inputs.iter().enumerate() {
-                if let EcgInput::Window(w) = input {
-                    let w = self.check_window(w, "precompute", i)?;
-                    windows.push(w.narrow(1, 0, input_len)?);
-                    slots.push(i);
-                }
-            }
-            if !windows.is_empty() {
-                let stacked = Tensor::stack(&windows, 0)?;
-                let encoded = match self.config.signal_input {
-                    SignalInput::Latents => self.signal_latents(&stacked)?,
-                    SignalInput::Codes => self.signal_codes(&stacked)?,
-                };
-                for (k, &slot) in slots.iter().enumerate() {
-                    let one = encoded.get(k)?;
-                    out[slot] = match self.config.signal_input {
-                        SignalInput::Latents => EcgInput::Latents(one),
-                        SignalInput::Codes => EcgInput::Codes(one),
-                    };
-                }
-            }
-        }
-        if vision_frozen {
-            let mut slots = Vec::new();
-            let mut pixels = Vec::new();
-            for (i, input) in inputs.iter().enumerate() {
-                if let EcgInput::Pixels(p) = input {
-                    let p = self.check_pixels(p, "precompute", i)?;
-                    slots.push((i, p.dim(0)?));
-                    pixels.push(p);
-                }
-            }
-            if !pixels.is_empty() {
-                let features = self.image_features(&Tensor::cat(&pixels, 0)?)?;
-                let mut offset = 0;
-                for (slot, n) in slots {
-                    out[slot] = EcgInput::Features(features.narrow(0, offset, n)?);
-                    offset += n;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn input_error(
-        &self,
-        item: &str,
-        index: usize,
-        modality: &str,
-        expected: impl Into<String>,
-        found: impl Into<String>,
-    ) -> MmError {
-        MmError::Input {
-            item: item.to_string(),
-            index,
-            modality: modality.to_string(),
-            expected: expected.into(),
-            found: found.into(),
-        }
-    }
-
-    /// A window `[leads, L >= input_len]`, as f32.
-    fn check_window(&self, w: &Tensor, item: &str, index: usize) -> Result<Tensor> {
-        let beat = self.require_beat()?;
-        let c = beat.config();
-        match w.dims() {
-            &[leads, len] if leads == c.leads && len >= c.input_len => Ok(w.to_dtype(DType::F32)?),
-            other => Err(self.input_error(
-                item,
-                index,
-                "signal",
-                format!("a window [{}, L >= {}]", c.leads, c.input_len),
-                format!("shape {other:?}"),
-            )),
-        }
-    }
-
-    /// Pixels `[3, S, S]` or `[n, 3, S, S]` with n features per image -> `[n, 3, S, S]`.
-    fn check_pixels(&self, p: &Tensor, item: &str, index: usize) -> Result<Tensor> {
-        let vision = self.require_vision()?;
-        let s = vision.config().image_size;
-        let n = self.config.features_per_image();
-        let p = if p.rank() == 3 {
-            p.unsqueeze(0)?
-        } else {
-            p.clone()
-        };
-        match p.dims() {
-            &[count, 3, h, w] if count == n && h == s && w == s => Ok(p),
-            _ => Err(self.input_error(
-                item,
-                index,
-                "img",
-                if n == 1 {
-                    format!("pixels [3, {s}, {s}] (or [1, 3, {s}, {s}])")
-                } else {
-                    format!("{n} lead tiles [{n}, 3, {s}, {s}] (12-lead mode)")
-                },
-                format!("shape {:?}", p.dims()),
-            )),
-        }
-    }
-
-    /// Codes `[levels, Q]` with values below the codebook size, on the host.
-    fn check_codes(&self, c: &Tensor, item: &str, index: usize) -> Result<Vec<Vec<u32>>> {
-        let beat = self.require_beat()?;
-        let (levels, q, k) = (
-            beat.config().dvq_levels,
-            beat.dims().queries,
-            beat.config().codebook_size,
-        );
-        let bad = |found: String| {
-            self.input_error(
-                item,
-                index,
-                "signal",
-                format!("codes [{levels}, {q}] below {k}"),
-                found,
-            )
-        };
-        if c.dims() != [levels, q] {
-            return Err(bad(format!("shape {:?}", c.dims())));
-        }
-        let host = c.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        if let Some(v) = host.iter().flatten().find(|&&v| v as usize >= k) {
-            return Err(bad(format!("code {v}")));
-        }
-        Ok(host)
-    }
-
-    /// Project every ECG of `examples` and lay out their blocks.
-    pub fn encode(&self, examples: &[Example]) -> Result<Encoded> {
-        enum Planned {
-            Signal(usize),
-            Codes(usize),
-            Image(usize),
-        }
-        let mut latents: Vec<Option<Tensor>> = Vec::new();
-        let mut codes: Vec<Option<Vec<Vec<u32>>>> = Vec::new();
-        let mut features: Vec<Option<Tensor>> = Vec::new();
-        let mut windows: Vec<(usize, Tensor)> = Vec::new();
-        let mut pixels: Vec<(usize, Tensor)> = Vec::new();
-        let mut plans: Vec<Vec<(Modality, Planned)>> = Vec::with_capacity(examples.len());
-        let codes_mode = self.config.signal_input == SignalInput::Codes;
-
-        for (k, ex) in examples.iter().enumerate() {
-            let name = item_name(ex.item, k);
-            let order = block_order(ex.item, k)?;
-            if ex.inputs.len() != ex.item.label.len() {
-                return Err(MmError::item(
-                    name,
-                    format!(
-                        "has {} modality labels but {} inputs were given",
-                        ex.item.label.len(),
-                        ex.inputs.len()
-                    ),
-                ));
-            }
-            let mut plan = Vec::with_capacity(order.len());
-            for i in order {
-                let label = ex.item.label[i];
-                let input = &ex.inputs[i];
-                let label_name = match label {
-                    Modality::Signal => "signal",
-                    Modality::Image => "img",
-                };
-                if input.modality() != label {
-                    return Err(self.input_error(
-                        &name,
-                        i,
-                        label_name,
-                        format!("{label_name} input"),
-                        input.describe(),
-                    ));
-                }
-                let available = match label {
-                    Modality::Signal => self.config.signal,
-                    Modality::Image => self.config.image,
-                };
-                if !available {
-                    match self.config.missing_modality {
-                        MissingModality::Drop => continue,
-                        MissingModality::Error => {
-                            return Err(MmError::item(
-                                name,
-                                format!(
-                                    "input {i} is `{label_name}`, a stream this model was built \
-                                     without (set missing_modality = \"drop\" to leave such \
-                                     inputs out)"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                let planned = match (input, codes_mode) {
-                    (EcgInput::Window(w), false) => {
-                        let w = self.check_window(w, &name, i)?;
-                        windows.push((latents.len(), w));
-                        latents.push(None);
-                        Planned::Signal(latents.len() - 1)
-                    }
-                    (EcgInput::Window(w), true) => {
-                        let w = self.check_window(w, &name, i)?;
-                        windows.push((codes.len(), w));
-                        codes.push(None);
-                        Planned::Codes(codes.len() - 1)
-                    }
-                    (EcgInput::Latents(t), false) => {
-                        let width = self
-                            .signal_proj
-                            .as_ref()
-                            .map_or(self.config.signal_feature_dim, |p| p.in_dim());
-                        match t.dims() {
-                            &[q, w] if q > 0 && w == width => {}
-                            other => {
-                                return Err(self.input_error(
-                                    &name,
-                                    i,
-                                    label_name,
-                                    format!("latents [Q, {width}]"),
-                                    format!("shape {other:?}"),
-                                ));
-                            }
-                        }
-                        latents.push(Some(t.to_dtype(DType::F32)?));
-                        Planned::Signal(latents.len() - 1)
-                    }
-                    (EcgInput::Latents(t), true) => {
-                        return Err(self.input_error(
-                            &name,
-                            i,
-                            label_name,
-                            "a window or codes (the model runs in \"codes\" mode)",
-                            format!("latents of shape {:?}", t.dims()),
-                        ));
-                    }
-                    (EcgInput::Codes(c), false) => {
-                        let host = self.check_codes(c, &name, i)?;
-                        let beat = self.require_beat()?;
-                        let levels = host
-                            .iter()
-                            .map(|row| Tensor::new(row.as_slice(), &self.device)?.unsqueeze(0))
-                            .collect::<candle_core::Result<Vec<_>>>()?;
-                        let l = beat.latents_from_codes(&levels)?.squeeze(0)?;
-                        latents.push(Some(l.to_dtype(DType::F32)?.detach()));
-                        Planned::Signal(latents.len() - 1)
-                    }
-                    (EcgInput::Codes(c), true) => {
-                        codes.push(Some(self.check_codes(c, &name, i)?));
-                        Planned::Codes(codes.len() - 1)
-                    }
-                    (EcgInput::Pixels(p), _) => {
-                        let p = self.check_pixels(p, &name, i)?;
-                        pixels.push((features.len(), p));
-                        features.push(None);
-                        Planned::Image(features.len() - 1)
-                    }
-                    (EcgInput::Features(f), _) => {
-                        let n = self.config.features_per_image();
-                        let width = self
-                            .image_proj
-                            .as_ref()
-                            .map_or(self.config.image_feature_dim, |p| p.in_dim());
-                        if f.dims() != [n, width] {
-                            return Err(self.input_error(
-                                &name,
-                                i,
-                                label_name,
-                                format!("features [{n}, {width}]"),
-                                format!("shape {:?}", f.dims()),
-                            ));
-                        }
-                        features.push(Some(f.to_dtype(DType::F32)?));
-                        Planned::Image(features.len() - 1)
-                    }
-                };
-                plan.push((label, planned));
-            }
-            plans.push(plan);
-        }
-
-        // Run the encoders once for the whole batch.
-        if !windows.is_empty() {
-            let input_len = self.require_beat()?.config().input_len;
-            let stacked = Tensor::stack(
-                &windows
-                    .iter()
-                    .map(|(_, w)| w.narrow(1, 0, input_len))
-                    .collect::<candle_core::Result<Vec<_>>>()?,
-                0,
-            )?;
-            if codes_mode {
-                let all = self.signal_codes(&stacked)?;
-                for (k, (slot, _)) in windows.iter().enumerate() {
-                    codes[*slot] = Some(all.get(k)?.to_vec2::<u32>()?);
-                }
-            } else {
-                let all = self.signal_latents(&stacked)?;
-                for (k, (slot, _)) in windows.iter().enumerate() {
-                    latents[*slot] = Some(all.get(k)?);
-                }
-            }
-        }
-        if !pixels.is_empty() {
-            let all = Tensor::cat(&pixels.iter().map(|(_, p)| p).collect::<Vec<_>>(), 0)?;
-            let pooled = self.image_features(&all)?.to_dtype(DType::F32)?;
-            let mut offset = 0;
-            for (slot, p) in &pixels {
-                let n = p.dim(0)?;
-                features[*slot] = Some(pooled.narrow(0, offset, n)?);
-                offset += n;
-            }
-        }
-
-        // Project, and give each projected input its rows of the table.
-        let filled = |v: Vec<Option<Tensor>>| -> Vec<Tensor> {
-            v.into_iter()
-                .map(|t| t.expect("every slot is filled above"))
-                .collect()
-        };
-        let latents = filled(latents);
-        let features = filled(features);
-        let mut pieces = Vec::new();
-        let mut signal_rows = Vec::with_capacity(latents.len());
-        let mut next_row = 0;
-        if !latents.is_empty() {
-            let proj = self
-                .signal_proj
-                .as_ref()
-                .ok_or_else(|| self.absent(Part::SignalProjector))?;
-            for l in &latents {
-                let q = l.dim(0)?;
-                signal_rows.push((next_row, q));
-                next_row += q;
-            }
-            let proj = if self.trainable.contains(&Part::SignalProjector) {
-                proj.clone()
-            } else {
-                proj.detached()
-            };
-            pieces.push(proj.forward(&Tensor::cat(&latents, 0)?)?);
-        }
-        let mut image_rows = Vec::with_capacity(features.len());
-        if !features.is_empty() {
-            let proj = self
-                .image_proj
-                .as_ref()
-                .ok_or_else(|| self.absent(Part::ImageProjector))?;
-            let tokens = proj.tokens();
-            for f in &features {
-                let n = f.dim(0)? * tokens;
-                image_rows.push((next_row, n));
-                next_row += n;
-            }
-            let proj = if self.trainable.contains(&Part::ImageProjector) {
-                proj.clone()
-            } else {
-                proj.detached()
-            };
-            let projected = proj.forward(&Tensor::cat(&features, 0)?)?;
-            let (n, t, h) = projected.dims3()?;
-            pieces.push(projected.reshape((n * t, h))?);
-        }
-        let table = if pieces.is_empty() {
-            None
-        } else {
-            Some(Tensor::cat(&pieces, 0)?.to_dtype(self.dtype)?)
-        };
-
-        let vocab = self.codes;
-        let blocks = plans
-            .into_iter()
-            .map(|plan| {
-                plan.into_iter()
-                    .map(|(modality, planned)| {
-                        let content = match planned {
-                            Planned::Signal(s) => BlockContent::Embeds {
-                                first_row: signal_rows[s].0,
-                                len: signal_rows[s].1,
-                            },
-                            Planned::Image(s) => BlockContent::Embeds {
-                                first_row: image_rows[s].0,
-                                len: image_rows[s].1,
-                            },
-                            Planned::Codes(s) => {
-                                let vocab = vocab.expect("codes mode has a code vocabulary");
-                                let levels = codes[s].as_ref().expect("every slot is filled");
-                                let q = levels.first().map_or(0, Vec::len);
-                                let mut ids = Vec::with_capacity(q * levels.len());
-                                for query in 0..q {
-                                    for (level, row) in levels.iter().enumerate() {
-                                        ids.push(vocab.token(level, row[query]));
-                                    }
-                                }
-                                BlockContent::Tokens(ids)
-                            }
-                        };
-                        Block { modality, content }
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(Encoded { table, blocks })
-    }
-
-    // ---------------------------------------------------------------------------------------
     // Sequences and the forward pass
 
-    fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+    pub(crate) fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.tokenizer.encode(text)?)
     }
 
@@ -1444,7 +954,7 @@ impl HeartcareModel {
         Ok((kept + spliced)?.reshape((b, t, h))?)
     }
 
-    fn logits_of(&self, batch: &Batch, table: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn logits_of(&self, batch: &Batch, table: Option<&Tensor>) -> Result<Tensor> {
         let embeds = self.input_embeds(batch, table)?;
         Ok(self
             .backbone
@@ -1502,147 +1012,6 @@ impl HeartcareModel {
             target_tokens: out.target_tokens,
         })
     }
-
-    // ---------------------------------------------------------------------------------------
-    // Scoring and generation
-
-    /// Length-normalised log-likelihood of each option as the answer: the mean log-probability
-    /// of the option's tokens and the closing `<|end|>` given the item's ECGs and question
-    /// (the mean, so long options are not penalised for their length; `<|end|>` is included
-    /// so that an option that is only the prefix of the trained answer scores lower). All
-    /// options run as one batch over one encoding of the ECGs, in evaluation mode.
-    pub fn score_options(
-        &self,
-        item: &Item,
-        inputs: &[EcgInput],
-        options: &[String],
-    ) -> Result<Vec<f64>> {
-        if options.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _eval = EvalMode::enter(self);
-        let encoded = self.encode(&[Example::new(item, inputs)])?;
-        let question = self.encode_text(&item.question)?;
-        let name = item_name(item, 0);
-        let rows = options
-            .iter()
-            .map(|option| {
-                layout_row(
-                    &self.chat,
-                    &encoded.blocks[0],
-                    &question,
-                    Some(&self.encode_text(option)?),
-                    self.config.max_seq_len,
-                    &name,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let batch = collate(&rows, self.chat.pad, &self.device)?;
-        let logits = self.logits_of(&batch, encoded.table.as_ref())?;
-        let (_, t, _) = logits.dims3()?;
-        let log_probs = candle_nn::ops::log_softmax(
-            &logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?,
-            D::Minus1,
-        )?;
-        let next = batch.ids.narrow(1, 1, t - 1)?.contiguous()?;
-        let picked = log_probs.gather(&next.unsqueeze(2)?, 2)?.squeeze(2)?;
-        let sums = picked
-            .mul(&batch.target_mask.narrow(1, 1, t - 1)?)?
-            .sum(1)?
-            .to_vec1::<f32>()?;
-        Ok(sums
-            .iter()
-            .zip(&rows)
-            .map(|(&sum, row)| f64::from(sum) / row.targets.len() as f64)
-            .collect())
-    }
-
-    /// Greedy answer to one item, at most `max_new_tokens` tokens, stopping at `<|end|>`.
-    pub fn generate(
-        &self,
-        item: &Item,
-        inputs: &[EcgInput],
-        max_new_tokens: usize,
-    ) -> Result<Generation> {
-        let mut out = self.generate_batch(&[Example::new(item, inputs)], max_new_tokens)?;
-        Ok(out.remove(0))
-    }
-
-    /// Greedy answers to several items at once (right-padded rows; each row reads its logits
-    /// at its own last position). The backbone has no KV cache, so each step recomputes the
-    /// whole sequence: fine for tiny models. Rows stop at `<|end|>`, after `max_new_tokens`,
-    /// or at `max_seq_len`.
-    pub fn generate_batch(
-        &self,
-        examples: &[Example],
-        max_new_tokens: usize,
-    ) -> Result<Vec<Generation>> {
-        if examples.is_empty() {
-            return Err(MmError::EmptyBatch);
-        }
-        let _eval = EvalMode::enter(self);
-        let encoded = self.encode(examples)?;
-        let mut rows = Vec::with_capacity(examples.len());
-        for (k, (ex, blocks)) in examples.iter().zip(&encoded.blocks).enumerate() {
-            rows.push(layout_row(
-                &self.chat,
-                blocks,
-                &self.encode_text(&ex.item.question)?,
-                None,
-                self.config.max_seq_len,
-                &item_name(ex.item, k),
-            )?);
-        }
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows.len()];
-        let mut finished = vec![false; rows.len()];
-        let mut active: Vec<usize> = (0..rows.len()).collect();
-        for _ in 0..max_new_tokens {
-            if active.is_empty() {
-                break;
-            }
-            let batch_rows: Vec<Row> = active.iter().map(|&k| rows[k].clone()).collect();
-            let batch = collate(&batch_rows, self.chat.pad, &self.device)?;
-            let logits = self.logits_of(&batch, encoded.table.as_ref())?;
-            let (b, t, v) = logits.dims3()?;
-            let last: Vec<u32> = batch
-                .lengths
-                .iter()
-                .enumerate()
-                .map(|(i, len)| (i * t + len - 1) as u32)
-                .collect();
-            let next = logits
-                .reshape((b * t, v))?
-                .index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?
-                .argmax(D::Minus1)?
-                .to_vec1::<u32>()?;
-            let mut still = Vec::with_capacity(active.len());
-            for (&k, &token) in active.iter().zip(&next) {
-                if token == self.chat.end {
-                    finished[k] = true;
-                    continue;
-                }
-                rows[k].ids.push(token);
-                generated[k].push(token);
-                if rows[k].ids.len() < self.config.max_seq_len {
-                    still.push(k);
-                }
-            }
-            active = still;
-        }
-        let text_vocab = self.tokenizer.vocab_size() as u32;
-        generated
-            .into_iter()
-            .zip(finished)
-            .map(|(ids, finished)| {
-                let text_ids: Vec<u32> = ids.iter().copied().filter(|&i| i < text_vocab).collect();
-                Ok(Generation {
-                    text: self.tokenizer.decode(&text_ids, true)?,
-                    ids,
-                    finished,
-                })
-            })
-            .collect()
-    }
 }
 
 /// Which parts a model has and which can train: enough to vet a trainable set.
@@ -1657,7 +1026,7 @@ struct TrainableCheck {
 }
 
 impl TrainableCheck {
-    fn absent(&self, part: Part) -> MmError {
+    pub(crate) fn absent(&self, part: Part) -> MmError {
         let (trainable_elsewhere, reason) = match part {
             Part::SignalProjector => (false, "the signal stream is off (config.signal = false)"),
             Part::ImageProjector => (false, "the image stream is off (config.image = false)"),
@@ -1808,27 +1177,4 @@ fn build_vision(
         )?),
         Some(VisionOrigin::Checkpoint(source)) => Some(load_siglip(source, dtype, device, &opts)?),
     })
-}
-
-/// Evaluation mode (dropout off) for the guard's lifetime; the previous mode comes back after.
-struct EvalMode<'a> {
-    model: &'a HeartcareModel,
-    was_training: bool,
-}
-
-impl<'a> EvalMode<'a> {
-    fn enter(model: &'a HeartcareModel) -> Self {
-        let was_training = model.is_training();
-        model.set_training(false);
-        Self {
-            model,
-            was_training,
-        }
-    }
-}
-
-impl Drop for EvalMode<'_> {
-    fn drop(&mut self) {
-        self.model.set_training(self.was_training);
-    }
 }

@@ -609,3 +609,75 @@ fn lora_targets_follow_the_backbone_layout() {
         names(&["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"])
     );
 }
+
+#[test]
+fn codes_given_to_a_latents_model_are_looked_up_in_the_codebooks() {
+    let model = Setup::default().build(&[]);
+    let codes_model = Setup::default().codes().build(&[]);
+    // The same seed gives both models the same Beat, so the codes of one are the other's.
+    let w = window(9);
+    let codes = codes_model
+        .precompute(std::slice::from_ref(&w))
+        .unwrap()
+        .remove(0);
+    assert!(matches!(codes, EcgInput::Codes(_)));
+    let it = item("c", "q", "a", &[("a", Modality::Signal)]);
+    let from_window = model.forward(&[Example::new(&it, &[w])]).unwrap().logits;
+    let from_codes = model
+        .forward(&[Example::new(&it, &[codes])])
+        .unwrap()
+        .logits;
+    assert!(max_abs_diff(&from_window, &from_codes) < 1e-5);
+}
+
+#[test]
+fn projector_depths_and_image_tokens_follow_the_config() {
+    let mut setup = Setup::default();
+    setup.config.signal_depth = 2;
+    setup.config.image_depth = 1;
+    setup.config.image_tokens = 3;
+    let model = setup.build(&[]);
+    assert_eq!(model.signal_projector().unwrap().depth(), 2);
+    let image = model.image_projector().unwrap();
+    assert_eq!((image.depth(), image.tokens()), (1, 3));
+    let it = item("t", "q", "a", &[("a", Modality::Image)]);
+    let inputs = [pixels(1, false)];
+    let prepared = model.prepare(&[Example::new(&it, &inputs)]).unwrap();
+    assert_eq!(prepared.rows[0].splices[0].len, 3);
+    assert_eq!(
+        prepared.encoded.table.unwrap().dims(),
+        &[3, model.hidden_size()]
+    );
+}
+
+#[test]
+fn bf16_backbone_trains_the_projectors() {
+    let setup = Setup::default();
+    let mut spec = setup.spec();
+    spec.dtype = DType::BF16;
+    let model = HeartcareModel::new(
+        spec,
+        Some(common::tokenizer()),
+        &Device::Cpu,
+        &["projector"],
+    )
+    .unwrap();
+    let data = two_items();
+    let out = model.forward(&examples(&data)).unwrap();
+    assert_eq!(out.logits.dtype(), DType::BF16);
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    assert!(loss.is_finite(), "loss {loss}");
+    let grads = out.loss.backward().unwrap();
+    for (name, var) in model.trainable_vars(&["projector"]).unwrap() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        assert_eq!(g.dtype(), DType::F32, "{name}: master weights stay f32");
+    }
+}
+
+#[test]
+fn the_model_can_be_shared_across_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<HeartcareModel>();
+}
