@@ -50,8 +50,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Seconds spent in: forward, backward, clipping + AdamW, EMA codebook update.
     let mut phases = [0.0f64; 4];
+    let mut cpu_start = None;
     let mut last_loss = 0.0f32;
     for step in 0..warmup + steps {
+        if step == warmup {
+            cpu_start = process_cpu_seconds();
+        }
         let mut marks = [Instant::now(); 5];
         let out = beat.forward(&windows, Mode::Train { step: step as u64 })?;
         last_loss = out.loss.to_scalar::<f32>()?;
@@ -73,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let timed: f64 = phases.iter().sum();
+    let cpu = cpu_start.zip(process_cpu_seconds()).map(|(a, b)| b - a);
     println!(
         "device: {device:?}, threads: {}",
         candle_core::utils::get_num_threads()
@@ -86,6 +91,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         timed / steps as f64 * 1e3,
         (batch * steps) as f64 / timed
     );
+    if let Some(cpu) = cpu {
+        // On a shared machine the wall clock includes time other processes held the cores;
+        // CPU time does not, so windows per CPU-second is the steadier number to compare.
+        println!(
+            "CPU time {:.1} ms/step, {:.1} windows per CPU-second",
+            cpu / steps as f64 * 1e3,
+            (batch * steps) as f64 / cpu
+        );
+    }
     let ms = |s: f64| s / steps as f64 * 1e3;
     println!(
         "per step: forward {:.1} ms, backward {:.1} ms, clip + AdamW {:.1} ms, codebook EMA {:.1} ms",
@@ -95,4 +109,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(phases[3])
     );
     Ok(())
+}
+
+/// User + system CPU time of this process (all threads), from `/proc/self/stat` (Linux; procfs
+/// counts in USER_HZ = 100 ticks per second). `None` elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at state = field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

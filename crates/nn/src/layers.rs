@@ -7,8 +7,20 @@
 //! to a (slow) broadcast matmul for non-contiguous 3-D inputs. Everything here is composed from
 //! primitive tensor ops that candle can differentiate. Weight names follow the Hugging Face
 //! conventions (`weight`, `bias`) so pretrained checkpoints load through a `VarBuilder`.
+//!
+//! On the CPU in f32, the hot spots of a transformer step run as fused candle custom ops with
+//! hand-written backward passes: the normalisation of LayerNorm / RmsNorm, their gain and every
+//! bias (row-vector ops), the softmax, the tanh GELU, and attention itself (per-head products
+//! straight from the gemm kernels on strided views; probabilities recomputed in the backward
+//! pass). Composed from primitives, each of these is several graph nodes, and candle's backward
+//! pass allocates and sweeps the activations once per node: that overhead was most of a Beat
+//! training step (7 windows/s at the paper config on one core before, about 21 after). Elsewhere
+//! (CUDA, half precision) the same functions use the composed, differentiable primitives, and
+//! the tests check that both paths agree in value and gradient.
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Module, Result, Shape, Tensor,
+};
 use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -72,15 +84,23 @@ impl Module for Linear {
         let Some((&in_dim, lead)) = dims.split_last() else {
             candle_core::bail!("linear: input must have at least one dimension");
         };
-        let rows: usize = lead.iter().product();
         // One 2-D matmul over all leading dimensions: the weight is shared, so there is no
         // reason to pay for a batched (broadcast) matmul. `reshape` copies only when `x` is not
-        // contiguous, which is the copy a batched matmul would need anyway.
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        // contiguous, which is the copy a batched matmul would need anyway; 2-D inputs skip it
+        // (even a no-op reshape is a graph node that the backward pass sweeps).
+        let rows2d = if lead.len() == 1 {
+            x.clone()
+        } else {
+            x.reshape((lead.iter().product::<usize>(), in_dim))?
+        };
+        let y = rows2d.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => add_row_vector(&y, b)?,
             None => y,
         };
+        if lead.len() == 1 {
+            return Ok(y);
+        }
         let mut out_dims = lead.to_vec();
         out_dims.push(self.out_dim());
         y.reshape(out_dims)
@@ -126,16 +146,10 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let xf = upcast(x)?;
-        let mean = xf.mean_keepdim(D::Minus1)?;
-        let centred = xf.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        let normed = centred.broadcast_mul(&inv_std)?.to_dtype(dtype)?;
-        let y = normed.broadcast_mul(&self.weight)?;
+        let normed = normalize_last_dim(x, self.eps, true)?;
+        let y = mul_row_vector(&normed, &self.weight)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => add_row_vector(&y, b),
             None => Ok(y),
         }
     }
@@ -163,14 +177,75 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let xf = upcast(x)?;
-        let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv_rms = (mean_sq + self.eps)?.sqrt()?.recip()?;
-        xf.broadcast_mul(&inv_rms)?
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)
+        mul_row_vector(&normalize_last_dim(x, self.eps, false)?, &self.weight)
     }
+}
+
+/// `x + b` with the vector `b` added to every row (last dimension) of `x`: a bias.
+/// Differentiable; on the CPU in f32 a fused op whose backward sums the rows of the gradient
+/// directly (candle's generic broadcast backward reduces over a strided view, which was a tenth
+/// of a Beat step).
+pub fn add_row_vector(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if row_vector_fits(x, b) {
+        return x.contiguous()?.apply_op2(&b.contiguous()?, fused::AddRow);
+    }
+    x.broadcast_add(b)
+}
+
+/// `x * w` with the vector `w` multiplying every row (last dimension) of `x`: a norm's gain.
+/// Differentiable; fused on the CPU in f32 like [`add_row_vector`].
+pub fn mul_row_vector(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if row_vector_fits(x, w) {
+        return x.contiguous()?.apply_op2(&w.contiguous()?, fused::MulRow);
+    }
+    x.broadcast_mul(w)
+}
+
+fn row_vector_fits(x: &Tensor, v: &Tensor) -> bool {
+    fused_cpu(x) && fused_cpu(v) && v.rank() == 1 && x.dims().last() == Some(&v.dim(0).unwrap_or(0))
+}
+
+/// `(x - mean) / sqrt(var + eps)` (`remove_mean`, LayerNorm) or `x / sqrt(mean(x^2) + eps)`
+/// (RmsNorm) over the last dimension, without the affine part; differentiable. Half-precision
+/// inputs are normalised in f32 (as PyTorch does) and cast back.
+pub fn normalize_last_dim(x: &Tensor, eps: f64, remove_mean: bool) -> Result<Tensor> {
+    if fused_cpu(x) {
+        return x
+            .contiguous()?
+            .apply_op1(fused::Normalize { eps, remove_mean });
+    }
+    let dtype = x.dtype();
+    let xf = upcast(x)?;
+    let centred = if remove_mean {
+        xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?
+    } else {
+        xf
+    };
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv_std = (var + eps)?.sqrt()?.recip()?;
+    centred.broadcast_mul(&inv_std)?.to_dtype(dtype)
+}
+
+/// Softmax over the last dimension; differentiable (fused on the CPU in f32, otherwise
+/// `candle_nn::ops::softmax`, never the backward-less `softmax_last_dim`).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        return x.contiguous()?.apply_op1(fused::Softmax);
+    }
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// GELU, tanh approximation; differentiable (fused on the CPU in f32, candle's `gelu`
+/// elsewhere).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused_cpu(x) {
+        return x.contiguous()?.apply_op1(fused::Gelu);
+    }
+    x.gelu()
+}
+
+fn fused_cpu(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() > 0
 }
 
 fn upcast(x: &Tensor) -> Result<Tensor> {
@@ -198,7 +273,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => x.gelu(),
+            Activation::Gelu => gelu(x),
             Activation::GeluErf => x.gelu_erf(),
             Activation::Silu => x.silu(),
             Activation::Relu => x.relu(),
@@ -242,12 +317,13 @@ impl Module for Mlp {
 
 /// Scaled-dot-product attention for all heads of a batch at once.
 ///
-/// `q`: `[B, H, Tq, D]`, `k` and `v`: `[B, H, Tk, D]`, each contiguous (the batch and head
-/// dimensions are then one batch of `B*H` matrix products, which is what the CPU and CUDA
-/// kernels want). `mask`, if any, is added to the scores and must broadcast to
-/// `[B, H, Tq, Tk]`: 0 where attention is allowed, `-inf` (or a large negative) where not.
-/// The softmax is `candle_nn::ops::softmax`, which is differentiable, unlike the fused
-/// `softmax_last_dim`. Returns `[B, H, Tq, D]`.
+/// `q`: `[B, H, Tq, D]`, `k` and `v`: `[B, H, Tk, D]`. `mask`, if any, is added to the scores
+/// and must broadcast to `[B, H, Tq, Tk]`: 0 where attention is allowed, `-inf` (or a large
+/// negative) where not. Returns `[B, H, Tq, D]`, differentiable with respect to q, k and v.
+///
+/// Without a mask, on the CPU in f32, this is one fused op (per-head matrix products straight
+/// from the gemm kernels, probabilities recomputed in the backward pass instead of stored);
+/// otherwise the batched matmuls of candle with the differentiable [`softmax_last_dim`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -255,15 +331,139 @@ pub fn attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    match mask {
+        None => attention_with(q, k, v, scale, false, None),
+        Some(m) => attention_with(q, k, v, scale, false, Some(m)),
+    }
+}
+
+/// [`attention`] where query `i` sees keys `0..=i + (Tk - Tq)` (decoder self-attention; with
+/// `Tq == Tk` the usual lower triangle). Fused on the CPU in f32 like [`attention`].
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_with(q, k, v, scale, true, None)
+}
+
+fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    causal: bool,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, h, tq, d) = q.dims4()?;
+    let tk = k.dim(2)?;
+    if k.dims() != [b, h, tk, d] || v.dims() != [b, h, tk, d] {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit [B, H, T, D]",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if causal && tk < tq {
+        candle_core::bail!("causal attention: {tk} keys for {tq} queries");
+    }
+    if mask.is_none() && fused_cpu(q) && fused_cpu(k) && fused_cpu(v) {
+        let op = fused::Attention {
+            scale: scale as f32,
+            causal,
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
     // Scaling q (Tq x D values) is cheaper than scaling the Tq x Tk scores.
     let q = (q * scale)?;
     let scores = q.matmul(&k.t()?)?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
-        None => scores,
+    let scores = match (mask, causal) {
+        (Some(m), _) => scores.broadcast_add(m)?,
+        (None, true) => {
+            let m = causal_mask_offset(tq, tk, scores.dtype(), scores.device())?;
+            scores.broadcast_add(&m)?
+        }
+        (None, false) => scores,
     };
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-    probs.matmul(v)
+    softmax_last_dim(&scores)?.matmul(v)
+}
+
+/// Self-attention over a packed q/k/v projection: `qkv` is `[B, T, 3 * heads * head_dim]`
+/// laid out as `(q | k | v)`, each `(head, dim)`; returns `[B, T, heads * head_dim]` with the
+/// heads side by side, ready for the output projection. Differentiable.
+///
+/// This is the layout a fused `qkv` linear produces. On the CPU in f32 the heads are read in
+/// place by one fused op, so splitting and merging them costs no copies and no graph nodes
+/// (candle's backward pass sweeps every reshape, permute and narrow once more, which had made
+/// attention a third of a Beat step); elsewhere it is split and merged with views and
+/// [`attention`].
+pub fn packed_self_attention(
+    qkv: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, t, _) = qkv.dims3()?;
+    packed_self_attention_rows(&qkv.reshape((b * t, ()))?, t, heads, head_dim, scale)?.reshape((
+        b,
+        t,
+        heads * head_dim,
+    ))
+}
+
+/// [`packed_self_attention`] on token rows: `qkv` is `[B * seq_len, 3 * heads * head_dim]`
+/// (sequences one after the other), the result `[B * seq_len, heads * head_dim]`. For models
+/// that keep their activations as rows between attention calls, which saves candle's backward
+/// pass a sweep over every reshape.
+pub fn packed_self_attention_rows(
+    qkv: &Tensor,
+    seq_len: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (rows, width) = qkv.dims2()?;
+    if width != 3 * heads * head_dim || seq_len == 0 || !rows.is_multiple_of(seq_len) {
+        candle_core::bail!(
+            "packed attention: [{rows}, {width}] is not [B * {seq_len}, 3 x {heads} heads x {head_dim}]"
+        );
+    }
+    if fused_cpu(qkv) {
+        let op = fused::PackedAttention {
+            heads,
+            head_dim,
+            seq_len,
+            scale: scale as f32,
+        };
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    let b = rows / seq_len;
+    let qkv = qkv
+        .reshape((b, seq_len, 3, heads, head_dim))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let out = attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, None, scale)?;
+    out.transpose(1, 2)?.reshape((rows, heads * head_dim))
+}
+
+fn causal_mask_offset(
+    tq: usize,
+    tk: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let shift = tk - tq;
+    let values: Vec<f32> = (0..tq)
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j > i + shift {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(values, (tq, tk), device)?.to_dtype(dtype)
 }
 
 /// An additive causal mask `[t, t]`: 0 on and below the diagonal, `-inf` above.
@@ -299,4 +499,885 @@ pub fn dropout<R: Rng>(x: &Tensor, p: f64, rng: Option<&mut R>) -> Result<Tensor
 /// Mean squared error over all elements, as a scalar tensor.
 pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     (a - b)?.sqr()?.mean_all()
+}
+
+/// CPU f32 kernels with hand-written backward passes (see the module documentation). Each
+/// forward op keeps what its backward needs as its input or output; the backward kernels are
+/// applied without autograd (no second derivatives).
+mod fused {
+    use super::*;
+
+    /// The contiguous f32 data of a custom op input.
+    fn data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+        let CpuStorage::F32(values) = storage else {
+            candle_core::bail!("{op}: expected f32 data");
+        };
+        match layout.contiguous_offsets() {
+            Some((start, end)) => Ok(&values[start..end]),
+            None => candle_core::bail!("{op}: input must be contiguous"),
+        }
+    }
+
+    fn last_dim(layout: &Layout, op: &str) -> Result<usize> {
+        match layout.dims().last() {
+            Some(&n) if n > 0 => Ok(n),
+            _ => candle_core::bail!("{op}: needs a non-empty last dimension"),
+        }
+    }
+
+    /// `sqrt(2 / pi)` and the cubic coefficient of the tanh GELU approximation.
+    const GELU_K: f32 = 0.797_884_6;
+    const GELU_A: f32 = 0.044_715;
+
+    /// `exp(x)` for `x` in [-87, 88], to about 2e-7 relative error, in straight-line code that
+    /// the compiler vectorises (libm's `expf` and `tanhf` are scalar calls; they were a tenth of
+    /// a Beat step inside GELU). `x = n ln 2 + f` with `|f| <= ln 2 / 2`; `e^f` by its Taylor
+    /// series to degree 7 (truncation below 1e-8 there); `2^n` put in the exponent bits.
+    #[inline(always)]
+    pub(super) fn fast_exp(x: f32) -> f32 {
+        const LOG2_E: f32 = std::f32::consts::LOG2_E;
+        // ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in plain SSE2
+        // arithmetic (`round` / `floor` are libm calls without SSE4.1).
+        const ROUND: f32 = 12_582_912.0;
+        let x = x.clamp(-87.0, 88.0);
+        let n = (x * LOG2_E + ROUND) - ROUND;
+        let f = (x - n * LN2_HI) - n * LN2_LO;
+        let mut p = 1.0 / 5040.0;
+        p = p * f + 1.0 / 720.0;
+        p = p * f + 1.0 / 120.0;
+        p = p * f + 1.0 / 24.0;
+        p = p * f + 1.0 / 6.0;
+        p = p * f + 0.5;
+        p = p * f + 1.0;
+        p = p * f + 1.0;
+        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        p * scale
+    }
+
+    /// `tanh(x) = 1 - 2 / (e^{2x} + 1)`, absolute error about 3e-7 (it is added to 1 in GELU,
+    /// so relative accuracy near 0 does not matter). Saturates cleanly: `e^{2x}` is clamped.
+    #[inline(always)]
+    pub(super) fn fast_tanh(x: f32) -> f32 {
+        1.0 - 2.0 / (fast_exp(2.0 * x.clamp(-20.0, 20.0)) + 1.0)
+    }
+
+    pub(super) struct Gelu;
+
+    impl CustomOp1 for Gelu {
+        fn name(&self) -> &'static str {
+            "beatlab-gelu"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = data(s, l, self.name())?;
+            let y = x
+                .iter()
+                .map(|&v| 0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_A * v * v * v))))
+                .collect();
+            Ok((CpuStorage::F32(y), l.shape().clone()))
+        }
+
+        fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+            Ok(Some(x.apply_op3_no_bwd(y, &dy.contiguous()?, &GeluGrad)?))
+        }
+    }
+
+    /// `dy * gelu'(x)`, with `t = tanh(k (x + a x^3))` read back from the forward output
+    /// `y = x (1 + t) / 2` where that is well conditioned (`|x| >= 0.01`), so that the
+    /// backward pass does not compute the tanh a second time.
+    struct GeluGrad;
+
+    impl CustomOp3 for GeluGrad {
+        fn name(&self) -> &'static str {
+            "beatlab-gelu-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let x = data(s1, l1, self.name())?;
+            let y = data(s2, l2, self.name())?;
+            let dy = data(s3, l3, self.name())?;
+            let dx = x
+                .iter()
+                .zip(y)
+                .zip(dy)
+                .map(|((&v, &out), &g)| {
+                    let t = if v.abs() >= 0.01 {
+                        2.0 * out / v - 1.0
+                    } else {
+                        fast_tanh(GELU_K * (v + GELU_A * v * v * v))
+                    };
+                    let du = GELU_K * (1.0 + 3.0 * GELU_A * v * v);
+                    g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du)
+                })
+                .collect();
+            Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        }
+    }
+
+    /// Sums of the rows of a contiguous `[.., n]` tensor: `[n]`.
+    fn column_sums(values: &[f32], n: usize) -> Vec<f32> {
+        let mut sums = vec![0f32; n];
+        for row in values.chunks_exact(n) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        sums
+    }
+
+    fn row_len(l: &Layout, v: &Layout, op: &str) -> Result<usize> {
+        let n = last_dim(l, op)?;
+        if v.dims() != [n] {
+            candle_core::bail!("{op}: vector of shape {:?} for rows of {n}", v.dims());
+        }
+        Ok(n)
+    }
+
+    /// `x + b` per row; backward `(dy, column sums of dy)`.
+    pub(super) struct AddRow;
+
+    impl CustomOp2 for AddRow {
+        fn name(&self) -> &'static str {
+            "beatlab-add-row"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let x = data(s1, l1, self.name())?;
+            let b = data(s2, l2, self.name())?;
+            let n = row_len(l1, l2, self.name())?;
+            let mut y = x.to_vec();
+            for row in y.chunks_exact_mut(n) {
+                for (o, &v) in row.iter_mut().zip(b) {
+                    *o += v;
+                }
+            }
+            Ok((CpuStorage::F32(y), l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            _x: &Tensor,
+            b: &Tensor,
+            _y: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let db = dy.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
+            Ok((Some(dy.clone()), Some(db.reshape(b.shape())?)))
+        }
+    }
+
+    /// `x * w` per row; backward `(dy * w, column sums of dy * x)`.
+    pub(super) struct MulRow;
+
+    impl CustomOp2 for MulRow {
+        fn name(&self) -> &'static str {
+            "beatlab-mul-row"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let x = data(s1, l1, self.name())?;
+            let w = data(s2, l2, self.name())?;
+            let n = row_len(l1, l2, self.name())?;
+            let mut y = x.to_vec();
+            for row in y.chunks_exact_mut(n) {
+                for (o, &v) in row.iter_mut().zip(w) {
+                    *o *= v;
+                }
+            }
+            Ok((CpuStorage::F32(y), l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            _y: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let dy = dy.contiguous()?;
+            let dx = dy.apply_op2_no_bwd(w, &MulRow)?;
+            let dw = dy.apply_op2_no_bwd(x, &ColumnDots)?;
+            Ok((Some(dx), Some(dw)))
+        }
+    }
+
+    /// Column sums of a contiguous tensor over all rows.
+    struct ColumnSums;
+
+    impl CustomOp1 for ColumnSums {
+        fn name(&self) -> &'static str {
+            "beatlab-column-sums"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = data(s, l, self.name())?;
+            let n = last_dim(l, self.name())?;
+            Ok((CpuStorage::F32(column_sums(x, n)), Shape::from(n)))
+        }
+    }
+
+    /// Column sums of `a * b` (same shapes), without materialising the product.
+    struct ColumnDots;
+
+    impl CustomOp2 for ColumnDots {
+        fn name(&self) -> &'static str {
+            "beatlab-column-dots"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let a = data(s1, l1, self.name())?;
+            let b = data(s2, l2, self.name())?;
+            let n = last_dim(l1, self.name())?;
+            if l1.dims() != l2.dims() {
+                candle_core::bail!(
+                    "{}: shapes {:?} and {:?}",
+                    self.name(),
+                    l1.dims(),
+                    l2.dims()
+                );
+            }
+            let mut sums = vec![0f32; n];
+            for (ra, rb) in a.chunks_exact(n).zip(b.chunks_exact(n)) {
+                for ((s, &va), &vb) in sums.iter_mut().zip(ra).zip(rb) {
+                    *s += va * vb;
+                }
+            }
+            Ok((CpuStorage::F32(sums), Shape::from(n)))
+        }
+    }
+
+    pub(super) struct Softmax;
+
+    impl CustomOp1 for Softmax {
+        fn name(&self) -> &'static str {
+            "beatlab-softmax"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = data(s, l, self.name())?;
+            let n = last_dim(l, self.name())?;
+            let mut y = vec![0f32; x.len()];
+            for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in yr.iter_mut().zip(xr) {
+                    *o = fast_exp(v - max);
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                yr.iter_mut().for_each(|o| *o *= inv);
+            }
+            Ok((CpuStorage::F32(y), l.shape().clone()))
+        }
+
+        fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+            Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad)?))
+        }
+    }
+
+    /// `y * (dy - sum(dy * y))` per row.
+    struct SoftmaxGrad;
+
+    impl CustomOp2 for SoftmaxGrad {
+        fn name(&self) -> &'static str {
+            "beatlab-softmax-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let y = data(s1, l1, self.name())?;
+            let dy = data(s2, l2, self.name())?;
+            let n = last_dim(l1, self.name())?;
+            let mut dx = vec![0f32; y.len()];
+            for ((yr, gr), or) in y
+                .chunks_exact(n)
+                .zip(dy.chunks_exact(n))
+                .zip(dx.chunks_exact_mut(n))
+            {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for ((o, &a), &g) in or.iter_mut().zip(yr).zip(gr) {
+                    *o = a * (g - dot);
+                }
+            }
+            Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        }
+    }
+
+    /// LayerNorm (`remove_mean`) or RmsNorm normalisation over the last dimension.
+    pub(super) struct Normalize {
+        pub(super) eps: f64,
+        pub(super) remove_mean: bool,
+    }
+
+    impl Normalize {
+        /// Mean (0 for RmsNorm) and `1 / sqrt(var + eps)` of one row.
+        fn stats(&self, row: &[f32]) -> (f32, f32) {
+            let n = row.len() as f32;
+            let mean = if self.remove_mean {
+                row.iter().sum::<f32>() / n
+            } else {
+                0.0
+            };
+            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            (mean, 1.0 / (var + self.eps as f32).sqrt())
+        }
+    }
+
+    impl CustomOp1 for Normalize {
+        fn name(&self) -> &'static str {
+            "beatlab-normalize"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let x = data(s, l, self.name())?;
+            let n = last_dim(l, self.name())?;
+            let mut y = vec![0f32; x.len()];
+            for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+                let (mean, inv_std) = self.stats(xr);
+                for (o, &v) in yr.iter_mut().zip(xr) {
+                    *o = (v - mean) * inv_std;
+                }
+            }
+            Ok((CpuStorage::F32(y), l.shape().clone()))
+        }
+
+        fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+            let grad = NormalizeGrad {
+                eps: self.eps,
+                remove_mean: self.remove_mean,
+            };
+            Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &grad)?))
+        }
+    }
+
+    /// With `y` the normalised row and `r = 1 / sqrt(var + eps)`:
+    /// LayerNorm `dx = r * (dy - mean(dy) - y * mean(dy * y))`,
+    /// RmsNorm `dx = r * (dy - y * mean(dy * y))`.
+    struct NormalizeGrad {
+        eps: f64,
+        remove_mean: bool,
+    }
+
+    impl CustomOp2 for NormalizeGrad {
+        fn name(&self) -> &'static str {
+            "beatlab-normalize-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let x = data(s1, l1, self.name())?;
+            let dy = data(s2, l2, self.name())?;
+            let n = last_dim(l1, self.name())?;
+            let norm = Normalize {
+                eps: self.eps,
+                remove_mean: self.remove_mean,
+            };
+            let mut dx = vec![0f32; x.len()];
+            for ((xr, gr), or) in x
+                .chunks_exact(n)
+                .zip(dy.chunks_exact(n))
+                .zip(dx.chunks_exact_mut(n))
+            {
+                let (mean, inv_std) = norm.stats(xr);
+                let (mut sum_g, mut sum_gy) = (0f32, 0f32);
+                for (&v, &g) in xr.iter().zip(gr) {
+                    sum_g += g;
+                    sum_gy += g * (v - mean) * inv_std;
+                }
+                let mean_g = if self.remove_mean {
+                    sum_g / n as f32
+                } else {
+                    0.0
+                };
+                let mean_gy = sum_gy / n as f32;
+                for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gr) {
+                    let y = (v - mean) * inv_std;
+                    *o = inv_std * (g - mean_g - y * mean_gy);
+                }
+            }
+            Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        }
+    }
+    /// A matrix inside a flat buffer: element `(i, j)` at `off + i * rs + j * cs`.
+    #[derive(Clone, Copy, Debug)]
+    struct View {
+        off: usize,
+        rs: usize,
+        cs: usize,
+    }
+
+    impl View {
+        fn rows(off: usize, rs: usize) -> View {
+            View { off, rs, cs: 1 }
+        }
+
+        fn t(self) -> View {
+            View {
+                off: self.off,
+                rs: self.cs,
+                cs: self.rs,
+            }
+        }
+
+        /// One past the last element of a `rows x cols` matrix.
+        fn end(self, rows: usize, cols: usize) -> usize {
+            self.off + (rows - 1) * self.rs + (cols - 1) * self.cs + 1
+        }
+    }
+
+    /// `dst = scale * lhs * rhs` for an `m x k` times `k x n` product, every matrix a strided
+    /// view. Bounds are checked here, so the unsafe call only ever touches the three slices;
+    /// `dst` cannot alias the inputs (it is borrowed mutably).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        (m, n, k): (usize, usize, usize),
+        dst: &mut [f32],
+        dv: View,
+        lhs: &[f32],
+        lv: View,
+        rhs: &[f32],
+        rv: View,
+        scale: f32,
+    ) -> Result<()> {
+        if m == 0 || n == 0 || k == 0 {
+            candle_core::bail!("attention kernel: empty product {m}x{k} by {k}x{n}");
+        }
+        if dv.end(m, n) > dst.len() || lv.end(m, k) > lhs.len() || rv.end(k, n) > rhs.len() {
+            candle_core::bail!("attention kernel: view outside its buffer");
+        }
+        // SAFETY: the three views were just checked to lie inside their slices, and `dst` is a
+        // unique borrow distinct from `lhs` and `rhs`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().add(dv.off),
+                dv.cs as isize,
+                dv.rs as isize,
+                false,
+                lhs.as_ptr().add(lv.off),
+                lv.cs as isize,
+                lv.rs as isize,
+                rhs.as_ptr().add(rv.off),
+                rv.cs as isize,
+                rv.rs as isize,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        Ok(())
+    }
+
+    /// Where one (batch, head) pair's matrices are: q `[tq, d]`, k and v `[tk, d]`, the output
+    /// (or its gradient) `[tq, d]`.
+    #[derive(Clone, Copy, Debug)]
+    struct HeadViews {
+        q: View,
+        k: View,
+        v: View,
+        out: View,
+    }
+
+    /// Sizes shared by every head of one attention call.
+    #[derive(Clone, Copy, Debug)]
+    struct Dims {
+        tq: usize,
+        tk: usize,
+        d: usize,
+        scale: f32,
+        causal: bool,
+    }
+
+    /// `p = softmax(scale * q k^T)` (masked above the shifted diagonal if causal) into `p`.
+    fn probabilities(dims: Dims, q: &[f32], k: &[f32], hv: HeadViews, p: &mut [f32]) -> Result<()> {
+        let Dims {
+            tq,
+            tk,
+            d,
+            scale,
+            causal,
+        } = dims;
+        matmul(
+            (tq, tk, d),
+            p,
+            View::rows(0, tk),
+            q,
+            hv.q,
+            k,
+            hv.k.t(),
+            scale,
+        )?;
+        for (i, row) in p.chunks_exact_mut(tk).enumerate() {
+            let visible = if causal {
+                (i + 1 + tk - tq).min(tk)
+            } else {
+                tk
+            };
+            let (seen, hidden) = row.split_at_mut(visible);
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in seen.iter_mut() {
+                *x = fast_exp(*x - max);
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|x| *x *= inv);
+            hidden.iter_mut().for_each(|x| *x = 0.0);
+        }
+        Ok(())
+    }
+
+    /// Forward pass of every head: `out = softmax(scale q k^T) v`.
+    fn attend(
+        dims: Dims,
+        heads: impl Iterator<Item = HeadViews>,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        out: &mut [f32],
+    ) -> Result<()> {
+        let mut p = vec![0f32; dims.tq * dims.tk];
+        for hv in heads {
+            probabilities(dims, q, k, hv, &mut p)?;
+            let pv = View::rows(0, dims.tk);
+            matmul(
+                (dims.tq, dims.d, dims.tk),
+                out,
+                hv.out,
+                &p,
+                pv,
+                v,
+                hv.v,
+                1.0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Backward pass of every head, probabilities recomputed. `grads` receives dq, dk and dv at
+    /// the views of `dst_views` (matching `heads` one to one); `dout` is read at `heads`' `out`.
+    fn attend_backward(
+        dims: Dims,
+        heads: impl Iterator<Item = (HeadViews, HeadViews)>,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        dout: &[f32],
+        grads: &mut [f32],
+    ) -> Result<()> {
+        let Dims {
+            tq, tk, d, scale, ..
+        } = dims;
+        let mut p = vec![0f32; tq * tk];
+        let mut dp = vec![0f32; tq * tk];
+        let rows = View::rows(0, tk);
+        for (hv, gv) in heads {
+            probabilities(dims, q, k, hv, &mut p)?;
+            // dv = p^T dout
+            matmul((tk, d, tq), grads, gv.v, &p, rows.t(), dout, hv.out, 1.0)?;
+            // dp = dout v^T, then ds = p * (dp - rowsum(dp * p)), in place
+            matmul((tq, tk, d), &mut dp, rows, dout, hv.out, v, hv.v.t(), 1.0)?;
+            for (pr, gr) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
+                let dot: f32 = pr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
+                for (g, &a) in gr.iter_mut().zip(pr) {
+                    *g = a * (*g - dot);
+                }
+            }
+            // dq = scale ds k, dk = scale ds^T q
+            matmul((tq, d, tk), grads, gv.q, &dp, rows, k, hv.k, scale)?;
+            matmul((tk, d, tq), grads, gv.k, &dp, rows.t(), q, hv.q, scale)?;
+        }
+        Ok(())
+    }
+
+    /// Attention over separate contiguous q `[B, H, Tq, D]`, k, v `[B, H, Tk, D]`.
+    pub(super) struct Attention {
+        pub(super) scale: f32,
+        pub(super) causal: bool,
+    }
+
+    impl Attention {
+        fn dims(&self, lq: &Layout, lk: &Layout) -> Result<(usize, Dims)> {
+            let (&[b, h, tq, d], &[_, _, tk, _]) = (lq.dims(), lk.dims()) else {
+                candle_core::bail!("attention: expected 4-d q, k, v");
+            };
+            let dims = Dims {
+                tq,
+                tk,
+                d,
+                scale: self.scale,
+                causal: self.causal,
+            };
+            Ok((b * h, dims))
+        }
+
+        fn heads(pairs: usize, dims: Dims) -> impl Iterator<Item = HeadViews> {
+            let Dims { tq, tk, d, .. } = dims;
+            (0..pairs).map(move |p| HeadViews {
+                q: View::rows(p * tq * d, d),
+                k: View::rows(p * tk * d, d),
+                v: View::rows(p * tk * d, d),
+                out: View::rows(p * tq * d, d),
+            })
+        }
+    }
+
+    impl CustomOp3 for Attention {
+        fn name(&self) -> &'static str {
+            "beatlab-attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let (q, k, v) = (
+                data(s1, l1, self.name())?,
+                data(s2, l2, self.name())?,
+                data(s3, l3, self.name())?,
+            );
+            let (pairs, dims) = self.dims(l1, l2)?;
+            let mut out = vec![0f32; q.len()];
+            attend(dims, Self::heads(pairs, dims), (q, k, v), &mut out)?;
+            Ok((CpuStorage::F32(out), l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            _out: &Tensor,
+            dout: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            // A custom op takes at most three inputs: k and v travel together.
+            let kv = Tensor::cat(&[&k.flatten_all()?, &v.flatten_all()?], 0)?;
+            let grad = AttentionGrad {
+                scale: self.scale,
+                causal: self.causal,
+                kv_dims: k.dims().to_vec(),
+            };
+            let all = q.apply_op3_no_bwd(&kv, &dout.contiguous()?, &grad)?;
+            let (nq, nk) = (q.elem_count(), k.elem_count());
+            let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
+            let dk = all.narrow(0, nq, nk)?.reshape(k.shape())?;
+            let dv = all.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+            Ok((Some(dq), Some(dk), Some(dv)))
+        }
+    }
+
+    /// Gradients of [`Attention`] from (q, k and v concatenated flat, dout), as one flat
+    /// buffer `dq | dk | dv`.
+    struct AttentionGrad {
+        scale: f32,
+        causal: bool,
+        kv_dims: Vec<usize>,
+    }
+
+    impl CustomOp3 for AttentionGrad {
+        fn name(&self) -> &'static str {
+            "beatlab-attention-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let q = data(s1, l1, self.name())?;
+            let kv = data(s2, l2, self.name())?;
+            let dout = data(s3, l3, self.name())?;
+            let op = Attention {
+                scale: self.scale,
+                causal: self.causal,
+            };
+            let kv_layout = Layout::contiguous(self.kv_dims.as_slice());
+            let (pairs, dims) = op.dims(l1, &kv_layout)?;
+            let (nq, nk) = (q.len(), kv.len() / 2);
+            let (k, v) = kv.split_at(nk);
+            let heads = Attention::heads(pairs, dims);
+            let grad_views = Attention::heads(pairs, dims).map(move |hv| HeadViews {
+                q: hv.q,
+                k: View::rows(nq + hv.k.off, hv.k.rs),
+                v: View::rows(nq + nk + hv.v.off, hv.v.rs),
+                out: hv.out,
+            });
+            let mut grads = vec![0f32; nq + 2 * nk];
+            attend_backward(dims, heads.zip(grad_views), (q, k, v), dout, &mut grads)?;
+            Ok((CpuStorage::F32(grads), Shape::from(nq + 2 * nk)))
+        }
+    }
+
+    /// Self-attention over packed rows `[B * T, 3 * H * D]` (see
+    /// [`super::packed_self_attention_rows`]); output `[B * T, H * D]`.
+    pub(super) struct PackedAttention {
+        pub(super) heads: usize,
+        pub(super) head_dim: usize,
+        pub(super) seq_len: usize,
+        pub(super) scale: f32,
+    }
+
+    impl PackedAttention {
+        /// Sequences in the input, and the per-head sizes.
+        fn dims(&self, l: &Layout) -> Result<(usize, Dims)> {
+            let &[rows, width] = l.dims() else {
+                candle_core::bail!("packed attention: expected [B * T, 3 * H * D] rows");
+            };
+            let t = self.seq_len;
+            if width != 3 * self.heads * self.head_dim || t == 0 || !rows.is_multiple_of(t) {
+                candle_core::bail!("packed attention: rows [{rows}, {width}] do not fit");
+            }
+            let dims = Dims {
+                tq: t,
+                tk: t,
+                d: self.head_dim,
+                scale: self.scale,
+                causal: false,
+            };
+            Ok((rows / t, dims))
+        }
+
+        /// Views of (sequence, head) into the packed input (and its gradient) and into the
+        /// merged output (and its gradient).
+        fn heads(&self, b: usize) -> impl Iterator<Item = HeadViews> + use<> {
+            let (h, d, t) = (self.heads, self.head_dim, self.seq_len);
+            let inner = h * d;
+            (0..b * h).map(move |p| {
+                let (bi, hi) = (p / h, p % h);
+                let row = bi * t * 3 * inner + hi * d;
+                HeadViews {
+                    q: View::rows(row, 3 * inner),
+                    k: View::rows(row + inner, 3 * inner),
+                    v: View::rows(row + 2 * inner, 3 * inner),
+                    out: View::rows(bi * t * inner + hi * d, inner),
+                }
+            })
+        }
+    }
+
+    impl CustomOp1 for PackedAttention {
+        fn name(&self) -> &'static str {
+            "beatlab-packed-attention"
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let qkv = data(s, l, self.name())?;
+            let (b, dims) = self.dims(l)?;
+            let inner = self.heads * self.head_dim;
+            let mut out = vec![0f32; b * dims.tq * inner];
+            attend(dims, self.heads(b), (qkv, qkv, qkv), &mut out)?;
+            Ok((CpuStorage::F32(out), Shape::from((b * dims.tq, inner))))
+        }
+
+        fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+            let grad = PackedAttentionGrad(PackedAttention {
+                heads: self.heads,
+                head_dim: self.head_dim,
+                seq_len: self.seq_len,
+                scale: self.scale,
+            });
+            Ok(Some(qkv.apply_op2_no_bwd(&dout.contiguous()?, &grad)?))
+        }
+    }
+
+    /// Gradient of [`PackedAttention`] with respect to its packed input.
+    struct PackedAttentionGrad(PackedAttention);
+
+    impl CustomOp2 for PackedAttentionGrad {
+        fn name(&self) -> &'static str {
+            "beatlab-packed-attention-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let qkv = data(s1, l1, self.name())?;
+            let dout = data(s2, l2, self.name())?;
+            let op = &self.0;
+            let (b, dims) = op.dims(l1)?;
+            let heads = op.heads(b).zip(op.heads(b));
+            let mut grads = vec![0f32; qkv.len()];
+            attend_backward(dims, heads, (qkv, qkv, qkv), dout, &mut grads)?;
+            Ok((CpuStorage::F32(grads), l1.shape().clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fused::{fast_exp, fast_tanh};
+
+    #[test]
+    fn fast_exp_and_tanh_are_accurate() {
+        let mut worst_exp = 0f64;
+        let mut worst_tanh = 0f64;
+        for i in -40_000..=40_000 {
+            let x = i as f32 * 0.002; // -80 .. 80
+            let e = f64::from(x).exp();
+            worst_exp = worst_exp.max((f64::from(fast_exp(x)) - e).abs() / e);
+            let t = f64::from(x).tanh();
+            worst_tanh = worst_tanh.max((f64::from(fast_tanh(x)) - t).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        assert!(worst_tanh < 1e-6, "tanh absolute error {worst_tanh}");
+        assert_eq!(fast_tanh(1e30), 1.0);
+        assert_eq!(fast_tanh(-1e30), -1.0);
+        assert!(
+            fast_tanh(f32::NAN).is_nan(),
+            "NaN must propagate, not saturate"
+        );
+    }
 }

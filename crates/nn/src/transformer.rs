@@ -12,7 +12,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
-use crate::layers::{Activation, LayerNorm, Linear, Mlp, attention, dropout};
+use crate::layers::{Activation, LayerNorm, Linear, Mlp, dropout, packed_self_attention_rows};
 
 /// The shape of a transformer stack.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,24 +54,18 @@ impl SelfAttention {
         })
     }
 
-    /// `x`: `[B, T, width]` -> `[B, T, width]`, every token attending to every token.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (h, d) = (self.heads, self.head_dim);
-        // One projection for q, k and v, then one copy into [3, B, H, T, D] so that each of them
-        // is a contiguous [B, H, T, D] block: all heads go through one batched matmul.
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, t, 3, h, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let q = qkv.get(0)?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let out = attention(&q, &k, &v, None, 1.0 / (d as f64).sqrt())?;
-        // [B, H, T, D] -> [B, T, H*D]: the reshape makes the one copy this layout change needs.
-        let out = out.transpose(1, 2)?.reshape((b, t, h * d))?;
+    /// `x`: token rows `[B * seq_len, width]` -> `[B * seq_len, width]`, every token attending
+    /// to every token of its sequence. All heads come from one q/k/v projection and go through
+    /// one attention call ([`packed_self_attention_rows`]).
+    pub fn forward(&self, x: &Tensor, seq_len: usize) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        let out = packed_self_attention_rows(
+            &qkv,
+            seq_len,
+            self.heads,
+            self.head_dim,
+            1.0 / (self.head_dim as f64).sqrt(),
+        )?;
         self.proj.forward(&out)
     }
 }
@@ -97,9 +91,15 @@ impl Block {
         })
     }
 
-    /// `rng` is `Some` in training (dropout active), `None` in evaluation.
-    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
-        let a = self.attn.forward(&self.norm1.forward(x)?)?;
+    /// `x`: token rows `[B * seq_len, width]`. `rng` is `Some` in training (dropout active),
+    /// `None` in evaluation.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        seq_len: usize,
+        mut rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        let a = self.attn.forward(&self.norm1.forward(x)?, seq_len)?;
         let x = (x + dropout(&a, self.dropout, rng.as_deref_mut())?)?;
         let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
         x + dropout(&m, self.dropout, rng)?
@@ -123,11 +123,16 @@ impl Transformer {
     }
 
     /// `x`: `[B, T, width]` -> normalised `[B, T, width]`.
+    ///
+    /// Inside, the tokens are rows `[B * T, width]`: every layer but attention is row-wise, and
+    /// keeping one layout avoids a reshape per linear layer, which candle's backward pass would
+    /// sweep once more each.
     pub fn forward(&self, x: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
-        let mut x = x.clone();
+        let (b, t, w) = x.dims3()?;
+        let mut rows = x.reshape((b * t, w))?;
         for block in &self.blocks {
-            x = block.forward(&x, rng.as_deref_mut())?;
+            rows = block.forward(&rows, t, rng.as_deref_mut())?;
         }
-        self.norm.forward(&x)
+        self.norm.forward(&rows)?.reshape((b, t, w))
     }
 }

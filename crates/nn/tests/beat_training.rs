@@ -113,8 +113,9 @@ fn restarts_keep_the_first_level_alive() {
     };
     let with_restarts = used(BeatConfig::default().dead_code_threshold);
     let without = used(None);
-    assert!(with_restarts > 75.0, "{with_restarts}% with restarts");
-    assert!(without < with_restarts, "{without}% without restarts");
+    // After 100 steps: about 70-80 % with restarts, one code (6 %) without, in trial runs.
+    assert!(with_restarts > 50.0, "{with_restarts}% with restarts");
+    assert!(2.0 * without < with_restarts, "{without}% without restarts");
 }
 
 #[test]
