@@ -1,9 +1,11 @@
 //! Training speed of Beat at the paper's configuration: forward, backward, gradient clipping,
 //! AdamW step and EMA codebook update per batch, on simulated windows.
 //!
-//! `cargo run --release -p beatlab-nn --example beat_speed -- [batch] [steps]`
-//! (defaults: batch 32, 10 timed steps after 2 warm-up steps). Prints the parameter count and
-//! windows per second. Builds with `--features cuda` run on the GPU when one is present.
+//! `cargo run --release -p beatlab-nn --example beat_speed -- [batch] [steps] [head_dim]`
+//! (defaults: batch 32, 10 timed steps after 2 warm-up steps, the paper's head width 64;
+//! `head_dim` 0 means width / heads = 16). Prints the parameter count and windows per second.
+//! Builds with `--features cuda` run on the GPU when one is present. Candle's CPU thread count
+//! follows `RAYON_NUM_THREADS`.
 
 use std::time::Instant;
 
@@ -15,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let batch: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(32);
     let steps: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(10);
+    let head_dim: Option<usize> = args.next().map(|a| a.parse()).transpose()?;
     let warmup = 2;
     let device = if candle_core::utils::cuda_is_available() {
         Device::new_cuda(0)?
@@ -22,7 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Device::Cpu
     };
 
-    let cfg = BeatConfig::default();
+    let mut cfg = BeatConfig::default();
+    if let Some(d) = head_dim {
+        cfg.head_dim = (d > 0).then_some(d);
+    }
     let store = ParamStore::new(0);
     let beat = Beat::new(cfg.clone(), &store, DType::F32, &device)?;
     let vars = store.vars();
@@ -83,7 +89,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         candle_core::utils::get_num_threads()
     );
     println!(
-        "Beat paper config: {n_params} trainable parameters ({:.2} M), {n_buffers} buffer values",
+        "Beat paper config (head_dim {:?}): {n_params} trainable parameters ({:.2} M), \
+         {n_buffers} buffer values",
+        beat.dims().head_dim,
         n_params as f64 / 1e6
     );
     println!(
