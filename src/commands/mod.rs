@@ -223,6 +223,7 @@ fn train_cells(
 ) -> Result<Exit> {
     // Everything that can be wrong with the input is checked before the registry is touched.
     let (loaded, plan) = load_plan(file, sets)?;
+    share_cores(workers);
     loaded.check_runtime(&plan).map_err(bad)?;
     let cfg = runner_config(
         g,
@@ -274,6 +275,16 @@ fn train_cells(
     } else {
         Exit::RunFailed
     })
+}
+
+/// Splits the CPU cores between worker threads (unless RAYON_NUM_THREADS is set): candle's CPU
+/// thread pool spin-waits, so workers that each use every core slow each other down.
+fn share_cores(workers: usize) {
+    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Set before any tensor operation starts the pool.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", (cores / workers).max(1).to_string()) };
+    }
 }
 
 fn resume(g: &Global, run: &str, choice: DeviceChoice, lease: f64) -> Result<Exit> {

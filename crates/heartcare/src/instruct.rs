@@ -1005,6 +1005,11 @@ pub struct SplitConfig {
     pub validation_fraction: f64,
     pub test_fraction: f64,
     pub seed: u64,
+    /// Splits decided elsewhere, by record id (e.g. the windows a signal tokenizer was trained
+    /// on): a record listed here puts its patient in that split, overriding folds and hashing,
+    /// so items never test on what an earlier stage trained on.
+    #[serde(default)]
+    pub assigned: BTreeMap<String, Split>,
 }
 
 impl Default for SplitConfig {
@@ -1014,6 +1019,7 @@ impl Default for SplitConfig {
             validation_fraction: 0.1,
             test_fraction: 0.1,
             seed: 0,
+            assigned: BTreeMap::new(),
         }
     }
 }
@@ -1148,8 +1154,12 @@ fn stable_hash(seed: u64, text: &str) -> u64 {
 /// The split of every patient: decided once per patient, so no patient is in two splits.
 pub fn assign_splits(records: &[Record], config: &SplitConfig) -> BTreeMap<String, Split> {
     let mut folds: BTreeMap<String, Option<u8>> = BTreeMap::new();
+    let mut fixed: BTreeMap<String, Split> = BTreeMap::new();
     for record in records {
         let facts_patient = RecordFacts::from_record(record).patient_id;
+        if let Some(split) = config.assigned.get(&record.id) {
+            fixed.insert(facts_patient.clone(), *split);
+        }
         let entry = folds.entry(facts_patient).or_insert(None);
         if let Some(fold) = record.meta.fold {
             // A patient's smallest fold decides, should sources ever disagree.
@@ -1159,6 +1169,9 @@ pub fn assign_splits(records: &[Record], config: &SplitConfig) -> BTreeMap<Strin
     folds
         .into_iter()
         .map(|(patient, fold)| {
+            if let Some(split) = fixed.get(&patient) {
+                return (patient, *split);
+            }
             let split = match fold {
                 Some(fold) if config.use_ptbxl_folds => match fold {
                     10 => Split::Test,

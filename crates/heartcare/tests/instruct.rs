@@ -94,6 +94,38 @@ fn builder_is_deterministic_per_seed() {
 }
 
 #[test]
+fn assigned_splits_override_hashing_for_the_whole_patient() {
+    let records = corpus(30, 3);
+    // Patient p0 holds sim/000..002: assigning one of its records puts all three in test, and
+    // p1 (sim/003..005) goes to train although hashing with test_fraction 1.0 would say test.
+    let mut assigned = BTreeMap::new();
+    assigned.insert("sim/001".to_string(), Split::Test);
+    assigned.insert("sim/004".to_string(), Split::Train);
+    let config = BuildConfig {
+        split: beatlab_heartcare::instruct::SplitConfig {
+            validation_fraction: 0.0,
+            test_fraction: 1.0,
+            assigned,
+            ..Default::default()
+        },
+        ..BuildConfig::default()
+    };
+    let splits = beatlab_heartcare::instruct::assign_splits(&records, &config.split);
+    assert_eq!(splits["p0"], Split::Test);
+    assert_eq!(splits["p1"], Split::Train);
+    assert_eq!(
+        splits["p2"],
+        Split::Test,
+        "unassigned patients keep the hashed split"
+    );
+    for item in build_items(&records, &config).unwrap() {
+        if item.patient_ids.iter().any(|p| p == "p1") {
+            assert_eq!(item.split, Some(Split::Train), "{item:?}");
+        }
+    }
+}
+
+#[test]
 fn splits_are_patient_level() {
     let records = corpus(90, 3);
     let config = BuildConfig {

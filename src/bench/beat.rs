@@ -1,0 +1,634 @@
+//! Beat training throughput: windows per second of full training steps at the paper
+//! configuration (forward, backward, global-norm clipping at 1.0, AdamW, EMA codebook update),
+//! ours (`beatlab_nn::Beat` on candle) against the same model in PyTorch (`bench/beat_torch.py`).
+//!
+//! Both sides report achieved FLOP/s: the model's matrix-product FLOPs per step, counted
+//! analytically layer by layer ([`train_step_flops`]), times steps per second. The machine's peak
+//! is the best rate of a large f32 matrix product, measured in candle (gemm) and in PyTorch on
+//! the same threads; the higher of the two is the peak both utilisations are taken against.
+
+use std::collections::BTreeMap;
+
+use beatlab_nn::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use beatlab_nn::{Beat, BeatConfig, ConfigError, Mode, ParamStore};
+use candle_core::{DType, Device, DeviceLocation, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use super::{BenchError, Comparison, Peer, Rates, Timer};
+
+/// Knobs of the Beat benchmark. `Default`: the paper's batch of 32 on the CPU, 3 warm-up
+/// steps, 5 timed rounds of 2 steps.
+#[derive(Debug, Clone)]
+pub struct BeatOptions {
+    /// Where our model runs; the peer is given the same kind of device (`cpu`, `cuda:N`).
+    pub device: Device,
+    /// Windows per step.
+    pub batch: usize,
+    /// Untimed steps first (allocator, caches, lazily built kernels).
+    pub warmup: usize,
+    /// Timed rounds; the median round is reported.
+    pub rounds: usize,
+    /// Steps per timed round.
+    pub steps: usize,
+    /// Side of the square f32 matrices whose product measures the peak.
+    pub peak_size: usize,
+    /// Products timed for the peak (the best counts).
+    pub peak_reps: usize,
+    /// Seeds the parameters and the windows.
+    pub seed: u64,
+}
+
+impl Default for BeatOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            batch: 32,
+            warmup: 3,
+            rounds: 5,
+            steps: 2,
+            peak_size: 2048,
+            peak_reps: 5,
+            seed: 0,
+        }
+    }
+}
+
+/// One matrix-product workload of a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulOp {
+    /// A linear layer applied to `rows` rows. `input_grad`: the backward pass also needs the
+    /// gradient of its input (false only for the first layer, which reads the data).
+    Linear {
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        input_grad: bool,
+    },
+    /// Self-attention of `sequences` (batch x heads) sequences of `seq_len` tokens with heads
+    /// of `head_dim`: the score product and the weighted sum of values.
+    Attention {
+        sequences: usize,
+        seq_len: usize,
+        head_dim: usize,
+    },
+    /// Distances of `rows` vectors to `codes` codes of width `dim` (a quantizer level); no
+    /// gradient flows through it.
+    CodeDistances {
+        rows: usize,
+        codes: usize,
+        dim: usize,
+    },
+}
+
+impl MatmulOp {
+    /// Forward FLOPs (a multiply-add counts 2).
+    pub fn forward_flops(&self) -> f64 {
+        match *self {
+            Self::Linear {
+                rows,
+                in_dim,
+                out_dim,
+                ..
+            } => 2.0 * (rows * in_dim * out_dim) as f64,
+            Self::Attention {
+                sequences,
+                seq_len,
+                head_dim,
+            } => 2.0 * 2.0 * (sequences * seq_len * seq_len * head_dim) as f64,
+            Self::CodeDistances { rows, codes, dim } => 2.0 * (rows * codes * dim) as f64,
+        }
+    }
+
+    /// Backward FLOPs: for `y = x W`, `dW = x^T dy` and (when needed) `dx = dy W^T`, each as
+    /// costly as the forward product; attention differentiates both of its products with
+    /// respect to both operands. Recomputation an implementation may choose (ours recomputes
+    /// the attention probabilities) is not model work and is not counted.
+    pub fn backward_flops(&self) -> f64 {
+        match *self {
+            Self::Linear { input_grad, .. } => {
+                self.forward_flops() * if input_grad { 2.0 } else { 1.0 }
+            }
+            Self::Attention { .. } => 2.0 * self.forward_flops(),
+            Self::CodeDistances { .. } => 0.0,
+        }
+    }
+}
+
+/// The matrix products of one training step of Beat on `batch` windows, layer by layer:
+/// patch embedding, each encoder block (q/k/v projection, attention, output projection, two MLP
+/// layers), the quantizer's code distances per level, each decoder block, the output head on
+/// the reconstructed patches and on the predicted ones, and the query map when the config has
+/// one. Elementwise work (norms, softmax, GELU, losses, AdamW) is left out: it is a few percent
+/// of the FLOPs and runs far from the matrix units' peak anyway.
+pub fn matmul_inventory(cfg: &BeatConfig, batch: usize) -> Result<Vec<MatmulOp>, ConfigError> {
+    let dims = cfg.validate()?;
+    let w = cfg.width;
+    let inner = cfg.heads * dims.head_dim;
+    let seq = dims.patches + dims.queries;
+    let linear = |rows, in_dim, out_dim| MatmulOp::Linear {
+        rows,
+        in_dim,
+        out_dim,
+        bias: true,
+        input_grad: true,
+    };
+    let block = |ops: &mut Vec<MatmulOp>| {
+        let rows = batch * seq;
+        ops.push(linear(rows, w, 3 * inner));
+        ops.push(MatmulOp::Attention {
+            sequences: batch * cfg.heads,
+            seq_len: seq,
+            head_dim: dims.head_dim,
+        });
+        ops.push(linear(rows, inner, w));
+        ops.push(linear(rows, w, dims.mlp_hidden));
+        ops.push(linear(rows, dims.mlp_hidden, w));
+    };
+    let mut ops = vec![MatmulOp::Linear {
+        rows: batch * dims.patches,
+        in_dim: dims.patch_values,
+        out_dim: w,
+        bias: true,
+        input_grad: false,
+    }];
+    for _ in 0..cfg.encoder_depth {
+        block(&mut ops);
+    }
+    for _ in 0..cfg.dvq_levels {
+        ops.push(MatmulOp::CodeDistances {
+            rows: batch * dims.queries,
+            codes: cfg.codebook_size,
+            dim: w,
+        });
+    }
+    for _ in 0..cfg.decoder_depth {
+        block(&mut ops);
+    }
+    ops.push(linear(batch * dims.patches, w, dims.patch_values));
+    if dims.predict_patches != dims.queries {
+        // [B, W, Q] -> [B, W, P']: the map runs over the query axis of every channel.
+        ops.push(linear(batch * w, dims.queries, dims.predict_patches));
+    }
+    ops.push(linear(batch * dims.predict_patches, w, dims.patch_values));
+    Ok(ops)
+}
+
+/// Trainable parameters of Beat, counted from the config alone: every linear layer of
+/// [`matmul_inventory`] once (the prediction head only when it is not shared), plus positional
+/// and learned tokens and LayerNorm gains and biases. Checked against the built model by a
+/// test, so that the inventory the FLOP count rests on is the model's real layer list.
+pub fn param_count(cfg: &BeatConfig) -> Result<usize, ConfigError> {
+    let dims = cfg.validate()?;
+    let w = cfg.width;
+    let inner = cfg.heads * dims.head_dim;
+    let linear = |i: usize, o: usize| i * o + o;
+    let norm = 2 * w;
+    let block = 2 * norm
+        + linear(w, 3 * inner)
+        + linear(inner, w)
+        + linear(w, dims.mlp_hidden)
+        + linear(dims.mlp_hidden, w);
+    let head = linear(w, dims.patch_values);
+    let mut total = linear(dims.patch_values, w)
+        + (dims.patches + dims.queries) * w // encoder positions
+        + dims.queries * w // query tokens
+        + cfg.encoder_depth * block
+        + norm
+        + dims.patches * w // decoder mask tokens
+        + dims.queries * w // latent positions
+        + cfg.decoder_depth * block
+        + norm
+        + head;
+    if !cfg.share_output_head {
+        total += head;
+    }
+    if dims.predict_patches != dims.queries {
+        total += linear(dims.queries, dims.predict_patches);
+    }
+    Ok(total)
+}
+
+/// Forward and backward matrix-product FLOPs of one training step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepFlops {
+    pub forward: f64,
+    pub backward: f64,
+}
+
+impl StepFlops {
+    pub fn total(&self) -> f64 {
+        self.forward + self.backward
+    }
+}
+
+/// The FLOPs of one training step on `batch` windows (see [`matmul_inventory`]).
+pub fn train_step_flops(cfg: &BeatConfig, batch: usize) -> Result<StepFlops, ConfigError> {
+    let ops = matmul_inventory(cfg, batch)?;
+    Ok(StepFlops {
+        forward: ops.iter().map(MatmulOp::forward_flops).sum(),
+        backward: ops.iter().map(MatmulOp::backward_flops).sum(),
+    })
+}
+
+/// The best rate, in GFLOP/s, of `reps` products of two `size x size` f32 matrices on `device`
+/// (after one untimed product).
+pub fn matmul_peak_gflops(device: &Device, size: usize, reps: usize) -> Result<f64, BenchError> {
+    let a = Tensor::randn(0f32, 1.0, (size, size), device)?;
+    let b = Tensor::randn(0f32, 1.0, (size, size), device)?;
+    a.matmul(&b)?;
+    device.synchronize()?;
+    let flops = 2.0 * (size as f64).powi(3);
+    let mut best = 0f64;
+    for _ in 0..reps.max(1) {
+        let start = std::time::Instant::now();
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        let seconds = start.elapsed().as_secs_f64();
+        drop(c);
+        best = best.max(flops / seconds / 1e9);
+    }
+    Ok(best)
+}
+
+/// The device as the PyTorch peer names it.
+fn torch_device(device: &Device) -> String {
+    match device.location() {
+        DeviceLocation::Cpu => "cpu".into(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { .. } => "mps".into(),
+    }
+}
+
+/// Training windows `[batch, leads, input_len + predict_len]`: sums of a few sines with random
+/// frequencies and phases per window and lead, from a seeded generator.
+fn windows(cfg: &BeatConfig, batch: usize, seed: u64, device: &Device) -> Result<Tensor, BenchError> {
+    let len = cfg.input_len + cfg.predict_len;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(batch * cfg.leads * len);
+    for _ in 0..batch * cfg.leads {
+        let waves: Vec<(f32, f32, f32)> = (0..3)
+            .map(|_| {
+                (
+                    rng.random_range(0.005f32..0.04) * std::f32::consts::TAU,
+                    rng.random_range(0f32..std::f32::consts::TAU),
+                    rng.random_range(0.2f32..1.0),
+                )
+            })
+            .collect();
+        values.extend((0..len).map(|t| {
+            waves
+                .iter()
+                .map(|&(freq, phase, amp)| amp * (freq * t as f32 + phase).sin())
+                .sum::<f32>()
+        }));
+    }
+    Ok(Tensor::from_vec(values, (batch, cfg.leads, len), device)?)
+}
+
+/// Our figures.
+struct Measured {
+    rates: Rates,
+    /// Median milliseconds per step of forward, backward, clip + AdamW, codebook EMA.
+    phase_ms: [f64; 4],
+    params: usize,
+    last_loss: f32,
+}
+
+fn measure_ours(options: &BeatOptions, cfg: &BeatConfig) -> Result<Measured, BenchError> {
+    let device = &options.device;
+    let store = ParamStore::new(options.seed);
+    let beat = Beat::new(cfg.clone(), &store, DType::F32, device)?;
+    let vars = store.vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        // The paper's optimiser: AdamW at 1e-4 without weight decay.
+        AdamWConfig {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let batch = windows(cfg, options.batch, options.seed, device)?;
+    let mut rates = Rates::default();
+    let mut phases: [Vec<f64>; 4] = Default::default();
+    let mut last_loss = f32::NAN;
+    let mut step = |index: usize, phases: Option<&mut [Vec<f64>; 4]>| -> Result<(), BenchError> {
+        let mut marks = [std::time::Instant::now(); 5];
+        let out = beat.forward(&batch, Mode::Train { step: index as u64 })?;
+        last_loss = out.loss.to_scalar::<f32>()?;
+        marks[1] = std::time::Instant::now();
+        let mut grads = out.loss.backward()?;
+        device.synchronize()?;
+        marks[2] = std::time::Instant::now();
+        clip_grad_norm(&mut grads, &vars, 1.0)?;
+        opt.step(&grads)?;
+        device.synchronize()?;
+        marks[3] = std::time::Instant::now();
+        beat.update_codebooks(&out)?;
+        device.synchronize()?;
+        marks[4] = std::time::Instant::now();
+        if let Some(phases) = phases {
+            for (i, p) in phases.iter_mut().enumerate() {
+                p.push((marks[i + 1] - marks[i]).as_secs_f64() * 1e3);
+            }
+        }
+        Ok(())
+    };
+    for i in 0..options.warmup {
+        step(i, None)?;
+    }
+    let mut index = options.warmup;
+    for _ in 0..options.rounds.max(1) {
+        let timer = Timer::start();
+        for _ in 0..options.steps.max(1) {
+            step(index, Some(&mut phases))?;
+            index += 1;
+        }
+        rates.push((options.batch * options.steps.max(1)) as f64, timer.stop());
+    }
+    Ok(Measured {
+        rates,
+        phase_ms: phases.map(|p| super::median(&p)),
+        params: store.num_params(),
+        last_loss,
+    })
+}
+
+/// What `bench/beat_torch.py` prints.
+#[derive(Debug, Deserialize)]
+struct TorchResult {
+    torch: String,
+    threads: usize,
+    params: usize,
+    windows_per_s: f64,
+    windows_per_cpu_s: f64,
+    phase_ms: BTreeMap<String, f64>,
+    last_loss: f64,
+    peak_gflops: f64,
+}
+
+/// Runs the benchmark: ours, then the peer with the same shapes, threads and step counts.
+pub fn run(
+    options: &BeatOptions,
+    peer: Option<&Peer>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Comparison, BenchError> {
+    let cfg = BeatConfig::default();
+    let threads = candle_core::utils::get_num_threads();
+    let flops = train_step_flops(&cfg, options.batch)?;
+    progress(&format!(
+        "beat: measuring the f32 matrix-product peak ({0} x {0}) in candle",
+        options.peak_size
+    ));
+    let our_peak = matmul_peak_gflops(&options.device, options.peak_size, options.peak_reps)?;
+    progress(&format!(
+        "beat: training Beat (paper config, batch {}) on {}: {} warm-up + {} x {} timed steps",
+        options.batch,
+        torch_device(&options.device),
+        options.warmup,
+        options.rounds,
+        options.steps
+    ));
+    let ours = measure_ours(options, &cfg)?;
+    let theirs = match peer {
+        Some(peer) => {
+            progress("beat: the same in PyTorch (bench/beat_torch.py)");
+            let args = [
+                ("--batch", options.batch.to_string()),
+                ("--warmup", options.warmup.to_string()),
+                ("--rounds", options.rounds.max(1).to_string()),
+                ("--steps", options.steps.max(1).to_string()),
+                ("--threads", threads.to_string()),
+                ("--device", torch_device(&options.device)),
+                ("--expect-params", ours.params.to_string()),
+                ("--peak-size", options.peak_size.to_string()),
+                ("--peak-reps", options.peak_reps.to_string()),
+                ("--seed", options.seed.to_string()),
+            ]
+            .into_iter()
+            .flat_map(|(k, v)| [k.to_string(), v])
+            .collect::<Vec<_>>();
+            let result: TorchResult = peer.run("beat_torch.py", &args, None)?;
+            if result.params != ours.params {
+                return Err(BenchError::Mismatch {
+                    benchmark: "beat",
+                    what: format!(
+                        "parameter counts: ours {}, PyTorch {}",
+                        ours.params, result.params
+                    ),
+                });
+            }
+            Some(result)
+        }
+        None => None,
+    };
+
+    let machine_peak = theirs
+        .as_ref()
+        .map_or(our_peak, |t| our_peak.max(t.peak_gflops));
+    let achieved = |windows_per_s: f64| flops.total() * windows_per_s / options.batch as f64 / 1e9;
+    let ours_rate = ours.rates.median_wall();
+    let mut notes = vec![
+        format!(
+            "model: {} trainable parameters{}; loss after the last step: ours {:.4}{}",
+            ours.params,
+            if theirs.is_some() {
+                " (PyTorch: the same count)"
+            } else {
+                ""
+            },
+            ours.last_loss,
+            theirs
+                .as_ref()
+                .map_or(String::new(), |t| format!(", PyTorch {:.4}", t.last_loss)),
+        ),
+        format!(
+            "matrix-product FLOPs per step (analytic): forward {:.1} G, backward {:.1} G, total {:.1} G",
+            flops.forward / 1e9,
+            flops.backward / 1e9,
+            flops.total() / 1e9
+        ),
+        format!(
+            "f32 matmul peak on {threads} threads ({0} x {0}): candle {our_peak:.0} GFLOP/s{1}",
+            options.peak_size,
+            theirs
+                .as_ref()
+                .map_or(String::new(), |t| format!(", PyTorch {:.0} GFLOP/s", t.peak_gflops)),
+        ),
+        format!(
+            "achieved: ours {:.1} GFLOP/s ({:.1}% of {machine_peak:.0}){}",
+            achieved(ours_rate),
+            100.0 * achieved(ours_rate) / machine_peak,
+            theirs.as_ref().map_or(String::new(), |t| format!(
+                ", PyTorch {:.1} GFLOP/s ({:.1}%)",
+                achieved(t.windows_per_s),
+                100.0 * achieved(t.windows_per_s) / machine_peak
+            )),
+        ),
+    ];
+    let [fwd, bwd, opt, ema] = ours.phase_ms;
+    notes.push(format!(
+        "ms per step, forward / backward / clip + AdamW / codebook EMA: ours {fwd:.0} / {bwd:.0} / {opt:.0} / {ema:.0}{}",
+        theirs.as_ref().map_or(String::new(), |t| {
+            let p = |k: &str| t.phase_ms.get(k).copied().unwrap_or(f64::NAN);
+            format!(
+                "; PyTorch {:.0} / {:.0} / {:.0} / {:.0}",
+                p("forward"),
+                p("backward"),
+                p("clip_adamw"),
+                p("codebook_ema")
+            )
+        })
+    ));
+    let details = serde_json::json!({
+        "batch": options.batch,
+        "threads": threads,
+        "params": ours.params,
+        "flops_per_step": { "forward": flops.forward, "backward": flops.backward },
+        "peak_gflops": { "candle": our_peak, "torch": theirs.as_ref().map(|t| t.peak_gflops) },
+        "achieved_gflops": {
+            "ours": achieved(ours_rate),
+            "torch": theirs.as_ref().map(|t| achieved(t.windows_per_s)),
+        },
+        "phase_ms": {
+            "ours": { "forward": fwd, "backward": bwd, "clip_adamw": opt, "codebook_ema": ema },
+            "torch": theirs.as_ref().map(|t| &t.phase_ms),
+        },
+        "rounds": { "ours": &ours.rates.wall },
+        "torch_threads": theirs.as_ref().map(|t| t.threads),
+    });
+    Ok(Comparison {
+        benchmark: "beat".into(),
+        workload: format!(
+            "Beat training steps (paper config: codebook {}, input {}, predict {}, width {}, depth {} + {}, {} heads of {}, DVQ {} levels, AdamW, clip 1.0, EMA update), batch {}, {}",
+            cfg.codebook_size,
+            cfg.input_len,
+            cfg.predict_len,
+            cfg.width,
+            cfg.encoder_depth,
+            cfg.decoder_depth,
+            cfg.heads,
+            cfg.head_dim.unwrap_or(cfg.width / cfg.heads),
+            cfg.dvq_levels,
+            options.batch,
+            torch_device(&options.device)
+        ),
+        unit: "windows/s".into(),
+        peer_name: theirs.as_ref().map(|t| format!("pytorch {}", t.torch)),
+        ours: ours_rate,
+        peer: theirs.as_ref().map(|t| t.windows_per_s),
+        ratio: None,
+        ours_per_cpu_s: ours.rates.median_cpu(),
+        peer_per_cpu_s: theirs.as_ref().map(|t| t.windows_per_cpu_s),
+        cpu_ratio: None,
+        goal: None,
+        notes,
+        details,
+    }
+    .with_ratios())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built_params(cfg: &BeatConfig) -> usize {
+        let store = ParamStore::new(0);
+        Beat::new(cfg.clone(), &store, DType::F32, &Device::Cpu).unwrap();
+        store.num_params()
+    }
+
+    /// The analytic count matches the built model, for the paper config and for variants that
+    /// add or remove layers, so the layer inventory behind the FLOP count is the real one.
+    #[test]
+    fn param_count_matches_the_built_model() {
+        let check = |cfg: BeatConfig| {
+            assert_eq!(param_count(&cfg).unwrap(), built_params(&cfg), "{cfg:?}");
+        };
+        check(BeatConfig::default());
+        check(BeatConfig {
+            share_output_head: false,
+            ..BeatConfig::default()
+        });
+        // input 1000 with predict 250: 20 queries but 10 predicted patches, so a query map.
+        check(BeatConfig {
+            predict_len: 250,
+            head_dim: None,
+            encoder_depth: 2,
+            decoder_depth: 1,
+            mlp_ratio: 2.0,
+            ..BeatConfig::default()
+        });
+    }
+
+    /// A tiny config counted by hand: leads 2, patch 5, input 10, predict 5 (2 patches,
+    /// 1 query, 1 predicted patch), width 4, one encoder and one decoder block, 2 heads of 3,
+    /// MLP 8, codebook 6, 2 levels, batch 3.
+    #[test]
+    fn flops_of_a_tiny_config_counted_by_hand() {
+        let cfg = BeatConfig {
+            leads: 2,
+            patch_size: 5,
+            width: 4,
+            encoder_depth: 1,
+            decoder_depth: 1,
+            heads: 2,
+            head_dim: Some(3),
+            mlp_ratio: 2.0,
+            codebook_size: 6,
+            input_len: 10,
+            predict_len: 5,
+            ..BeatConfig::default()
+        };
+        // Sequence 3 tokens, 9 rows per block. Forward, per block: qkv 2*9*4*18 = 1296,
+        // attention 2 * 2*(3*2 sequences)*3*3*3 = 648, proj 2*9*6*4 = 432, fc1 2*9*4*8 = 576,
+        // fc2 576: 3528. Patch embed 2*6*10*4 = 480; distances 2 levels x 2*3*6*4 = 288;
+        // head on 6 patch rows 2*6*4*10 = 480, on 3 predicted rows 240.
+        let forward = 480.0 + 2.0 * 3528.0 + 288.0 + 480.0 + 240.0;
+        // Backward: twice every linear and attention product except the patch embedding
+        // (once, its input is data) and the distances (none).
+        let backward = 480.0 + 2.0 * 2.0 * 3528.0 + 2.0 * (480.0 + 240.0);
+        let got = train_step_flops(&cfg, 3).unwrap();
+        assert_eq!(got, StepFlops { forward, backward });
+    }
+
+    #[test]
+    fn an_invalid_config_is_an_error_not_a_count() {
+        let cfg = BeatConfig {
+            input_len: 1001,
+            ..BeatConfig::default()
+        };
+        let err = train_step_flops(&cfg, 32).unwrap_err();
+        assert_eq!(err.field, "input_len");
+        assert_eq!(param_count(&cfg).unwrap_err().field, "input_len");
+    }
+
+    #[test]
+    fn windows_are_seeded_and_shaped_like_training_windows() {
+        let cfg = BeatConfig::default();
+        let a = windows(&cfg, 2, 7, &Device::Cpu).unwrap();
+        let b = windows(&cfg, 2, 7, &Device::Cpu).unwrap();
+        let c = windows(&cfg, 2, 8, &Device::Cpu).unwrap();
+        assert_eq!(a.dims(), &[2, 12, 1500]);
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(diff(&a, &b), 0.0);
+        assert!(diff(&a, &c) > 0.1);
+    }
+
+    #[test]
+    fn the_peer_is_told_the_device_by_torch_name() {
+        assert_eq!(torch_device(&Device::Cpu), "cpu");
+    }
+}

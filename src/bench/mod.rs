@@ -1,0 +1,684 @@
+//! `beatlab bench`: speed against peers, measured in one invocation and printed as a ratio.
+//!
+//! Each benchmark measures our implementation, then runs its Python peer (a script in `bench/`,
+//! run by the interpreter of `bench/.venv`) on the same work, and reports both figures and
+//! `ours / peer`:
+//! - [`beat`]: Beat training windows per second at the paper configuration, against PyTorch,
+//!   with achieved FLOP/s over the machine's measured matrix-product peak;
+//! - [`registry`]: metric points written per second by [`crate::registry::Registry`], against
+//!   MLflow's SQLite tracking store;
+//! - [`wfdb`]: WFDB records decoded per second, against the Python `wfdb` package.
+//!
+//! Every figure is a median over several timed rounds after untimed warm-up. Wall-clock rates
+//! are the headline; rates per CPU-second (user + system time of the process, all threads) are
+//! reported beside them because on a shared machine the wall clock also counts the time other
+//! processes held the cores. Speed is only ever measured here, never asserted by a test.
+
+pub mod beat;
+pub mod registry;
+pub mod wfdb;
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a benchmark could not produce its figures.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The Beat model could not be built or run.
+    #[error("Beat benchmark: {0}")]
+    Beat(#[from] beatlab_nn::BeatError),
+    /// A tensor operation failed (matrix-product peak, window generation, backward pass).
+    #[error("tensor operation: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The optimiser rejected its configuration or failed a step.
+    #[error("optimiser: {0}")]
+    Optim(#[from] beatlab_nn::optim::OptimError),
+    /// The registry under test failed.
+    #[error("registry benchmark: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    /// A record of the data set failed to decode or verify.
+    #[error("WFDB benchmark: {0}")]
+    Data(#[from] beatlab_ecg::DataError),
+    /// The data folder holds no WFDB header (`*.hea`).
+    #[error("no WFDB records (*.hea) under {}", root.display())]
+    NoRecords {
+        /// The folder searched.
+        root: PathBuf,
+    },
+    /// A file or folder the benchmark needs could not be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`create scratch folder`, `list`).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer's interpreter could not be started.
+    #[error(
+        "cannot start the peer {script} with {}: {source} (run scripts/bench.sh once to create bench/.venv with the peers)",
+        python.display()
+    )]
+    PeerStart {
+        /// The interpreter.
+        python: PathBuf,
+        /// The peer script.
+        script: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer ran but exited with an error.
+    #[error("peer {script} failed ({status}): {stderr_tail}")]
+    PeerFailed {
+        /// The peer script.
+        script: String,
+        /// Its exit status.
+        status: String,
+        /// The last lines of its standard error.
+        stderr_tail: String,
+    },
+    /// The peer's last output line is not the JSON object expected.
+    #[error("peer {script} printed no usable result: {reason}")]
+    PeerOutput {
+        /// The peer script.
+        script: String,
+        /// What was wrong with its output.
+        reason: String,
+    },
+    /// Ours and the peer did not do the same work (e.g. different parameter counts or decoded
+    /// values), so their speeds cannot be compared.
+    #[error("{benchmark}: ours and the peer disagree: {what}")]
+    Mismatch {
+        /// The benchmark.
+        benchmark: &'static str,
+        /// What differs, with both values.
+        what: String,
+    },
+}
+
+/// Which benchmarks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Beat,
+    Registry,
+    Wfdb,
+    All,
+}
+
+impl FromStr for Which {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "beat" => Ok(Self::Beat),
+            "registry" => Ok(Self::Registry),
+            "wfdb" => Ok(Self::Wfdb),
+            "all" => Ok(Self::All),
+            other => Err(format!(
+                "`{other}`: expected beat, registry, wfdb or all"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Which {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Beat => "beat",
+            Self::Registry => "registry",
+            Self::Wfdb => "wfdb",
+            Self::All => "all",
+        })
+    }
+}
+
+/// How to run the Python peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The interpreter (normally `bench/.venv/bin/python`).
+    pub python: PathBuf,
+    /// The folder holding the peer scripts (`bench/`).
+    pub dir: PathBuf,
+}
+
+impl Peer {
+    /// `bench/.venv/bin/python` and `bench/` under `repo_root`; the interpreter falls back to
+    /// `python3` on the `PATH` when there is no venv.
+    pub fn in_repo(repo_root: &Path) -> Self {
+        let dir = repo_root.join("bench");
+        let venv = dir.join(".venv/bin/python");
+        let python = if venv.exists() {
+            venv
+        } else {
+            PathBuf::from("python3")
+        };
+        Self { python, dir }
+    }
+
+    /// Runs `script` with `args`, feeding `stdin`, and parses the JSON object on the last
+    /// non-empty line of its standard output.
+    pub fn run<T: DeserializeOwned>(
+        &self,
+        script: &str,
+        args: &[String],
+        stdin: Option<&str>,
+    ) -> Result<T, BenchError> {
+        let mut child = Command::new(&self.python)
+            .arg(self.dir.join(script))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| BenchError::PeerStart {
+                python: self.python.clone(),
+                script: script.to_string(),
+                source,
+            })?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A peer that exits early closes the pipe; its exit status then tells why.
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| BenchError::PeerStart {
+                python: self.python.clone(),
+                script: script.to_string(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(BenchError::PeerFailed {
+                script: script.to_string(),
+                status: out.status.to_string(),
+                stderr_tail: tail_lines(&String::from_utf8_lossy(&out.stderr), 8),
+            });
+        }
+        parse_last_json_line(&String::from_utf8_lossy(&out.stdout)).map_err(|reason| {
+            BenchError::PeerOutput {
+                script: script.to_string(),
+                reason,
+            }
+        })
+    }
+}
+
+/// The JSON object on the last non-empty line of `stdout`.
+fn parse_last_json_line<T: DeserializeOwned>(stdout: &str) -> Result<T, String> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .ok_or_else(|| "its standard output is empty".to_string())?;
+    serde_json::from_str(line).map_err(|e| format!("{e} in `{}`", truncate(line, 200)))
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+    if tail.is_empty() {
+        "(no error output)".into()
+    } else {
+        tail
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Everything the benchmarks need.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The Python peers; `None` measures ours only (no ratio).
+    pub peer: Option<Peer>,
+    pub beat: beat::BeatOptions,
+    pub registry: registry::RegistryOptions,
+    pub wfdb: wfdb::WfdbOptions,
+}
+
+impl BenchOptions {
+    /// Defaults for a checkout at `repo_root`: peers from `bench/`, ECG data from
+    /// `BEATLAB_ECG_DATA` or `../shared/data/ecg` beside the repository, CPU.
+    pub fn for_repo(repo_root: &Path) -> Self {
+        Self {
+            peer: Some(Peer::in_repo(repo_root)),
+            beat: beat::BeatOptions::default(),
+            registry: registry::RegistryOptions::default(),
+            wfdb: wfdb::WfdbOptions {
+                root: wfdb::default_data_root(repo_root),
+                ..wfdb::WfdbOptions::default()
+            },
+        }
+    }
+}
+
+/// One benchmark's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// `beat`, `registry` or `wfdb`.
+    pub benchmark: String,
+    /// What was measured, in words.
+    pub workload: String,
+    /// The unit of `ours` and `peer` (`windows/s`, `points/s`, `records/s`).
+    pub unit: String,
+    /// The peer's name and version (`pytorch 2.9.1`).
+    pub peer_name: Option<String>,
+    /// Our median rate.
+    pub ours: f64,
+    /// The peer's median rate.
+    pub peer: Option<f64>,
+    /// `ours / peer`.
+    pub ratio: Option<f64>,
+    /// Our rate per CPU-second.
+    pub ours_per_cpu_s: f64,
+    /// The peer's rate per CPU-second.
+    pub peer_per_cpu_s: Option<f64>,
+    /// `ours_per_cpu_s / peer_per_cpu_s`.
+    pub cpu_ratio: Option<f64>,
+    /// The ratio the project aims for, if any.
+    pub goal: Option<f64>,
+    /// Lines of further detail (FLOP/s, phases, cross-checks), printed under the figures.
+    pub notes: Vec<String>,
+    /// The same detail as numbers, for `--json`.
+    pub details: serde_json::Value,
+}
+
+impl Comparison {
+    /// Fills `ratio` and `cpu_ratio` from the rates.
+    fn with_ratios(mut self) -> Self {
+        self.ratio = self.peer.map(|p| self.ours / p);
+        self.cpu_ratio = self.peer_per_cpu_s.map(|p| self.ours_per_cpu_s / p);
+        self
+    }
+
+    /// `Some(true)` when the ratio reaches the goal.
+    pub fn meets_goal(&self) -> Option<bool> {
+        Some(self.ratio? >= self.goal?)
+    }
+}
+
+/// Where and when the figures were taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineInfo {
+    /// CPU model name (`/proc/cpuinfo`).
+    pub cpu_model: String,
+    /// Logical CPUs available to this process.
+    pub logical_cpus: usize,
+    /// Threads candle's CPU kernels use (`RAYON_NUM_THREADS`); the peers get the same.
+    pub threads: usize,
+    /// UTC, RFC 3339.
+    pub date: String,
+    /// 1-minute load average when the benchmarks started (other processes competing).
+    pub load_before: Option<f64>,
+    /// ... and when they ended.
+    pub load_after: Option<f64>,
+    /// The git revision beatlab was built from (`-dirty` when the tree had changes).
+    pub git_rev: String,
+    /// `release` or `debug` build.
+    pub build: String,
+}
+
+impl MachineInfo {
+    fn now() -> Self {
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| "unknown".into());
+        let dirty = option_env!("BEATLAB_GIT_DIRTY") == Some("true");
+        Self {
+            cpu_model: cpu_model().unwrap_or_else(|| "unknown".into()),
+            logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: candle_core::utils::get_num_threads(),
+            date,
+            load_before: load_average(),
+            load_after: None,
+            git_rev: format!(
+                "{}{}",
+                option_env!("BEATLAB_GIT_REV").unwrap_or("unknown"),
+                if dirty { "-dirty" } else { "" }
+            ),
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+            .into(),
+        }
+    }
+}
+
+fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// All figures of one `beatlab bench` invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub machine: MachineInfo,
+    pub results: Vec<Comparison>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.machine;
+        writeln!(
+            f,
+            "machine: {} ({} logical CPUs), {} threads, {} build, beatlab {}",
+            m.cpu_model, m.logical_cpus, m.threads, m.build, m.git_rev
+        )?;
+        let load = |l: Option<f64>| l.map_or("?".into(), |l| format!("{l:.2}"));
+        writeln!(
+            f,
+            "date: {}, load average {} before, {} after",
+            m.date,
+            load(m.load_before),
+            load(m.load_after)
+        )?;
+        for c in &self.results {
+            writeln!(f)?;
+            writeln!(f, "{}: {}", c.benchmark, c.workload)?;
+            let peer_name = c.peer_name.as_deref().unwrap_or("peer");
+            match (c.peer, c.ratio) {
+                (Some(peer), Some(ratio)) => {
+                    write!(
+                        f,
+                        "  ours {} {unit}, {peer_name} {} {unit}, ratio {ratio:.2}x",
+                        fmt_rate(c.ours),
+                        fmt_rate(peer),
+                        unit = c.unit
+                    )?;
+                    match c.goal {
+                        Some(goal) => writeln!(
+                            f,
+                            " (goal >= {goal}x: {})",
+                            if ratio >= goal { "met" } else { "MISSED" }
+                        )?,
+                        None => writeln!(f)?,
+                    }
+                }
+                _ => writeln!(f, "  ours {} {} (peer not run)", fmt_rate(c.ours), c.unit)?,
+            }
+            match (c.peer_per_cpu_s, c.cpu_ratio) {
+                (Some(peer), Some(ratio)) => writeln!(
+                    f,
+                    "  per CPU-second: ours {}, {peer_name} {}, ratio {ratio:.2}x",
+                    fmt_rate(c.ours_per_cpu_s),
+                    fmt_rate(peer)
+                )?,
+                _ => writeln!(f, "  per CPU-second: ours {}", fmt_rate(c.ours_per_cpu_s))?,
+            }
+            for note in &c.notes {
+                writeln!(f, "  {note}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Three significant figures at least, no exponent.
+fn fmt_rate(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// Runs the chosen benchmarks; `progress` receives a line before each long phase.
+pub fn run(
+    which: Which,
+    options: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    let mut machine = MachineInfo::now();
+    let mut results = Vec::new();
+    let peer = options.peer.as_ref();
+    if matches!(which, Which::Beat | Which::All) {
+        results.push(beat::run(&options.beat, peer, progress)?);
+    }
+    if matches!(which, Which::Registry | Which::All) {
+        results.push(registry::run(&options.registry, peer, progress)?);
+    }
+    if matches!(which, Which::Wfdb | Which::All) {
+        results.push(wfdb::run(&options.wfdb, peer, progress)?);
+    }
+    machine.load_after = load_average();
+    Ok(BenchReport { machine, results })
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// User + system CPU time of this process (all threads) in seconds, from `/proc/self/stat`
+/// (Linux; procfs counts in USER_HZ = 100 ticks per second). `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Wall-clock and CPU seconds of one timed round.
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    wall: std::time::Instant,
+    cpu: Option<f64>,
+}
+
+impl Timer {
+    fn start() -> Self {
+        Self {
+            wall: std::time::Instant::now(),
+            cpu: process_cpu_seconds(),
+        }
+    }
+
+    /// `(wall seconds, CPU seconds)` since `start`. The CPU figure has a 10 ms resolution, so
+    /// rounds should last well over a second; `None` where procfs is unavailable.
+    fn stop(self) -> (f64, Option<f64>) {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let cpu = self.cpu.zip(process_cpu_seconds()).map(|(a, b)| b - a);
+        (wall, cpu)
+    }
+}
+
+/// Median rates over rounds: `work / seconds` per round, wall clock and CPU time.
+#[derive(Debug, Clone, Default)]
+struct Rates {
+    wall: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+impl Rates {
+    fn push(&mut self, work: f64, (wall, cpu): (f64, Option<f64>)) {
+        self.wall.push(work / wall);
+        if let Some(cpu) = cpu.filter(|&c| c > 0.0) {
+            self.cpu.push(work / cpu);
+        }
+    }
+
+    fn median_wall(&self) -> f64 {
+        median(&self.wall)
+    }
+
+    fn median_cpu(&self) -> f64 {
+        median(&self.cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty_sets() {
+        let check = |values: &[f64], expected: f64| {
+            let got = median(values);
+            assert!(
+                got == expected || (got.is_nan() && expected.is_nan()),
+                "median({values:?}) = {got}, expected {expected}"
+            );
+        };
+        check(&[3.0, 1.0, 2.0], 2.0);
+        check(&[4.0, 1.0, 3.0, 2.0], 2.5);
+        check(&[7.0], 7.0);
+        check(&[], f64::NAN);
+    }
+
+    #[test]
+    fn which_parses_and_prints_back() {
+        for name in ["beat", "registry", "wfdb", "all"] {
+            assert_eq!(name.parse::<Which>().unwrap().to_string(), name);
+        }
+        let err = "wfbd".parse::<Which>().unwrap_err();
+        assert!(err.contains("`wfbd`") && err.contains("registry"), "{err}");
+    }
+
+    #[test]
+    fn peer_output_is_read_from_the_last_non_empty_line() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Out {
+            rate: f64,
+        }
+        let got: Out = parse_last_json_line("warning: something\n{\"rate\": 2.5}\n\n").unwrap();
+        assert_eq!(got, Out { rate: 2.5 });
+        let empty = parse_last_json_line::<Out>("\n  \n").unwrap_err();
+        assert!(empty.contains("empty"), "{empty}");
+        let garbage = parse_last_json_line::<Out>("{\"rate\": 1}\nTraceback").unwrap_err();
+        assert!(garbage.contains("Traceback"), "{garbage}");
+    }
+
+    #[test]
+    fn a_missing_interpreter_is_reported_with_the_fix() {
+        let peer = Peer {
+            python: PathBuf::from("/nonexistent/python-for-beatlab-bench"),
+            dir: PathBuf::from("bench"),
+        };
+        let err = peer
+            .run::<serde_json::Value>("beat_torch.py", &[], None)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, BenchError::PeerStart { .. }), "{text}");
+        assert!(
+            text.contains("beat_torch.py") && text.contains("scripts/bench.sh"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failing_peer_reports_its_status_and_error_output() {
+        // `sh -c` stands in for the interpreter: the "script" is its command string.
+        let peer = Peer {
+            python: PathBuf::from("sh"),
+            dir: PathBuf::new(),
+        };
+        let err = peer
+            .run::<serde_json::Value>("-c", &["echo boom >&2; exit 3".into()], None)
+            .unwrap_err();
+        match err {
+            BenchError::PeerFailed {
+                status,
+                stderr_tail,
+                ..
+            } => {
+                assert!(status.contains('3'), "{status}");
+                assert_eq!(stderr_tail, "boom");
+            }
+            other => panic!("expected PeerFailed, got {other}"),
+        }
+    }
+
+    #[test]
+    fn peer_stdin_reaches_the_peer() {
+        let peer = Peer {
+            python: PathBuf::from("sh"),
+            dir: PathBuf::new(),
+        };
+        let got: serde_json::Value = peer
+            .run(
+                "-c",
+                &["read a; read b; echo \"{\\\"lines\\\": [\\\"$a\\\", \\\"$b\\\"]}\"".into()],
+                Some("one\ntwo\n"),
+            )
+            .unwrap();
+        assert_eq!(got, serde_json::json!({"lines": ["one", "two"]}));
+    }
+
+    #[test]
+    fn report_prints_ratio_goal_and_cpu_figures() {
+        let c = Comparison {
+            benchmark: "registry".into(),
+            workload: "4 runs".into(),
+            unit: "points/s".into(),
+            peer_name: Some("mlflow 3.0".into()),
+            ours: 200_000.0,
+            peer: Some(5_000.0),
+            ratio: None,
+            ours_per_cpu_s: 100_000.0,
+            peer_per_cpu_s: Some(4_000.0),
+            cpu_ratio: None,
+            goal: Some(50.0),
+            notes: vec!["stored 64000 of 64000".into()],
+            details: serde_json::Value::Null,
+        }
+        .with_ratios();
+        assert_eq!(c.ratio, Some(40.0));
+        assert_eq!(c.cpu_ratio, Some(25.0));
+        assert_eq!(c.meets_goal(), Some(false));
+        let report = BenchReport {
+            machine: MachineInfo::now(),
+            results: vec![c],
+        };
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "ours 200000 points/s, mlflow 3.0 5000 points/s, ratio 40.00x (goal >= 50x: MISSED)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("per CPU-second: ours 100000, mlflow 3.0 4000, ratio 25.00x"),
+            "{text}"
+        );
+        assert!(text.contains("  stored 64000 of 64000"), "{text}");
+    }
+}

@@ -1,0 +1,281 @@
+//! Registry write throughput: metric points per second through
+//! [`Registry::log_metrics`](crate::registry::Registry::log_metrics), batched as the runner's
+//! `Tracker` batches them, against MLflow's SQLite tracking store (`MlflowClient.log_batch`,
+//! `bench/registry_mlflow.py`) on the same runs, keys and steps.
+//!
+//! Each round writes into a fresh registry file in a scratch folder; opening it (schema
+//! migrations) and registering the runs are not timed, only the logging. After each round the
+//! points are read back and counted, so a store that dropped writes cannot look fast.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{BenchError, Comparison, Peer, Rates, Timer};
+use crate::registry::{CellOffer, ClaimPolicy, MetricPoint, Registry};
+
+/// Knobs of the registry benchmark. `Default`: 4 runs x 8 keys x 2000 steps (64,000 points)
+/// in batches of 512, 3 rounds.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    pub runs: usize,
+    /// Metric keys logged at every step.
+    pub keys: usize,
+    pub steps: usize,
+    /// Points per write: the `Tracker` flushes every 512 points (or every 5 s).
+    pub batch: usize,
+    /// Timed rounds, each on a fresh store; the median is reported.
+    pub rounds: usize,
+    /// Where the scratch stores go (default: the system's temporary folder). Put it on the
+    /// disk the real registry lives on: SQLite's speed is the file system's.
+    pub scratch: Option<PathBuf>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            runs: 4,
+            keys: 8,
+            steps: 2000,
+            batch: 512,
+            rounds: 3,
+            scratch: None,
+        }
+    }
+}
+
+impl RegistryOptions {
+    fn points(&self) -> usize {
+        self.runs * self.keys * self.steps
+    }
+}
+
+/// A scratch folder removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(parent: Option<&PathBuf>, round: usize) -> Result<Self, BenchError> {
+        let parent = parent.cloned().unwrap_or_else(std::env::temp_dir);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = parent.join(format!(
+            "beatlab-bench-registry-{}-{round}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+            action: "create scratch folder",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens a fresh registry in `dir` with `runs` pending runs of one experiment; returns it and
+/// the run ids.
+fn fresh_registry(dir: &std::path::Path, runs: usize) -> Result<(Registry, Vec<String>), BenchError> {
+    let registry = Registry::open(&dir.join("registry.db"))?;
+    registry.upsert_experiment("bench", "bench.toml", "registry benchmark")?;
+    let policy = ClaimPolicy {
+        experiment: "bench".into(),
+        worker: "bench:0:0".into(),
+        host: "bench".into(),
+        device: "cpu".into(),
+        code_rev: "bench".into(),
+        code_dirty: false,
+        lease_s: 60.0,
+        force_before: None,
+        rerun_failed_before: None,
+        experiment_dir: dir.join("runs"),
+    };
+    let cells: Vec<CellOffer> = (0..runs)
+        .map(|i| CellOffer {
+            index: i as i64,
+            label: format!("cell {i}"),
+            overrides: serde_json::json!({}),
+            spec_json: "{}".into(),
+            // The registry names a run after the first 10 characters of its hash.
+            hash: format!("{i:010}-bench-cell"),
+            seed: i as i64,
+        })
+        .collect();
+    registry.enqueue(&policy, &cells)?;
+    let ids = registry
+        .runs(Some("bench"), None)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    Ok((registry, ids))
+}
+
+/// Logs every point of every run the way a training loop does: step by step, all keys at each
+/// step, one `log_metrics` per `batch` points and one for the rest at the end of a run.
+fn log_all(registry: &Registry, run_ids: &[String], options: &RegistryOptions) -> Result<(), BenchError> {
+    let keys: Vec<String> = (0..options.keys).map(|k| format!("train/metric_{k}")).collect();
+    let batch = options.batch.max(1);
+    for run_id in run_ids {
+        let mut pending = Vec::with_capacity(batch);
+        for step in 0..options.steps {
+            let time = crate::registry::now();
+            for (k, key) in keys.iter().enumerate() {
+                pending.push(MetricPoint {
+                    key: key.clone(),
+                    step: step as i64,
+                    value: (step * options.keys + k) as f64 * 1e-3,
+                    time,
+                });
+                if pending.len() >= batch {
+                    registry.log_metrics(run_id, &pending)?;
+                    pending.clear();
+                }
+            }
+        }
+        registry.log_metrics(run_id, &pending)?;
+    }
+    Ok(())
+}
+
+/// One timed round on a fresh store; returns the timing and the points read back.
+fn one_round(options: &RegistryOptions, round: usize) -> Result<((f64, Option<f64>), usize), BenchError> {
+    let scratch = Scratch::new(options.scratch.as_ref(), round)?;
+    let (registry, run_ids) = fresh_registry(&scratch.0, options.runs)?;
+    let timer = Timer::start();
+    log_all(&registry, &run_ids, options)?;
+    let timing = timer.stop();
+    let mut stored = 0;
+    for id in &run_ids {
+        stored += registry.metrics(id)?.len();
+    }
+    Ok((timing, stored))
+}
+
+/// What `bench/registry_mlflow.py` prints.
+#[derive(Debug, Deserialize)]
+struct MlflowResult {
+    mlflow: String,
+    points: usize,
+    points_per_s: f64,
+    points_per_cpu_s: f64,
+}
+
+/// Runs the benchmark: ours, then MLflow on the same runs, keys, steps and batches.
+pub fn run(
+    options: &RegistryOptions,
+    peer: Option<&Peer>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Comparison, BenchError> {
+    let points = options.points();
+    progress(&format!(
+        "registry: logging {points} metric points ({} runs x {} keys x {} steps) in batches of {}, {} rounds",
+        options.runs, options.keys, options.steps, options.batch, options.rounds
+    ));
+    let mut rates = Rates::default();
+    for round in 0..options.rounds.max(1) {
+        let (timing, stored) = one_round(options, round)?;
+        if stored != points {
+            return Err(BenchError::Mismatch {
+                benchmark: "registry",
+                what: format!("wrote {points} points but {stored} are stored"),
+            });
+        }
+        rates.push(points as f64, timing);
+    }
+    let theirs = match peer {
+        Some(peer) => {
+            progress("registry: the same through MLflow's SQLite store (bench/registry_mlflow.py)");
+            let args = [
+                ("--runs", options.runs),
+                ("--keys", options.keys),
+                ("--steps", options.steps),
+                ("--batch", options.batch.max(1)),
+                ("--rounds", options.rounds.max(1)),
+            ]
+            .into_iter()
+            .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+            .collect::<Vec<_>>();
+            let result: MlflowResult = peer.run("registry_mlflow.py", &args, None)?;
+            if result.points != points {
+                return Err(BenchError::Mismatch {
+                    benchmark: "registry",
+                    what: format!("points: ours {points}, MLflow {}", result.points),
+                });
+            }
+            Some(result)
+        }
+        None => None,
+    };
+    let notes = vec![format!(
+        "every round wrote {points} points into a fresh store and read back all of them{}",
+        if theirs.is_some() { " (both sides)" } else { "" }
+    )];
+    Ok(Comparison {
+        benchmark: "registry".into(),
+        workload: format!(
+            "metric points written to SQLite: {} runs x {} keys x {} steps, batches of {}",
+            options.runs, options.keys, options.steps, options.batch
+        ),
+        unit: "points/s".into(),
+        peer_name: theirs.as_ref().map(|t| format!("mlflow {}", t.mlflow)),
+        ours: rates.median_wall(),
+        peer: theirs.as_ref().map(|t| t.points_per_s),
+        ratio: None,
+        ours_per_cpu_s: rates.median_cpu(),
+        peer_per_cpu_s: theirs.as_ref().map(|t| t.points_per_cpu_s),
+        cpu_ratio: None,
+        goal: Some(50.0),
+        notes,
+        details: serde_json::json!({
+            "points": points,
+            "rounds": { "ours": &rates.wall },
+        }),
+    }
+    .with_ratios())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small round writes and reads back exactly runs x keys x steps points, including a
+    /// final partial batch, with the values the loop produced.
+    #[test]
+    fn a_round_stores_every_point_once() {
+        let options = RegistryOptions {
+            runs: 2,
+            keys: 3,
+            steps: 7,
+            batch: 4,
+            rounds: 1,
+            scratch: None,
+        };
+        let scratch = Scratch::new(None, 0).unwrap();
+        let (registry, ids) = fresh_registry(&scratch.0, options.runs).unwrap();
+        assert_eq!(ids.len(), 2);
+        log_all(&registry, &ids, &options).unwrap();
+        for id in &ids {
+            let points = registry.metrics(id).unwrap();
+            assert_eq!(points.len(), 21, "run {id}");
+            let last = points
+                .iter()
+                .find(|p| p.key == "train/metric_2" && p.step == 6)
+                .expect("the last point of the last partial batch");
+            assert_eq!(last.value, (6 * 3 + 2) as f64 * 1e-3);
+        }
+    }
+
+    #[test]
+    fn scratch_folders_are_removed() {
+        let scratch = Scratch::new(None, 9).unwrap();
+        let path = scratch.0.clone();
+        assert!(path.is_dir());
+        drop(scratch);
+        assert!(!path.exists());
+    }
+}
