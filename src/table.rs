@@ -50,6 +50,9 @@ pub fn build(plan: &Plan, registry: Option<&Registry>) -> Result<Table, Registry
         Some(r) => r.finished_summaries(&hashes)?,
         None => Default::default(),
     };
+    if t.metrics.is_empty() && t.rows.is_empty() && t.columns.is_empty() {
+        return Ok(every_summary(plan, &finished));
+    }
     let metrics: Vec<String> = if t.metrics.is_empty() {
         let mut all: Vec<String> = finished.values().flat_map(|s| s.keys().cloned()).collect();
         all.sort();
@@ -212,6 +215,50 @@ pub fn build(plan: &Plan, registry: Option<&Registry>) -> Result<Table, Registry
         cells: plan.cells.len(),
         notes,
     })
+}
+
+/// Without a `[table]`: one row per summary metric, one column per cell.
+fn every_summary(
+    plan: &Plan,
+    finished: &std::collections::HashMap<String, BTreeMap<String, f64>>,
+) -> Table {
+    let digits = plan.base.table.digits as usize;
+    let mut metrics: Vec<&String> = finished.values().flat_map(|s| s.keys()).collect();
+    metrics.sort();
+    metrics.dedup();
+    let mut header = vec!["metric".to_string()];
+    header.extend(plan.cells.iter().map(|c| {
+        if plan.cells.len() == 1 {
+            c.short_hash().to_string()
+        } else {
+            c.label()
+        }
+    }));
+    let rows = metrics
+        .iter()
+        .map(|m| {
+            let mut row = vec![(*m).clone()];
+            row.extend(plan.cells.iter().map(|c| {
+                finished
+                    .get(&c.hash)
+                    .and_then(|s| s.get(*m))
+                    .map_or(MISSING.to_string(), |v| format!("{v:.digits$}"))
+            }));
+            row
+        })
+        .collect();
+    Table {
+        title: plan.experiment.clone(),
+        header,
+        rows,
+        missing: plan
+            .cells
+            .iter()
+            .filter(|c| !finished.contains_key(&c.hash))
+            .count(),
+        cells: plan.cells.len(),
+        notes: Vec::new(),
+    }
 }
 
 fn values_eq(a: &[toml::Value], b: &[toml::Value]) -> bool {

@@ -264,7 +264,12 @@ fn torch_device(device: &Device) -> String {
 
 /// Training windows `[batch, leads, input_len + predict_len]`: sums of a few sines with random
 /// frequencies and phases per window and lead, from a seeded generator.
-fn windows(cfg: &BeatConfig, batch: usize, seed: u64, device: &Device) -> Result<Tensor, BenchError> {
+fn windows(
+    cfg: &BeatConfig,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor, BenchError> {
     let len = cfg.input_len + cfg.predict_len;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut values = Vec::with_capacity(batch * cfg.leads * len);
@@ -454,9 +459,10 @@ pub fn run(
         format!(
             "f32 matmul peak on {threads} threads ({0} x {0}): candle {our_peak:.0} GFLOP/s{1}",
             options.peak_size,
-            theirs
-                .as_ref()
-                .map_or(String::new(), |t| format!(", PyTorch {:.0} GFLOP/s", t.peak_gflops)),
+            theirs.as_ref().map_or(String::new(), |t| format!(
+                ", PyTorch {:.0} GFLOP/s",
+                t.peak_gflops
+            )),
         ),
         format!(
             "achieved: ours {:.1} GFLOP/s ({:.1}% of {machine_peak:.0}){}",

@@ -120,9 +120,7 @@ impl FromStr for Which {
             "registry" => Ok(Self::Registry),
             "wfdb" => Ok(Self::Wfdb),
             "all" => Ok(Self::All),
-            other => Err(format!(
-                "`{other}`: expected beat, registry, wfdb or all"
-            )),
+            other => Err(format!("`{other}`: expected beat, registry, wfdb or all")),
         }
     }
 }

@@ -80,7 +80,10 @@ impl Drop for Scratch {
 
 /// Opens a fresh registry in `dir` with `runs` pending runs of one experiment; returns it and
 /// the run ids.
-fn fresh_registry(dir: &std::path::Path, runs: usize) -> Result<(Registry, Vec<String>), BenchError> {
+fn fresh_registry(
+    dir: &std::path::Path,
+    runs: usize,
+) -> Result<(Registry, Vec<String>), BenchError> {
     let registry = Registry::open(&dir.join("registry.db"))?;
     registry.upsert_experiment("bench", "bench.toml", "registry benchmark")?;
     let policy = ClaimPolicy {
@@ -117,8 +120,14 @@ fn fresh_registry(dir: &std::path::Path, runs: usize) -> Result<(Registry, Vec<S
 
 /// Logs every point of every run the way a training loop does: step by step, all keys at each
 /// step, one `log_metrics` per `batch` points and one for the rest at the end of a run.
-fn log_all(registry: &Registry, run_ids: &[String], options: &RegistryOptions) -> Result<(), BenchError> {
-    let keys: Vec<String> = (0..options.keys).map(|k| format!("train/metric_{k}")).collect();
+fn log_all(
+    registry: &Registry,
+    run_ids: &[String],
+    options: &RegistryOptions,
+) -> Result<(), BenchError> {
+    let keys: Vec<String> = (0..options.keys)
+        .map(|k| format!("train/metric_{k}"))
+        .collect();
     let batch = options.batch.max(1);
     for run_id in run_ids {
         let mut pending = Vec::with_capacity(batch);
@@ -143,7 +152,10 @@ fn log_all(registry: &Registry, run_ids: &[String], options: &RegistryOptions) -
 }
 
 /// One timed round on a fresh store; returns the timing and the points read back.
-fn one_round(options: &RegistryOptions, round: usize) -> Result<((f64, Option<f64>), usize), BenchError> {
+fn one_round(
+    options: &RegistryOptions,
+    round: usize,
+) -> Result<((f64, Option<f64>), usize), BenchError> {
     let scratch = Scratch::new(options.scratch.as_ref(), round)?;
     let (registry, run_ids) = fresh_registry(&scratch.0, options.runs)?;
     let timer = Timer::start();
@@ -213,7 +225,11 @@ pub fn run(
     };
     let notes = vec![format!(
         "every round wrote {points} points into a fresh store and read back all of them{}",
-        if theirs.is_some() { " (both sides)" } else { "" }
+        if theirs.is_some() {
+            " (both sides)"
+        } else {
+            ""
+        }
     )];
     Ok(Comparison {
         benchmark: "registry".into(),

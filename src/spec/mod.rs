@@ -42,6 +42,8 @@ spec_section! {
         vision: VisionSpec = VisionSpec::default(),
         /// Language-model backbone.
         backbone: BackboneSpec = BackboneSpec::default(),
+        /// Instruction data.
+        instructions: InstructionsSpec = InstructionsSpec::default(),
         /// Benchmark evaluation.
         eval: EvalSpec = EvalSpec::default(),
         /// Training stages, run in order (`[[stage]]`); without any, the paper's pipeline

@@ -441,6 +441,40 @@ impl StageSpec {
 }
 
 spec_choice! {
+    /// How instruction items present their ECGs.
+    pub enum InputMix {
+        /// Each item draws signal or image (the benchmark's signal and image subsets).
+        Mixed = "mixed",
+        /// Every ECG as a signal (modality ablation: signal only).
+        Signal = "signal",
+        /// Every ECG as a printed image (modality ablation: image only).
+        Image = "image",
+        /// Every single-ECG item shows the signal and its image together (signal + image).
+        Both = "both",
+    }
+}
+
+spec_section! {
+    /// Instruction data built from the records' labels, reports and intervals (paper §1.4).
+    pub struct InstructionsSpec in "instructions" {
+        /// How items present their ECGs.
+        inputs: InputMix = InputMix::Mixed,
+        /// Closed (multiple-choice) questions per record.
+        closed_qa_per_record: u32 = 2 => range(0, 100),
+        /// Open questions per record.
+        open_qa_per_record: u32 = 2 => range(0, 100),
+        /// Comparison questions per record (the record is the first of the pair).
+        comparison_per_record: u32 = 1 => range(0, 100),
+        /// Report-generation items per record.
+        reports_per_record: u32 = 1 => range(0, 100),
+        /// Signal-prediction items per record.
+        predictions_per_record: u32 = 1 => range(0, 100),
+        /// Options per closed question (A, B, ...).
+        num_options: u32 = 4 => range(2, 8),
+    }
+}
+
+spec_choice! {
     /// How closed-QA and comparison-QA answers are scored.
     pub enum ChoiceScoring {
         /// The option with the highest answer likelihood.

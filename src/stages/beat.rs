@@ -19,14 +19,11 @@ use beatlab_nn::beat::{Beat, BeatConfig, Mode};
 use beatlab_nn::checkpoint::{restore_training_state, training_state};
 use beatlab_nn::metrics::{CodeUsage, LeadErrors};
 use beatlab_nn::optim::{AdamW, AdamWConfig, clip_grad_norm};
-use beatlab_nn::schedule::{Schedule, Unit};
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 
-use crate::runner::{Stage, StageContext, StageError, StageOutcome, StopReason};
-use crate::spec::{self, Precision, Spec, StageSpec};
+use super::trainer::{self, LoopEnd, Trainee};
+use crate::runner::{Stage, StageContext, StageError, StageOutcome};
+use crate::spec::{Precision, Spec};
 
 /// The Beat configuration of a spec.
 pub fn beat_config(spec: &Spec) -> BeatConfig {
@@ -67,56 +64,6 @@ pub fn dtype(spec: &Spec, device: &Device) -> Result<DType, StageError> {
         )),
         (Precision::Bf16, _) => Ok(DType::BF16),
     }
-}
-
-/// The learning-rate schedule of a stage with `steps_per_epoch` optimiser steps per epoch.
-pub fn schedule(stage: &StageSpec, steps_per_epoch: u64, total_steps: u64) -> Schedule {
-    match stage.schedule {
-        spec::Schedule::Constant => Schedule::Constant,
-        spec::Schedule::Linear => Schedule::Linear {
-            warmup: u64::from(stage.warmup_steps),
-            total: total_steps.max(1),
-            lr_min: stage.lr_min,
-            unit: Unit::Step,
-        },
-        spec::Schedule::Cosine => {
-            let t_max_epochs = u64::from(if stage.t_max > 0 {
-                stage.t_max
-            } else {
-                stage.epochs.max(1)
-            });
-            if stage.warmup_steps == 0 {
-                // Paper: PyTorch's CosineAnnealingLR stepped once per epoch.
-                Schedule::Cosine {
-                    t_max: t_max_epochs,
-                    lr_min: stage.lr_min,
-                    warmup: 0,
-                    unit: Unit::Epoch,
-                }
-            } else {
-                Schedule::Cosine {
-                    t_max: t_max_epochs * steps_per_epoch.max(1),
-                    lr_min: stage.lr_min,
-                    warmup: u64::from(stage.warmup_steps),
-                    unit: Unit::Step,
-                }
-            }
-        }
-    }
-}
-
-/// Where training stands; saved with every checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Progress {
-    /// Epochs completed.
-    epoch: u64,
-    /// Batches of the current epoch already trained.
-    batch: u64,
-    /// Optimiser steps taken.
-    step: u64,
-    /// Sum of the training losses of the current epoch's batches so far.
-    #[serde(default)]
-    epoch_loss: f64,
 }
 
 /// Validation results over a whole split.
@@ -224,6 +171,98 @@ pub fn evaluate(
     })
 }
 
+/// Beat, its optimiser and its data, as the shared training loop sees them.
+struct BeatTrainee<'a> {
+    model: Beat,
+    store: ParamStore,
+    vars: Vec<(String, candle_core::Var)>,
+    opt: AdamW,
+    data: &'a Dataset,
+    grad_clip: f64,
+    batch: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl Trainee for BeatTrainee<'_> {
+    fn step(
+        &mut self,
+        indices: &[usize],
+        step: u64,
+        lr: f64,
+    ) -> Result<Vec<(&'static str, f64)>, StageError> {
+        self.opt.set_lr(lr);
+        let x = batch_tensor(
+            &self.data.train,
+            indices,
+            self.data.window_len(),
+            self.dtype,
+            &self.device,
+        )?;
+        let out = self
+            .model
+            .forward(&x, Mode::Train { step })
+            .map_err(|e| StageError::Invalid(e.to_string()))?;
+        let loss = scalar(&out.loss)?;
+        let mut metrics = vec![
+            ("loss", loss),
+            ("loss_recon", scalar(&out.recon_loss)?),
+            ("loss_pred", scalar(&out.pred_loss)?),
+            ("loss_vq", scalar(&out.vq_loss)?),
+        ];
+        if !loss.is_finite() {
+            return Ok(metrics);
+        }
+        let mut grads = out.loss.backward()?;
+        if self.grad_clip > 0.0 {
+            let norm = clip_grad_norm(&mut grads, &self.vars, self.grad_clip)?;
+            if norm.is_finite() {
+                metrics.push(("grad_norm", norm));
+            }
+        }
+        self.opt
+            .step(&grads)
+            .map_err(|e| StageError::Invalid(e.to_string()))?;
+        self.model
+            .update_codebooks(&out)
+            .map_err(|e| StageError::Invalid(e.to_string()))?;
+        Ok(metrics)
+    }
+
+    fn evaluate(&mut self) -> Result<(Vec<(String, f64)>, String), StageError> {
+        let eval = evaluate(
+            &self.model,
+            &self.data.val,
+            self.data.window_len(),
+            self.batch,
+            self.dtype,
+            &self.device,
+        )?;
+        let line = format!(
+            "val loss {:.4} (recon {:.4}, pred {:.4}, vq {:.4}), Code% {}",
+            eval.loss,
+            eval.recon,
+            eval.pred,
+            eval.vq,
+            eval.code_pct
+                .iter()
+                .map(|p| format!("{p:.1}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        Ok((eval.entries("val"), line))
+    }
+
+    fn state(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
+        training_state(&self.store, Some(&self.opt)).map_err(|e| StageError::Invalid(e.to_string()))
+    }
+
+    fn restore(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), StageError> {
+        restore_training_state(state, &self.store, Some(&mut self.opt))
+            .map_err(|e| StageError::Invalid(e.to_string()))
+    }
+}
+
 /// The `beat` stage.
 pub struct BeatStage;
 
@@ -236,7 +275,6 @@ impl Stage for BeatStage {
         let started = Instant::now();
         let data: Dataset = crate::data::windows(spec, ctx.cache_dir)
             .map_err(|e| StageError::Data(crate::runner::error_chain(&e)))?;
-        let window_len = data.window_len();
         if data.train.is_empty() {
             return Err(StageError::Data(format!(
                 "no training windows from {} records (data.source = `{}`)",
@@ -256,7 +294,7 @@ impl Stage for BeatStage {
             data.train.len(),
             data.val.len(),
             data.test.len(),
-            window_len,
+            data.window_len(),
             started.elapsed().as_secs_f64()
         ));
 
@@ -264,7 +302,7 @@ impl Stage for BeatStage {
         let model = Beat::new(beat_config(spec), &store, dtype, &device)
             .map_err(|e| StageError::Invalid(e.to_string()))?;
         let vars = store.vars();
-        let mut opt = AdamW::new(
+        let opt = AdamW::new(
             vars.clone(),
             AdamWConfig {
                 lr: stage.lr,
@@ -273,197 +311,47 @@ impl Stage for BeatStage {
             },
         )
         .map_err(|e| StageError::Invalid(e.to_string()))?;
-        let batch = stage.batch as usize;
-        let steps_per_epoch = data.train.len().div_ceil(batch) as u64;
-        // `steps` caps the run; with `epochs = 0` it alone sets the length.
-        let epochs = match stage.epochs {
-            0 => u64::MAX,
-            e => u64::from(e),
+        ctx.log(&format!("{} parameters", store.num_params()));
+        let mut trainee = BeatTrainee {
+            model,
+            store,
+            vars,
+            opt,
+            data: &data,
+            grad_clip: stage.grad_clip,
+            batch: stage.batch as usize,
+            dtype,
+            device: device.clone(),
         };
-        let total_steps = match stage.steps {
-            0 => epochs * steps_per_epoch,
-            s => u64::from(s).min(epochs.saturating_mul(steps_per_epoch)),
-        };
-        let sched = schedule(stage, steps_per_epoch, total_steps);
-
-        let mut at = Progress {
-            epoch: 0,
-            batch: 0,
-            step: 0,
-            epoch_loss: 0.0,
-        };
-        if let Some(ckpt) = ctx.resume.take() {
-            let state: BTreeMap<String, Tensor> = ckpt.tensors.into_iter().collect();
-            restore_training_state(&state, &store, Some(&mut opt)).map_err(|e| {
-                StageError::Invalid(format!("checkpoint {}: {e}", ckpt.path.display()))
-            })?;
-            at = serde_json::from_value(ckpt.meta["progress"].clone()).map_err(|e| {
-                StageError::Invalid(format!(
-                    "checkpoint {}: bad progress: {e}",
-                    ckpt.path.display()
-                ))
-            })?;
-            ctx.resumed_at(at.step as i64 + 1)?;
-        }
-        ctx.log(&format!(
-            "{} parameters; {} steps/epoch, {} epochs{}",
-            store.num_params(),
-            steps_per_epoch,
-            stage.epochs,
-            if stage.steps > 0 {
-                format!(", at most {} steps", stage.steps)
-            } else {
-                String::new()
-            }
-        ));
-
-        let save =
-            |ctx: &mut StageContext<'_>, at: Progress, opt: &AdamW| -> Result<(), StageError> {
-                let state = training_state(&store, Some(opt))
-                    .map_err(|e| StageError::Invalid(e.to_string()))?;
-                ctx.checkpoint(
-                    at.step as i64,
-                    at.epoch as i64,
-                    &state,
-                    &serde_json::json!({ "progress": at }),
-                )
+        let (at, last_eval) =
+            match trainer::run(ctx, &mut trainee, data.train.len(), spec.experiment.seed)? {
+                LoopEnd::Stopped(reason) => return Ok(StageOutcome::Stopped(reason)),
+                LoopEnd::Completed { at, last_eval } => (at, last_eval),
             };
 
-        let bar = ctx.bar(total_steps, "steps");
-        bar.set_position(at.step);
-        let mut last_eval: Option<(u64, Evaluation)> = None;
-        'epochs: while at.epoch < epochs && at.step < total_steps {
-            let mut order: Vec<usize> = (0..data.train.len()).collect();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                spec.experiment.seed ^ (at.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            ));
-            let epoch_started = Instant::now();
-            let mut timed_batches = 0u64;
-            let batches: Vec<&[usize]> = order.chunks(batch).collect();
-            while (at.batch as usize) < batches.len() {
-                if let Some(reason) = ctx.stop_requested() {
-                    if reason == StopReason::Interrupted {
-                        save(ctx, at, &opt)?;
-                    }
-                    bar.abandon();
-                    return Ok(StageOutcome::Stopped(reason));
-                }
-                let lr = sched.lr_for(stage.lr, at.epoch, at.step);
-                opt.set_lr(lr);
-                let x = batch_tensor(
-                    &data.train,
-                    batches[at.batch as usize],
-                    window_len,
-                    dtype,
-                    &device,
-                )?;
-                let out = model
-                    .forward(&x, Mode::Train { step: at.step })
-                    .map_err(|e| StageError::Invalid(e.to_string()))?;
-                let loss = scalar(&out.loss)?;
-                if !loss.is_finite() {
-                    return Err(StageError::Diverged {
-                        step: at.step as i64,
-                        value: loss,
-                    });
-                }
-                let mut grads = out.loss.backward()?;
-                let grad_norm = if stage.grad_clip > 0.0 {
-                    clip_grad_norm(&mut grads, &vars, stage.grad_clip)?
-                } else {
-                    f64::NAN
-                };
-                opt.step(&grads)
-                    .map_err(|e| StageError::Invalid(e.to_string()))?;
-                model
-                    .update_codebooks(&out)
-                    .map_err(|e| StageError::Invalid(e.to_string()))?;
-                at.step += 1;
-                at.batch += 1;
-                at.epoch_loss += loss;
-                timed_batches += 1;
-                let s = at.step as i64;
-                ctx.metric("train/loss", s, loss)?;
-                ctx.metric("train/loss_recon", s, scalar(&out.recon_loss)?)?;
-                ctx.metric("train/loss_pred", s, scalar(&out.pred_loss)?)?;
-                ctx.metric("train/loss_vq", s, scalar(&out.vq_loss)?)?;
-                ctx.metric("train/lr", s, lr)?;
-                if grad_norm.is_finite() {
-                    ctx.metric("train/grad_norm", s, grad_norm)?;
-                }
-                bar.inc(1);
-                bar.set_message(format!("epoch {} loss {loss:.4}", at.epoch + 1));
-                if stage.checkpoint_every_steps > 0
-                    && at.step % u64::from(stage.checkpoint_every_steps) == 0
-                    && at.step < total_steps
-                {
-                    save(ctx, at, &opt)?;
-                }
-                if at.step >= total_steps {
-                    break;
-                }
-            }
-            let seconds = epoch_started.elapsed().as_secs_f64();
-            let epoch_batches = at.batch;
-            let epoch_mean = at.epoch_loss / epoch_batches.max(1) as f64;
-            if at.batch as usize >= batches.len() {
-                at.epoch += 1;
-                at.batch = 0;
-                at.epoch_loss = 0.0;
-            }
-            let last = at.epoch >= epochs || at.step >= total_steps;
-            let mut line = format!(
-                "epoch {} train loss {epoch_mean:.4} ({:.1} windows/s)",
-                at.epoch,
-                timed_batches as f64 * batch as f64 / seconds.max(1e-9)
-            );
-            if epoch_batches > 0 {
-                ctx.metric("train/epoch_loss", at.step as i64, epoch_mean)?;
-                ctx.metric("train/epoch", at.step as i64, at.epoch as f64)?;
-            }
-            if last || at.epoch % u64::from(stage.eval_every) == 0 {
-                let eval = evaluate(&model, &data.val, window_len, batch, dtype, &device)?;
-                // Logged at the global step, like every metric, so TensorBoard's resume purge
-                // covers them and all curves share one x axis.
-                for (k, v) in eval.entries("val") {
-                    ctx.metric(&k, at.step as i64, v)?;
-                }
-                line.push_str(&format!(
-                    ", val loss {:.4} (recon {:.4}, pred {:.4}, vq {:.4}), Code% {}",
-                    eval.loss,
-                    eval.recon,
-                    eval.pred,
-                    eval.vq,
-                    eval.code_pct
-                        .iter()
-                        .map(|p| format!("{p:.1}"))
-                        .collect::<Vec<_>>()
-                        .join("/")
-                ));
-                last_eval = Some((at.epoch, eval));
-            }
-            ctx.log(&line);
-            if last {
-                break 'epochs;
-            }
-            if stage.checkpoint_every > 0 && at.epoch % u64::from(stage.checkpoint_every) == 0 {
-                save(ctx, at, &opt)?;
-            }
-        }
-        bar.finish_and_clear();
-
-        let val = match last_eval {
-            Some((epoch, eval)) if epoch == at.epoch => eval,
-            _ => evaluate(&model, &data.val, window_len, batch, dtype, &device)?,
+        let mut summary: Vec<(String, f64)> = match last_eval {
+            Some(entries) => entries,
+            None => trainee.evaluate()?.0,
         };
-        let mut summary: Vec<(String, f64)> = val.entries("val");
+        let val_loss = summary
+            .iter()
+            .find(|(k, _)| k == "val/loss")
+            .map_or(f64::NAN, |e| e.1);
+        let window_len = data.window_len();
         if !data.test.is_empty() {
-            let test = evaluate(&model, &data.test, window_len, batch, dtype, &device)?;
+            let test = evaluate(
+                &trainee.model,
+                &data.test,
+                window_len,
+                trainee.batch,
+                dtype,
+                &device,
+            )?;
             summary.extend(test.entries("test"));
         }
         summary.push(("train/steps".into(), at.step as f64));
         summary.push(("train/epochs".into(), at.epoch as f64));
-        summary.push(("params".into(), store.num_params() as f64));
+        summary.push(("params".into(), trainee.store.num_params() as f64));
         summary.push(("data/train_windows".into(), data.train.len() as f64));
         summary.push(("data/val_windows".into(), data.val.len() as f64));
         let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -472,7 +360,7 @@ impl Stage for BeatStage {
         // The final checkpoint holds the model (parameters and codebooks), not the optimiser:
         // later stages load it, nothing resumes from it.
         let final_state =
-            training_state(&store, None).map_err(|e| StageError::Invalid(e.to_string()))?;
+            training_state(&trainee.store, None).map_err(|e| StageError::Invalid(e.to_string()))?;
         ctx.finish(
             at.step as i64,
             at.epoch as i64,
@@ -480,13 +368,7 @@ impl Stage for BeatStage {
             &serde_json::json!({ "progress": at, "beat": beat_config(spec) }),
         )?;
         ctx.log(&format!(
-            "done: val loss {:.4}, Code% {} in {:.1} s",
-            val.loss,
-            val.code_pct
-                .iter()
-                .map(|p| format!("{p:.1}"))
-                .collect::<Vec<_>>()
-                .join("/"),
+            "done: val loss {val_loss:.4} in {:.1} s",
             started.elapsed().as_secs_f64()
         ));
         Ok(StageOutcome::Completed)

@@ -1,0 +1,363 @@
+//! The `eval` stage: Heartcare-Bench metrics on the test split, per task, dimension and
+//! modality, into the registry; every generation is kept in `generations-<stage>.jsonl` so a
+//! judge model can score it later.
+//!
+//! - closed-QA and comparison-QA: accuracy by option likelihood (mean log-probability per
+//!   answer token) and by parsing the option out of a free generation (`eval.choice_scoring`);
+//! - open-QA: ROUGE-L F1 and SQuAD-style token F1 of greedy generations;
+//! - reports: ROUGE-L F1 and corpus BLEU-1..4 (nltk conventions, sacrebleu's `exp` smoothing);
+//! - signal prediction: whether the model emits `<prediction>`, and the MSE of Beat's prediction
+//!   head on the test windows (the waveform itself comes from Beat, paper §1.2).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use beatlab_heartcare::instruct::{Item, Modality, Split, Task};
+use beatlab_heartcare::metrics::{self, Smoothing};
+use beatlab_lm::tokenizer::Special;
+use beatlab_mm::{EcgInput, Example, HeartcareModel};
+use beatlab_nn::beat::Mode;
+use candle_core::{DType, Tensor};
+
+use super::{Corpus, Inputs, build_model, mm_err, restore_earlier, task_name, tokenizer};
+use crate::runner::{Stage, StageContext, StageError, StageOutcome};
+use crate::spec::ChoiceScoring;
+
+/// The `eval` stage.
+pub struct EvalStage;
+
+/// Running means of named metrics.
+#[derive(Default)]
+struct Means(BTreeMap<String, (f64, usize)>);
+
+impl Means {
+    fn add(&mut self, key: String, value: f64) {
+        let e = self.0.entry(key).or_default();
+        e.0 += value;
+        e.1 += 1;
+    }
+
+    fn into_entries(self) -> Vec<(String, f64)> {
+        self.0
+            .into_iter()
+            .map(|(k, (sum, n))| (k, sum / n as f64))
+            .collect()
+    }
+}
+
+/// `signal`, `image`, or `cross` (both kinds of input in one item).
+fn modality_group(item: &Item) -> &'static str {
+    let signal = item.label.iter().any(|l| *l == Modality::Signal);
+    let image = item.label.iter().any(|l| *l == Modality::Image);
+    match (signal, image) {
+        (true, false) => "signal",
+        (false, true) => "image",
+        _ => "cross",
+    }
+}
+
+fn dimension_name(item: &Item) -> Option<String> {
+    item.dimension().map(|d| format!("{d:?}").to_lowercase())
+}
+
+/// One line of the generations file.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    id: Option<&'a str>,
+    #[serde(rename = "type")]
+    item_type: &'a str,
+    dimension: Option<String>,
+    label: &'a [Modality],
+    filename: &'a [String],
+    question: &'a str,
+    reference: &'a str,
+    generation: Option<String>,
+    option_scores: Vec<f64>,
+    chosen_by_likelihood: Option<char>,
+    chosen_by_generation: Option<char>,
+    correct: Option<char>,
+}
+
+impl Stage for EvalStage {
+    fn run(&mut self, ctx: &mut StageContext<'_>) -> Result<StageOutcome, StageError> {
+        let spec = ctx.spec;
+        let started = Instant::now();
+        let corpus = Corpus::load(spec, ctx)?;
+        let tok = tokenizer(spec, &corpus)?;
+        let mut model = build_model(spec, tok, ctx.device, &[])?;
+        restore_earlier(ctx, &mut model)?;
+        let mut items = corpus.select(Split::Test, &ctx.stage.tasks);
+        if spec.eval.max_items > 0 {
+            let cap = spec.eval.max_items as usize;
+            let mut per_task: BTreeMap<String, usize> = BTreeMap::new();
+            items.retain(|i| {
+                let n = per_task.entry(i.item_type.clone()).or_default();
+                *n += 1;
+                *n <= cap
+            });
+        }
+        if items.is_empty() {
+            return Err(StageError::Data(
+                "no test items for the evaluated tasks".into(),
+            ));
+        }
+        let inputs = Inputs::prepare(spec, &corpus, &model, &items, ctx.device)?;
+        ctx.log(&format!(
+            "{} test items ({}); inputs ready in {:.1} s",
+            items.len(),
+            ctx.stage.tasks.join(", "),
+            started.elapsed().as_secs_f64()
+        ));
+
+        let mut means = Means::default();
+        let mut lines: Vec<Record> = Vec::new();
+        let mut report_pairs: Vec<(String, String)> = Vec::new();
+        let batch = ctx.stage.batch as usize;
+        let bar = ctx.bar(items.len() as u64, "items");
+        let scoring = spec.eval.choice_scoring;
+        let prediction_id = model.tokenizer().special_id(Special::Prediction);
+        for chunk in items.chunks(batch.max(1)) {
+            if let Some(reason) = ctx.stop_requested() {
+                bar.abandon();
+                return Ok(StageOutcome::Stopped(reason));
+            }
+            let chunk_inputs: Vec<Vec<EcgInput>> = chunk
+                .iter()
+                .map(|i| inputs.of(i))
+                .collect::<Result<_, _>>()?;
+            let needs_generation = |item: &Item| {
+                let choice = !item.choice_options().is_empty();
+                !choice || scoring != ChoiceScoring::Likelihood
+            };
+            let gen_idx: Vec<usize> = (0..chunk.len())
+                .filter(|&i| needs_generation(&chunk[i]))
+                .collect();
+            let examples: Vec<Example> = gen_idx
+                .iter()
+                .map(|&i| Example::new(&chunk[i], &chunk_inputs[i]))
+                .collect();
+            let mut generations: Vec<Option<beatlab_mm::Generation>> = vec![None; chunk.len()];
+            if !examples.is_empty() {
+                let out = model
+                    .generate_batch(&examples, spec.eval.max_new_tokens as usize)
+                    .map_err(mm_err)?;
+                for (&i, g) in gen_idx.iter().zip(out) {
+                    generations[i] = Some(g);
+                }
+            }
+            for (k, item) in chunk.iter().enumerate() {
+                let line = score_item(
+                    &model,
+                    item,
+                    &chunk_inputs[k],
+                    generations[k].take(),
+                    scoring,
+                    prediction_id,
+                    &mut means,
+                    &mut report_pairs,
+                )?;
+                lines.push(line);
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+
+        if let Some(mse) = prediction_mse(&model, &corpus, &items, ctx.device)? {
+            means.add("prediction/mse".into(), mse);
+        }
+        let mut summary = means.into_entries();
+        if !report_pairs.is_empty() {
+            let cands: Vec<Vec<String>> = report_pairs
+                .iter()
+                .map(|(g, _)| metrics::bleu_tokenize(g))
+                .collect();
+            let refs: Vec<Vec<Vec<String>>> = report_pairs
+                .iter()
+                .map(|(_, r)| vec![metrics::bleu_tokenize(r)])
+                .collect();
+            let bleu = metrics::corpus_bleu(&cands, &refs, Smoothing::Exp).map_err(mm_err)?;
+            for (n, b) in bleu.bleu.iter().enumerate() {
+                summary.push((format!("report/bleu{}", n + 1), *b));
+            }
+        }
+        // The headline number of the ablations: accuracy over every multiple-choice item.
+        let choice: Vec<f64> = lines
+            .iter()
+            .filter_map(|l| {
+                l.correct.map(|c| {
+                    f64::from(u8::from(
+                        l.chosen_by_likelihood.or(l.chosen_by_generation) == Some(c),
+                    ))
+                })
+            })
+            .collect();
+        if !choice.is_empty() {
+            summary.push((
+                "accuracy".into(),
+                choice.iter().sum::<f64>() / choice.len() as f64,
+            ));
+        }
+        summary.push(("items".into(), items.len() as f64));
+        let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        ctx.summaries(&refs)?;
+
+        let mut jsonl = String::new();
+        for l in &lines {
+            jsonl.push_str(&serde_json::to_string(l).map_err(mm_err)?);
+            jsonl.push('\n');
+        }
+        let path = ctx
+            .run_dir
+            .join(format!("generations-{}.jsonl", ctx.stage.name));
+        crate::runner::checkpoint::write_atomically(&path, jsonl.as_bytes())
+            .map_err(|e| StageError::Invalid(format!("{}: {e}", path.display())))?;
+        ctx.finish(
+            0,
+            0,
+            &BTreeMap::new(),
+            &serde_json::json!({ "summary": summary }),
+        )?;
+        let show = |k: &str| {
+            summary
+                .iter()
+                .find(|(key, _)| key == k)
+                .map_or("—".into(), |(_, v)| format!("{v:.3}"))
+        };
+        ctx.log(&format!(
+            "accuracy {} (closed {}, comparison {}), open ROUGE-L {}, report ROUGE-L {}; {} items in {:.1} s; generations in {}",
+            show("accuracy"),
+            show("closed_qa/acc"),
+            show("comparison_qa/acc"),
+            show("open_qa/rouge_l"),
+            show("report/rouge_l"),
+            items.len(),
+            started.elapsed().as_secs_f64(),
+            path.display()
+        ));
+        Ok(StageOutcome::Completed)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_item<'a>(
+    model: &HeartcareModel,
+    item: &'a Item,
+    inputs: &[EcgInput],
+    generation: Option<beatlab_mm::Generation>,
+    scoring: ChoiceScoring,
+    prediction_id: u32,
+    means: &mut Means,
+    reports: &mut Vec<(String, String)>,
+) -> Result<Record<'a>, StageError> {
+    let task = item.task();
+    let name = task.map_or("other", task_name);
+    let dim = dimension_name(item);
+    let group = modality_group(item);
+    let options = item.choice_options();
+    let correct = item.correct_letter();
+    let mut line = Record {
+        id: item.id.as_deref(),
+        item_type: &item.item_type,
+        dimension: dim.clone(),
+        label: &item.label,
+        filename: &item.filename,
+        question: &item.question,
+        reference: &item.answer,
+        generation: generation.as_ref().map(|g| g.text.clone()),
+        option_scores: Vec::new(),
+        chosen_by_likelihood: None,
+        chosen_by_generation: None,
+        correct,
+    };
+    let mut record = |metric: &str, value: f64| {
+        means.add(format!("{name}/{metric}"), value);
+        if let Some(dim) = &dim {
+            means.add(format!("{name}/{metric}_{dim}"), value);
+        }
+        means.add(format!("{name}/{metric}_{group}"), value);
+    };
+    if !options.is_empty() && correct.is_some() {
+        if scoring != ChoiceScoring::Generate {
+            let texts: Vec<String> = options
+                .iter()
+                .map(|o| format!("{}: {}", o.letter, o.text))
+                .collect();
+            let scores = model.score_options(item, inputs, &texts).map_err(mm_err)?;
+            let best = scores
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| options[i].letter);
+            line.option_scores = scores;
+            line.chosen_by_likelihood = best;
+            record("acc", f64::from(u8::from(best == correct)));
+        }
+        if let Some(g) = &generation {
+            let chosen = metrics::parse_choice(&g.text, &options);
+            line.chosen_by_generation = chosen;
+            record("acc_generated", f64::from(u8::from(chosen == correct)));
+        }
+        return Ok(line);
+    }
+    let Some(g) = generation else {
+        return Ok(line);
+    };
+    match task {
+        Some(Task::OpenQa) => {
+            record("rouge_l", metrics::rouge_l(&g.text, &item.answer).f1);
+            record("token_f1", metrics::token_f1(&g.text, &item.answer).f1);
+        }
+        Some(Task::ReportGeneration) => {
+            record("rouge_l", metrics::rouge_l(&g.text, &item.answer).f1);
+            reports.push((g.text.clone(), item.answer.clone()));
+        }
+        Some(Task::SignalPrediction) => {
+            record(
+                "token_acc",
+                f64::from(u8::from(g.ids.contains(&prediction_id))),
+            );
+        }
+        _ => {}
+    }
+    Ok(line)
+}
+
+/// Mean squared error of Beat's prediction head over the test windows of the prediction items'
+/// records (normalised units, as Beat was trained).
+fn prediction_mse(
+    model: &HeartcareModel,
+    corpus: &Corpus,
+    items: &[Item],
+    device: &candle_core::Device,
+) -> Result<Option<f64>, StageError> {
+    let Some(beat) = model.beat() else {
+        return Ok(None);
+    };
+    let wanted: std::collections::BTreeSet<&str> = items
+        .iter()
+        .filter(|i| i.task() == Some(Task::SignalPrediction))
+        .flat_map(|i| i.filename.iter().map(String::as_str))
+        .collect();
+    let ds = &corpus.dataset;
+    let test = &ds.test;
+    let indices: Vec<usize> = (0..test.len())
+        .filter(|&i| wanted.contains(ds.records[test.record_index[i] as usize].id.as_str()))
+        .collect();
+    if indices.is_empty() {
+        return Ok(None);
+    }
+    let len = ds.window_len();
+    let (mut total, mut n) = (0.0, 0usize);
+    for chunk in indices.chunks(32) {
+        let mut data = Vec::with_capacity(chunk.len() * 12 * len);
+        for &i in chunk {
+            data.extend_from_slice(test.window(i, len));
+        }
+        let x = Tensor::from_vec(data, (chunk.len(), 12, len), device)?;
+        let out = beat.forward(&x, Mode::Eval).map_err(mm_err)?;
+        total +=
+            f64::from(out.pred_loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) * chunk.len() as f64;
+        n += chunk.len();
+    }
+    Ok(Some(total / n as f64))
+}

@@ -1,0 +1,217 @@
+//! The `warmup` and `joint` stages: train the parts a stage declares (`train = [...]`) on its
+//! data mix (`tasks = [...]`, `data_fraction`), with the rest of HeartcareGPT frozen.
+//!
+//! Warm-up (paper §1.3): backbone frozen, projectors trained on captioning (record ->
+//! description) over about a fifth of the data. Joint: LoRA adapters and projectors on the
+//! instruction mix. The loss is the next-token cross-entropy over answer tokens only.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use beatlab_heartcare::instruct::{Item, Split};
+use beatlab_mm::{EcgInput, Example, HeartcareModel, Part};
+use beatlab_nn::optim::{AdamW, AdamWConfig};
+use candle_core::Tensor;
+
+use super::{
+    Corpus, Inputs, build_model, mm_err, parts_state, restore_earlier, restore_parts, subsample,
+    tokenizer,
+};
+use crate::runner::{Stage, StageContext, StageError, StageOutcome};
+use crate::stages::trainer::{self, LoopEnd, Trainee};
+
+/// Prefix of the optimiser's tensors in a checkpoint (the model's are `<part>/<key>`).
+const OPTIM: &str = "optim.";
+
+struct InstructTrainee<'a> {
+    model: HeartcareModel,
+    opt: AdamW,
+    parts: Vec<Part>,
+    train: &'a [(Item, Vec<EcgInput>)],
+    val: &'a [(Item, Vec<EcgInput>)],
+    grad_clip: Option<f64>,
+    batch: usize,
+}
+
+impl InstructTrainee<'_> {
+    fn examples<'b>(pairs: impl Iterator<Item = &'b (Item, Vec<EcgInput>)>) -> Vec<Example<'b>> {
+        pairs
+            .map(|(item, inputs)| Example::new(item, inputs))
+            .collect()
+    }
+}
+
+impl Trainee for InstructTrainee<'_> {
+    fn step(
+        &mut self,
+        indices: &[usize],
+        _step: u64,
+        lr: f64,
+    ) -> Result<Vec<(&'static str, f64)>, StageError> {
+        self.opt.set_lr(lr);
+        let examples = Self::examples(indices.iter().map(|&i| &self.train[i]));
+        let stats = self
+            .model
+            .train_step(&mut self.opt, &examples, self.grad_clip)
+            .map_err(mm_err)?;
+        let mut metrics = vec![
+            ("loss", f64::from(stats.loss)),
+            ("answer_tokens", stats.target_tokens as f64),
+        ];
+        if let Some(norm) = stats.grad_norm.filter(|n| n.is_finite()) {
+            metrics.push(("grad_norm", norm));
+        }
+        Ok(metrics)
+    }
+
+    fn evaluate(&mut self) -> Result<(Vec<(String, f64)>, String), StageError> {
+        if self.val.is_empty() {
+            return Ok((Vec::new(), "no validation items".into()));
+        }
+        // Token-weighted mean over the split: each batch's loss is a mean over its answer tokens.
+        let (mut total, mut tokens) = (0.0, 0usize);
+        for chunk in self.val.chunks(self.batch.max(1)) {
+            let out = self
+                .model
+                .forward(&Self::examples(chunk.iter()))
+                .map_err(mm_err)?;
+            total += f64::from(out.loss.to_scalar::<f32>()?) * out.target_tokens as f64;
+            tokens += out.target_tokens;
+        }
+        let loss = total / tokens.max(1) as f64;
+        Ok((
+            vec![("val/loss".into(), loss)],
+            format!("val loss {loss:.4}"),
+        ))
+    }
+
+    fn state(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
+        let mut state = parts_state(&self.model, &self.parts)?;
+        for (k, v) in self.opt.state().map_err(mm_err)? {
+            state.insert(format!("{OPTIM}{k}"), v);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), StageError> {
+        let model_state = state
+            .iter()
+            .filter(|(k, _)| !k.starts_with(OPTIM))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        restore_parts(&mut self.model, &model_state)?;
+        let optim: BTreeMap<String, Tensor> = state
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(OPTIM).map(|k| (k.to_string(), v.clone())))
+            .collect();
+        self.opt.load_state(&optim).map_err(mm_err)
+    }
+}
+
+/// The items of a split with their precomputed inputs.
+fn with_inputs(
+    items: Vec<Item>,
+    inputs: &Inputs,
+) -> Result<Vec<(Item, Vec<EcgInput>)>, StageError> {
+    items
+        .into_iter()
+        .map(|item| {
+            let i = inputs.of(&item)?;
+            Ok((item, i))
+        })
+        .collect()
+}
+
+/// The `warmup` and `joint` stages.
+pub struct InstructStage;
+
+impl Stage for InstructStage {
+    fn run(&mut self, ctx: &mut StageContext<'_>) -> Result<StageOutcome, StageError> {
+        let spec = ctx.spec;
+        let stage = ctx.stage;
+        let started = Instant::now();
+        let corpus = Corpus::load(spec, ctx)?;
+        let seed = spec.experiment.seed;
+        let train_items = subsample(
+            corpus.select(Split::Train, &stage.tasks),
+            stage.data_fraction,
+            seed,
+        );
+        let val_items = subsample(
+            corpus.select(Split::Validation, &stage.tasks),
+            stage.data_fraction,
+            seed,
+        );
+        if train_items.is_empty() {
+            return Err(StageError::Data(format!(
+                "no training items for tasks {:?} in {} records",
+                stage.tasks,
+                corpus.records.len()
+            )));
+        }
+        let tok = tokenizer(spec, &corpus)?;
+        let mut model = build_model(spec, tok, ctx.device, &stage.train)?;
+        restore_earlier(ctx, &mut model)?;
+        let parts: Vec<Part> = model.trainable_parts().iter().copied().collect();
+        let all: Vec<Item> = train_items.iter().chain(&val_items).cloned().collect();
+        let inputs = Inputs::prepare(spec, &corpus, &model, &all, ctx.device)?;
+        let train = with_inputs(train_items, &inputs)?;
+        let val = with_inputs(val_items, &inputs)?;
+        ctx.log(&format!(
+            "{} train / {} val items ({}), training {}; data ready in {:.1} s",
+            train.len(),
+            val.len(),
+            stage.tasks.join(", "),
+            parts
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            started.elapsed().as_secs_f64()
+        ));
+
+        let vars = model.trainable_vars(&stage.train).map_err(mm_err)?;
+        let params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+        let opt = AdamW::new(
+            vars,
+            AdamWConfig {
+                lr: stage.lr,
+                weight_decay: stage.weight_decay,
+                ..AdamWConfig::default()
+            },
+        )
+        .map_err(mm_err)?;
+        let mut trainee = InstructTrainee {
+            model,
+            opt,
+            parts: parts.clone(),
+            train: &train,
+            val: &val,
+            grad_clip: (stage.grad_clip > 0.0).then_some(stage.grad_clip),
+            batch: stage.batch as usize,
+        };
+        let (at, last_eval) = match trainer::run(ctx, &mut trainee, train.len(), seed)? {
+            LoopEnd::Stopped(reason) => return Ok(StageOutcome::Stopped(reason)),
+            LoopEnd::Completed { at, last_eval } => (at, last_eval),
+        };
+        let mut summary = match last_eval {
+            Some(entries) => entries,
+            None => trainee.evaluate()?.0,
+        };
+        summary.push(("train/steps".into(), at.step as f64));
+        summary.push(("trainable_params".into(), params as f64));
+        summary.push(("data/train_items".into(), train.len() as f64));
+        summary.push(("data/val_items".into(), val.len() as f64));
+        let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        ctx.summaries(&refs)?;
+        let final_state = parts_state(&trainee.model, &parts)?;
+        ctx.finish(
+            at.step as i64,
+            at.epoch as i64,
+            &final_state,
+            &serde_json::json!({ "progress": at, "parts": parts.iter().map(|p| p.name()).collect::<Vec<_>>() }),
+        )?;
+        ctx.log(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
+        Ok(StageOutcome::Completed)
+    }
+}
