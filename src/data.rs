@@ -125,6 +125,10 @@ pub fn load_records(spec: &Spec) -> Result<Vec<Record>, DataError> {
     if d.max_records > 0 {
         records.truncate(d.max_records as usize);
     }
+    if d.source != DataSource::Synthetic && d.mix_synthetic > 0 {
+        // Simulated ids (`sim/...`) never collide with real ones.
+        records.extend(beatlab_ecg::synthetic::generate(&sim_config(spec), d.mix_synthetic as usize, d.seed));
+    }
     if records.is_empty() {
         return Err(DataError::Empty(format!("data source `{}`", d.source)));
     }
@@ -165,6 +169,11 @@ pub fn cache_key(spec: &Spec) -> Result<String, DataError> {
         "version": 1,
         "source": source,
         "max_records": d.max_records,
+        "mix_synthetic": (d.source != DataSource::Synthetic && d.mix_synthetic > 0).then(|| serde_json::json!({
+            "records": d.mix_synthetic,
+            "seed": d.seed,
+            "sim": sim_config(spec),
+        })),
         "preprocess": preprocess_config(spec),
         "split": split_config(spec),
         "input_len": spec.beat.input_len,

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Ok(commands::Exit::Done) => ExitCode::SUCCESS,
         Ok(commands::Exit::RunFailed) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             let bad_input = e.chain().any(|c| {
                 c.downcast_ref::<commands::BadInput>().is_some()
                     || c.downcast_ref::<beatlab::spec::SpecError>().is_some()
@@ -21,4 +21,21 @@ fn main() -> ExitCode {
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
     }
+}
+
+/// The error and its causes on one line; a cause whose text the message already holds (many
+/// messages embed their source) is not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

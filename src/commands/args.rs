@@ -189,6 +189,43 @@ pub enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Draw a record as a printed 12-lead ECG (red millimetre grid, 25 mm/s, 10 mm/mV) to PNG.
+    ///
+    /// Example: beatlab data render ../shared/data/ecg/ludb/data/1 -o ludb1.png --layout 3x4
+    Render {
+        /// A WFDB record: its `.hea` file or its path without extension.
+        record: PathBuf,
+        /// The PNG to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "6x2")]
+        layout: LayoutArg,
+        /// Pixels per millimetre of paper (the image size follows from the layout).
+        #[arg(long, default_value_t = 8.0)]
+        px_per_mm: f32,
+    },
+    /// Build a spec's instruction data (the Heartcare item format) and write it as JSONL.
+    ///
+    /// Example: beatlab data build-instructions experiments/pipeline_ablation.toml -o items.jsonl
+    BuildInstructions {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// The JSONL file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Also write the warm-up's captioning items.
+        #[arg(long)]
+        captions: bool,
+    },
+}
+
+/// Printed-ECG layouts.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LayoutArg {
+    #[value(name = "6x2")]
+    SixByTwo,
+    #[value(name = "3x4")]
+    ThreeByFour,
 }
 
 /// `--status` values.

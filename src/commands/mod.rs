@@ -77,6 +77,17 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Compare { a, b } => compare(g, &a, &b),
         Command::Resume { run, device, lease } => resume(g, &run, device, lease),
         Command::Data(DataCommand::Check { root, json }) => data_check(&root, json),
+        Command::Data(DataCommand::Render {
+            record,
+            output,
+            layout,
+            px_per_mm,
+        }) => data_render(&record, &output, layout, px_per_mm),
+        Command::Data(DataCommand::BuildInstructions {
+            spec,
+            output,
+            captions,
+        }) => build_instructions(g, &spec, &output, captions),
         Command::Reference => {
             print!("{}", beatlab::spec::reference::markdown());
             Ok(Exit::Done)
@@ -548,4 +559,58 @@ fn data_check(root: &Path, json: bool) -> Result<Exit> {
             Exit::RunFailed
         },
     )
+}
+
+fn data_render(record: &Path, output: &Path, layout: args::LayoutArg, px_per_mm: f32) -> Result<Exit> {
+    use beatlab_heartcare::render::{RenderConfig, draw_paper};
+    let rec = beatlab_ecg::wfdb::read_record(record).map_err(bad)?;
+    // The page is written at its drawn size (`px_per_mm`); the output size only matters when
+    // resizing for a vision encoder.
+    let mut config = match layout {
+        args::LayoutArg::SixByTwo => RenderConfig::six_by_two(1, 1),
+        args::LayoutArg::ThreeByFour => RenderConfig::three_by_four(1, 1),
+    };
+    config.px_per_mm = px_per_mm;
+    config.duration_s = config.duration_s.min(rec.duration_s() as f32);
+    let paper = draw_paper(&rec, &config).map_err(bad)?;
+    let png = paper.image.encode_png()?;
+    beatlab::runner::checkpoint::write_atomically(output, &png)
+        .with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "{}: {} leads, {:.1} s at {} Hz -> {} ({} x {} px)",
+        rec.id,
+        rec.leads.len(),
+        rec.duration_s(),
+        rec.fs,
+        output.display(),
+        paper.image.width,
+        paper.image.height
+    );
+    Ok(Exit::Done)
+}
+
+fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool) -> Result<Exit> {
+    let (loaded, plan) = load_plan(&args.file, args.sets.clone())?;
+    loaded.check_runtime(&plan).map_err(bad)?;
+    let spec = &plan.cells[0].spec;
+    let corpus = beatlab::stages::multimodal::Corpus::load(spec, &g.runs_dir.join(".cache"))?;
+    let mut items = corpus.items.clone();
+    if captions {
+        items.extend(corpus.captions.iter().cloned());
+    }
+    let mut text = String::new();
+    let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for item in &items {
+        text.push_str(&serde_json::to_string(item)?);
+        text.push('\n');
+        let split = item.split.map_or("—".to_string(), |s| format!("{s:?}").to_lowercase());
+        *counts.entry((item.item_type.clone(), split)).or_default() += 1;
+    }
+    beatlab::runner::checkpoint::write_atomically(output, text.as_bytes())
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!("{} items from {} records -> {}", items.len(), corpus.records.len(), output.display());
+    for ((kind, split), n) in counts {
+        println!("  {kind:<28} {split:<10} {n}");
+    }
+    Ok(Exit::Done)
 }

@@ -89,6 +89,9 @@ spec_section! {
         max_records: u32 = 0,
         /// Number of records the simulator generates for `synthetic`.
         synthetic_records: u32 = 512 => range(1, 10_000_000),
+        /// Simulated records added to a real source (0 = none): the simulator's labels and
+        /// true intervals complement real records in the instruction data.
+        mix_synthetic: u32 = 0 => range(0, 10_000_000),
         /// Sampling rate of simulated records, in Hz.
         synthetic_fs: f64 = 500.0 => range(50, 10_000),
         /// Length of simulated records, in seconds.

@@ -82,7 +82,7 @@ impl Stage for EvalStage {
     fn run(&mut self, ctx: &mut StageContext<'_>) -> Result<StageOutcome, StageError> {
         let spec = ctx.spec;
         let started = Instant::now();
-        let corpus = Corpus::load(spec, ctx)?;
+        let corpus = Corpus::load(spec, ctx.cache_dir)?;
         let tok = tokenizer(spec, &corpus)?;
         let mut model = build_model(spec, tok, ctx.device, &[])?;
         restore_earlier(ctx, &mut model)?;

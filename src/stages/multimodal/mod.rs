@@ -60,9 +60,9 @@ fn to_item_split(s: ecg_dataset::Split) -> Split {
 }
 
 impl Corpus {
-    pub fn load(spec: &Spec, ctx: &StageContext<'_>) -> Result<Self, StageError> {
+    pub fn load(spec: &Spec, cache_dir: &std::path::Path) -> Result<Self, StageError> {
         let data_err = |e: crate::data::DataError| StageError::Data(crate::runner::error_chain(&e));
-        let dataset = crate::data::windows(spec, ctx.cache_dir).map_err(data_err)?;
+        let dataset = crate::data::windows(spec, cache_dir).map_err(data_err)?;
         let records = crate::data::load_records(spec).map_err(data_err)?;
         let ins = &spec.instructions;
         let all_pairs = vec![

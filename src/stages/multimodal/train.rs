@@ -130,7 +130,7 @@ impl Stage for InstructStage {
         let spec = ctx.spec;
         let stage = ctx.stage;
         let started = Instant::now();
-        let corpus = Corpus::load(spec, ctx)?;
+        let corpus = Corpus::load(spec, ctx.cache_dir)?;
         let seed = spec.experiment.seed;
         let train_items = subsample(
             corpus.select(Split::Train, &stage.tasks),
