@@ -127,7 +127,11 @@ pub fn load_records(spec: &Spec) -> Result<Vec<Record>, DataError> {
     }
     if d.source != DataSource::Synthetic && d.mix_synthetic > 0 {
         // Simulated ids (`sim/...`) never collide with real ones.
-        records.extend(beatlab_ecg::synthetic::generate(&sim_config(spec), d.mix_synthetic as usize, d.seed));
+        records.extend(beatlab_ecg::synthetic::generate(
+            &sim_config(spec),
+            d.mix_synthetic as usize,
+            d.seed,
+        ));
     }
     if records.is_empty() {
         return Err(DataError::Empty(format!("data source `{}`", d.source)));

@@ -234,6 +234,8 @@ fn train_cells(
 ) -> Result<Exit> {
     // Everything that can be wrong with the input is checked before the registry is touched.
     let (loaded, plan) = load_plan(file, sets)?;
+    loaded.check_runtime(&plan).map_err(bad)?;
+    check_weights(&loaded, &plan)?;
     share_cores(workers);
     loaded.check_runtime(&plan).map_err(bad)?;
     let cfg = runner_config(
@@ -286,6 +288,24 @@ fn train_cells(
     } else {
         Exit::RunFailed
     })
+}
+
+/// Real checkpoints a spec names must exist before anything runs.
+fn check_weights(loaded: &spec::Loaded, plan: &Plan) -> Result<()> {
+    let mut diagnostics: Vec<spec::Diagnostic> = Vec::new();
+    for cell in &plan.cells {
+        for (field, problem) in beatlab::stages::multimodal::missing_weights(&cell.spec) {
+            let d = loaded.diagnostic_at(field, format!("weights not found: {problem}"));
+            if !diagnostics.contains(&d) {
+                diagnostics.push(d);
+            }
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(())
+    } else {
+        Err(bad(spec::SpecError::Invalid { diagnostics }))
+    }
 }
 
 /// Splits the CPU cores between worker threads (unless RAYON_NUM_THREADS is set): candle's CPU
@@ -561,7 +581,12 @@ fn data_check(root: &Path, json: bool) -> Result<Exit> {
     )
 }
 
-fn data_render(record: &Path, output: &Path, layout: args::LayoutArg, px_per_mm: f32) -> Result<Exit> {
+fn data_render(
+    record: &Path,
+    output: &Path,
+    layout: args::LayoutArg,
+    px_per_mm: f32,
+) -> Result<Exit> {
     use beatlab_heartcare::render::{RenderConfig, draw_paper};
     let rec = beatlab_ecg::wfdb::read_record(record).map_err(bad)?;
     // The page is written at its drawn size (`px_per_mm`); the output size only matters when
@@ -603,12 +628,19 @@ fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool
     for item in &items {
         text.push_str(&serde_json::to_string(item)?);
         text.push('\n');
-        let split = item.split.map_or("—".to_string(), |s| format!("{s:?}").to_lowercase());
+        let split = item
+            .split
+            .map_or("—".to_string(), |s| format!("{s:?}").to_lowercase());
         *counts.entry((item.item_type.clone(), split)).or_default() += 1;
     }
     beatlab::runner::checkpoint::write_atomically(output, text.as_bytes())
         .with_context(|| format!("writing {}", output.display()))?;
-    println!("{} items from {} records -> {}", items.len(), corpus.records.len(), output.display());
+    println!(
+        "{} items from {} records -> {}",
+        items.len(),
+        corpus.records.len(),
+        output.display()
+    );
     for ((kind, split), n) in counts {
         println!("  {kind:<28} {split:<10} {n}");
     }

@@ -721,6 +721,21 @@ pub fn data_root(spec: &Spec) -> Option<Result<PathBuf, String>> {
 }
 
 impl Loaded {
+    /// A diagnostic located where `path` was set (or the nearest enclosing table).
+    pub fn diagnostic_at(&self, path: &str, message: impl Into<String>) -> Diagnostic {
+        let mut prefix = path;
+        let origin = loop {
+            if let Some(n) = tree::lookup(&self.tree, prefix) {
+                break n.origin.clone();
+            }
+            match prefix.rsplit_once('.') {
+                Some((head, _)) => prefix = head,
+                None => break self.tree.origin.clone(),
+            }
+        };
+        Diagnostic::new(&origin, false, path, message)
+    }
+
     /// Checks what running needs beyond a valid spec: every cell's data root exists.
     pub fn check_runtime(&self, plan: &Plan) -> Result<(), SpecError> {
         let origin = tree::lookup(&self.tree, "data.root")

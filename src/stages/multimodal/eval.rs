@@ -89,9 +89,11 @@ impl Stage for EvalStage {
         let mut items = corpus.select(Split::Test, &ctx.stage.tasks);
         if spec.eval.max_items > 0 {
             let cap = spec.eval.max_items as usize;
-            let mut per_task: BTreeMap<String, usize> = BTreeMap::new();
+            let mut per_task: BTreeMap<&'static str, usize> = BTreeMap::new();
             items.retain(|i| {
-                let n = per_task.entry(i.item_type.clone()).or_default();
+                let n = per_task
+                    .entry(i.task().map_or("other", task_name))
+                    .or_default();
                 *n += 1;
                 *n <= cap
             });

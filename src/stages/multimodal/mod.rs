@@ -86,6 +86,12 @@ impl Corpus {
             num_options: ins.num_options as usize,
             inputs,
             pair_inputs,
+            // The waveform comes from Beat's prediction head: the item shows what Beat encodes.
+            prediction: instruct::PredictionWindow {
+                input_start_s: 0.0,
+                input_s: (f64::from(spec.beat.input_len) / spec.data.target_fs) as f32,
+                horizon_s: (f64::from(spec.beat.predict_len) / spec.data.target_fs) as f32,
+            },
             ..BuildConfig::default()
         };
         build.split.assigned = dataset
@@ -202,6 +208,46 @@ fn model_source(weights: &str) -> Result<ModelSource, StageError> {
         revision: None,
         allow_download: false,
         cache_dir: None,
+    })
+}
+
+/// Checks that the real weights a spec names can be found (a local folder, or a model in the
+/// Hugging Face cache): `(field, problem)` for each that cannot.
+pub fn missing_weights(spec: &Spec) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut check = |field: &'static str, weights: &str, used: bool| {
+        if !used {
+            return;
+        }
+        let found = model_source(weights).and_then(|s| beatlab_lm::hub::locate(&s).map_err(mm_err));
+        if let Err(e) = found {
+            out.push((field, crate::runner::error_chain(&e)));
+        }
+    };
+    check(
+        "backbone.weights",
+        &spec.backbone.weights,
+        matches!(
+            spec.backbone.model,
+            BackboneModel::Qwen2 | BackboneModel::Phi3
+        ) && uses_language_model(spec),
+    );
+    check(
+        "vision.weights",
+        &spec.vision.weights,
+        spec.vision.model == VisionModel::Siglip && uses_language_model(spec),
+    );
+    out
+}
+
+/// Whether any enabled stage needs the multimodal model.
+fn uses_language_model(spec: &Spec) -> bool {
+    spec.stage.iter().any(|s| {
+        s.enabled
+            && matches!(
+                s.kind,
+                StageKind::Warmup | StageKind::Joint | StageKind::Eval
+            )
     })
 }
 
