@@ -392,7 +392,7 @@ impl Registry {
                 if exists.is_some() {
                     continue;
                 }
-                let id = format!("{}-1", &cell.hash[..10]);
+                let id = next_run_id(&mut tx, &cell.hash).await?;
                 insert_run(&mut tx, &id, policy, cell, "pending", t).await?;
                 added += 1;
             }
@@ -475,12 +475,7 @@ impl Registry {
                     }
                     Some(run) if !again(&run) => continue,
                     _ => {
-                        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE spec_hash = ?1")
-                            .bind(&cell.hash)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(q("claiming a cell"))?;
-                        let id = format!("{}-{}", &cell.hash[..10], n + 1);
+                        let id = next_run_id(&mut tx, &cell.hash).await?;
                         insert_run(&mut tx, &id, policy, cell, "running", t).await?;
                         claim = Some(Claim {
                             run_id: id.clone(),
@@ -834,6 +829,18 @@ impl Registry {
         }
         Ok(latest.into_iter().map(|(h, (_, s))| (h, s)).collect())
     }
+}
+
+/// A new run id: the hash's first 10 hex digits and a counter. The counter runs over every id
+/// with that prefix, so two hashes that share it still get distinct ids.
+async fn next_run_id(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, hash: &str) -> Result<String> {
+    let prefix = &hash[..10];
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE id LIKE ?1")
+        .bind(format!("{prefix}-%"))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(q("numbering a run"))?;
+    Ok(format!("{prefix}-{}", n + 1))
 }
 
 async fn insert_run(

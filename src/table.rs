@@ -132,12 +132,12 @@ pub fn build(plan: &Plan, registry: Option<&Registry>) -> Result<Table, Registry
             row_keys.push(g.row.clone());
         }
     }
-    let has_paper = |metric: &str| {
-        plan.base
-            .paper
-            .cell
+    // Paper columns only where the paper has a value for some row of that column group.
+    let has_paper = |col: &[toml::Value], metric: &str| {
+        groups
             .iter()
-            .any(|c| c.values.contains_key(metric))
+            .filter(|g| values_eq(&g.col, col))
+            .any(|g| paper_value(&plan.base, &g.spec, metric).is_some())
     };
 
     let mut header: Vec<String> = rows_fields.iter().map(|f| label(f)).collect();
@@ -156,7 +156,7 @@ pub fn build(plan: &Plan, registry: Option<&Registry>) -> Result<Table, Registry
                 format!("{col_label} {}", label(m))
             };
             header.push(name);
-            if has_paper(m) {
+            if has_paper(col, m) {
                 header.push("paper".into());
                 header.push("Δ".into());
             }
@@ -183,7 +183,7 @@ pub fn build(plan: &Plan, registry: Option<&Registry>) -> Result<Table, Registry
                     Some(v) => format_stat(v, digits),
                     None => MISSING.into(),
                 });
-                if has_paper(m) {
+                if has_paper(col, m) {
                     let paper = group.and_then(|g| paper_value(&plan.base, &g.spec, m));
                     line.push(paper.map_or(String::new(), |p| format!("{p:.digits$}")));
                     line.push(match (ours, paper) {

@@ -1,0 +1,282 @@
+//! The registry's claim rules, checkpoint verification, and tables rendered from a real
+//! registry file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use beatlab::registry::{CellOffer, ClaimPolicy, Registry, RunStatus, now};
+use beatlab::runner::checkpoint::{CheckpointError, CheckpointStore};
+use beatlab::spec::{self, Overrides, Plan};
+use beatlab::table::{self, Format};
+use candle_core::{Device, Tensor};
+use expect_test::expect;
+
+fn offers(n: usize) -> Vec<CellOffer> {
+    (0..n)
+        .map(|i| CellOffer {
+            index: i as i64,
+            label: format!("cell {i}"),
+            overrides: serde_json::json!({ "i": i }),
+            spec_json: format!("{{\"i\":{i}}}"),
+            hash: format!("{i:0>64}"),
+            seed: 0,
+        })
+        .collect()
+}
+
+fn policy(worker: &str, dir: &Path) -> ClaimPolicy {
+    ClaimPolicy {
+        experiment: "x".into(),
+        worker: worker.into(),
+        host: "h".into(),
+        device: "cpu".into(),
+        code_rev: "r".into(),
+        code_dirty: false,
+        lease_s: 60.0,
+        force_before: None,
+        rerun_failed_before: None,
+        experiment_dir: dir.join("x"),
+    }
+}
+
+fn open(dir: &Path) -> Registry {
+    let reg = Registry::open(&dir.join("reg.db")).unwrap();
+    reg.upsert_experiment("x", "x.toml", "").unwrap();
+    reg
+}
+
+#[test]
+fn claims_skip_finished_and_failed_cells_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path());
+    let cells = offers(2);
+    let p = policy("w1", dir.path());
+    let a = reg.claim(&p, &cells).unwrap().unwrap();
+    let b = reg.claim(&p, &cells).unwrap().unwrap();
+    assert_eq!((a.cell_index, b.cell_index), (0, 1));
+    assert!(
+        reg.claim(&p, &cells).unwrap().is_none(),
+        "both cells are held"
+    );
+    reg.end_run(&a.run_id, "w1", RunStatus::Finished, None)
+        .unwrap();
+    reg.end_run(&b.run_id, "w1", RunStatus::Failed, Some("boom"))
+        .unwrap();
+    assert!(
+        reg.claim(&p, &cells).unwrap().is_none(),
+        "finished and failed cells are skipped"
+    );
+
+    let rerun = ClaimPolicy {
+        rerun_failed_before: Some(now() + 1.0),
+        ..p.clone()
+    };
+    let c = reg.claim(&rerun, &cells).unwrap().unwrap();
+    assert_eq!(c.cell_index, 1);
+    assert_ne!(
+        c.run_id, b.run_id,
+        "a failed cell is run again as a new run"
+    );
+    assert!(
+        reg.claim(&rerun, &cells).unwrap().is_none(),
+        "the new run is held"
+    );
+
+    let force = ClaimPolicy {
+        force_before: Some(now() + 1.0),
+        ..p.clone()
+    };
+    let d = reg.claim(&force, &cells).unwrap().unwrap();
+    assert_eq!(d.cell_index, 0);
+    assert_ne!(
+        d.run_id, a.run_id,
+        "a finished cell is run again as a new run"
+    );
+    assert_eq!(reg.run(&a.run_id).unwrap().error, None);
+    assert_eq!(reg.run(&b.run_id).unwrap().error.as_deref(), Some("boom"));
+}
+
+#[test]
+fn an_expired_lease_makes_a_run_stale_and_the_next_worker_continues_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path());
+    let cells = offers(1);
+    let short = ClaimPolicy {
+        lease_s: 0.2,
+        ..policy("w1", dir.path())
+    };
+    let first = reg.claim(&short, &cells).unwrap().unwrap();
+    assert!(reg.heartbeat(&first.run_id, "w1").unwrap());
+    assert!(
+        reg.claim(&policy("w2", dir.path()), &cells)
+            .unwrap()
+            .is_none()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(350));
+    assert_eq!(
+        reg.run(&first.run_id).unwrap().effective_status(now()),
+        RunStatus::Stale
+    );
+    let second = reg
+        .claim(&policy("w2", dir.path()), &cells)
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.run_id, first.run_id);
+    assert_eq!((second.attempt, second.resumed), (2, true));
+    // The first worker lost the run: its heartbeat says so, and it must stop.
+    assert!(!reg.heartbeat(&first.run_id, "w1").unwrap());
+    assert!(reg.heartbeat(&first.run_id, "w2").unwrap());
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_refused_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path());
+    let claim = reg
+        .claim(&policy("w", dir.path()), &offers(1))
+        .unwrap()
+        .unwrap();
+    let store = CheckpointStore::new(reg.clone(), &claim.run_id, &claim.run_dir);
+    let mut tensors = BTreeMap::new();
+    tensors.insert(
+        "w".to_string(),
+        Tensor::arange(0f32, 16.0, &Device::Cpu).unwrap(),
+    );
+    let path = store
+        .save(
+            "beat",
+            10,
+            1,
+            false,
+            &tensors,
+            &serde_json::json!({ "progress": 1 }),
+        )
+        .unwrap();
+    let loaded = store.latest("beat", &Device::Cpu).unwrap().unwrap();
+    assert_eq!(loaded.step, 10);
+    assert_eq!(loaded.meta["progress"], 1);
+    assert_eq!(
+        loaded.tensors["w"].to_vec1::<f32>().unwrap(),
+        tensors["w"].to_vec1::<f32>().unwrap()
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(matches!(
+        store.latest("beat", &Device::Cpu),
+        Err(CheckpointError::Corrupt { .. })
+    ));
+}
+
+const TABLE_SPEC: &str = r#"
+[experiment]
+name = "tab"
+
+[[stage]]
+name = "beat"
+kind = "beat"
+
+[sweep]
+beat.codebook_size = [256, 512]
+beat.dvq_levels = [1, 2]
+seeds = [0, 1]
+
+[table]
+title = "Demo"
+rows = ["beat.codebook_size"]
+columns = ["beat.dvq_levels"]
+metrics = ["beat/val/loss"]
+digits = 2
+
+[table.labels]
+"beat.codebook_size" = "codebook"
+"beat.dvq_levels=1" = "VQ"
+"beat.dvq_levels=2" = "DVQ"
+"beat/val/loss" = "loss"
+
+[paper]
+source = "a paper"
+claims = ["DVQ is better."]
+
+[[paper.cell]]
+at = { "beat.codebook_size" = 512, "beat.dvq_levels" = 2 }
+values = { "beat/val/loss" = 0.76 }
+"#;
+
+/// Finishes the cells of `plan` for which `loss` gives a value, with that value as summary.
+fn finish_cells(
+    reg: &Registry,
+    plan: &Plan,
+    dir: &Path,
+    loss: impl Fn(u32, u32, u64) -> Option<f64>,
+) {
+    reg.upsert_experiment(&plan.experiment, "tab.toml", "")
+        .unwrap();
+    for c in &plan.cells {
+        let Some(v) = loss(
+            c.spec.beat.codebook_size,
+            c.spec.beat.dvq_levels,
+            c.spec.experiment.seed,
+        ) else {
+            continue;
+        };
+        let offer = CellOffer {
+            index: c.index as i64,
+            label: c.label(),
+            overrides: c.overrides_json(),
+            spec_json: c.canonical.clone(),
+            hash: c.hash.clone(),
+            seed: c.spec.experiment.seed as i64,
+        };
+        let p = ClaimPolicy {
+            experiment: plan.experiment.clone(),
+            ..policy("w", dir)
+        };
+        let claim = reg.claim(&p, &[offer]).unwrap().unwrap();
+        reg.set_summaries(&claim.run_id, &[("beat/val/loss".into(), v)])
+            .unwrap();
+        reg.end_run(&claim.run_id, "w", RunStatus::Finished, None)
+            .unwrap();
+    }
+}
+
+#[test]
+fn tables_show_seed_statistics_missing_cells_and_paper_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = spec::load_str("tab.toml", TABLE_SPEC, &Overrides::default())
+        .unwrap()
+        .plan()
+        .unwrap();
+    assert_eq!(plan.cells.len(), 8);
+    let reg = Registry::open(&dir.path().join("reg.db")).unwrap();
+    // Codebook 256 with VQ has no finished run; seed 1 of (512, DVQ) adds 0.2 to seed 0.
+    finish_cells(&reg, &plan, dir.path(), |cb, levels, seed| {
+        match (cb, levels) {
+            (256, 1) => None,
+            (512, 2) => Some(0.8 + 0.2 * seed as f64),
+            _ => Some(f64::from(cb) / 1000.0 + f64::from(levels)),
+        }
+    });
+    let t = table::build(&plan, Some(&reg)).unwrap();
+    expect![[r#"
+        **Demo**
+
+        | codebook | VQ loss     | DVQ loss    | paper | Δ     |
+        |----------|-------------|-------------|-------|-------|
+        | 256      | —           | 2.26 ± 0.00 |       |       |
+        | 512      | 1.51 ± 0.00 | 0.90 ± 0.14 | 0.76  | +0.14 |
+
+        2 of 8 cells have no finished run (—).
+        Paper: a paper
+        Paper claim: DVQ is better.
+    "#]]
+    .assert_eq(&t.render(Format::Md));
+    expect![[r#"
+        codebook,VQ loss,DVQ loss,paper,Δ
+        256,—,2.26 ± 0.00,,
+        512,1.51 ± 0.00,0.90 ± 0.14,0.76,+0.14
+    "#]]
+    .assert_eq(&t.render(Format::Csv));
+    assert!(t.render(Format::Latex).contains("0.90 $\\pm$ 0.14"));
+}
