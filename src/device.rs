@@ -101,7 +101,8 @@ fn open_cuda(index: usize) -> Result<Resolved, DeviceError> {
         }),
         Ok(Err(e)) => Err(DeviceError::Unavailable {
             index,
-            reason: e.to_string(),
+            // candle appends a backtrace when RUST_BACKTRACE is set: the first line says it all.
+            reason: e.to_string().lines().next().unwrap_or_default().to_string(),
         }),
         Err(_) => Err(DeviceError::Unavailable {
             index,
