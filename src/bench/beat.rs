@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, Rates, Timer};
+use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer};
 
 /// Knobs of the Beat benchmark. `Default`: the paper's batch of 32 on the CPU, 3 warm-up
 /// steps, 5 timed rounds of 2 steps.
@@ -293,89 +293,93 @@ fn windows(
     Ok(Tensor::from_vec(values, (batch, cfg.leads, len), device)?)
 }
 
-/// Our figures.
-struct Measured {
-    rates: Rates,
-    /// Median milliseconds per step of forward, backward, clip + AdamW, codebook EMA.
-    phase_ms: [f64; 4],
-    params: usize,
-    last_loss: f32,
+/// Our side: the model, its optimiser and a fixed batch, stepped like a training loop.
+struct Trainer {
+    beat: Beat,
+    vars: Vec<(String, candle_core::Var)>,
+    opt: AdamW,
+    batch: Tensor,
+    device: Device,
+    steps_done: u64,
 }
 
-fn measure_ours(options: &BeatOptions, cfg: &BeatConfig) -> Result<Measured, BenchError> {
-    let device = &options.device;
-    let store = ParamStore::new(options.seed);
-    let beat = Beat::new(cfg.clone(), &store, DType::F32, device)?;
-    let vars = store.vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        // The paper's optimiser: AdamW at 1e-4 without weight decay.
-        AdamWConfig {
-            lr: 1e-4,
-            weight_decay: 0.0,
-            ..AdamWConfig::default()
-        },
-    )?;
-    let batch = windows(cfg, options.batch, options.seed, device)?;
-    let mut rates = Rates::default();
-    let mut phases: [Vec<f64>; 4] = Default::default();
-    let mut last_loss = f32::NAN;
-    let mut step = |index: usize, phases: Option<&mut [Vec<f64>; 4]>| -> Result<(), BenchError> {
+impl Trainer {
+    fn new(options: &BeatOptions, cfg: &BeatConfig) -> Result<Self, BenchError> {
+        let store = ParamStore::new(options.seed);
+        let beat = Beat::new(cfg.clone(), &store, DType::F32, &options.device)?;
+        let vars = store.vars();
+        let opt = AdamW::new(
+            vars.clone(),
+            // The paper's optimiser: AdamW at 1e-4 without weight decay.
+            AdamWConfig {
+                lr: 1e-4,
+                weight_decay: 0.0,
+                ..AdamWConfig::default()
+            },
+        )?;
+        Ok(Self {
+            beat,
+            vars,
+            opt,
+            batch: windows(cfg, options.batch, options.seed, &options.device)?,
+            device: options.device.clone(),
+            steps_done: 0,
+        })
+    }
+
+    fn params(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// One step; returns the milliseconds of forward, backward, clip + AdamW, codebook EMA,
+    /// and the loss.
+    fn step(&mut self) -> Result<([f64; 4], f32), BenchError> {
         let mut marks = [std::time::Instant::now(); 5];
-        let out = beat.forward(&batch, Mode::Train { step: index as u64 })?;
-        last_loss = out.loss.to_scalar::<f32>()?;
+        let out = self.beat.forward(
+            &self.batch,
+            Mode::Train {
+                step: self.steps_done,
+            },
+        )?;
+        let loss = out.loss.to_scalar::<f32>()?;
         marks[1] = std::time::Instant::now();
         let mut grads = out.loss.backward()?;
-        device.synchronize()?;
+        self.device.synchronize()?;
         marks[2] = std::time::Instant::now();
-        clip_grad_norm(&mut grads, &vars, 1.0)?;
-        opt.step(&grads)?;
-        device.synchronize()?;
+        clip_grad_norm(&mut grads, &self.vars, 1.0)?;
+        self.opt.step(&grads)?;
+        self.device.synchronize()?;
         marks[3] = std::time::Instant::now();
-        beat.update_codebooks(&out)?;
-        device.synchronize()?;
+        self.beat.update_codebooks(&out)?;
+        self.device.synchronize()?;
         marks[4] = std::time::Instant::now();
-        if let Some(phases) = phases {
-            for (i, p) in phases.iter_mut().enumerate() {
-                p.push((marks[i + 1] - marks[i]).as_secs_f64() * 1e3);
-            }
-        }
-        Ok(())
-    };
-    for i in 0..options.warmup {
-        step(i, None)?;
+        self.steps_done += 1;
+        let ms = |i: usize| (marks[i + 1] - marks[i]).as_secs_f64() * 1e3;
+        Ok(([ms(0), ms(1), ms(2), ms(3)], loss))
     }
-    let mut index = options.warmup;
-    for _ in 0..options.rounds.max(1) {
-        let timer = Timer::start();
-        for _ in 0..options.steps.max(1) {
-            step(index, Some(&mut phases))?;
-            index += 1;
-        }
-        rates.push((options.batch * options.steps.max(1)) as f64, timer.stop());
-    }
-    Ok(Measured {
-        rates,
-        phase_ms: phases.map(|p| super::median(&p)),
-        params: store.num_params(),
-        last_loss,
-    })
 }
 
-/// What `bench/beat_torch.py` prints.
+/// The peer's hello.
 #[derive(Debug, Deserialize)]
-struct TorchResult {
+struct TorchHello {
     torch: String,
     threads: usize,
     params: usize,
-    windows_per_s: f64,
-    windows_per_cpu_s: f64,
-    phase_ms: BTreeMap<String, f64>,
-    last_loss: f64,
     peak_gflops: f64,
 }
 
-/// Runs the benchmark: ours, then the peer with the same shapes, threads and step counts.
+/// The extras of one of the peer's rounds.
+#[derive(Debug, Deserialize)]
+struct TorchRound {
+    /// Per phase, the milliseconds of each step.
+    phase_ms: BTreeMap<String, Vec<f64>>,
+    loss: f64,
+}
+
+const PHASES: [&str; 4] = ["forward", "backward", "clip_adamw", "codebook_ema"];
+
+/// Runs the benchmark: our warm-up, the peer's set-up and warm-up, then our timed rounds
+/// alternating with the peer's (same shapes, threads and steps).
 pub fn run(
     options: &BeatOptions,
     peer: Option<&Peer>,
@@ -383,32 +387,35 @@ pub fn run(
 ) -> Result<Comparison, BenchError> {
     let cfg = BeatConfig::default();
     let threads = candle_core::utils::get_num_threads();
-    let flops = train_step_flops(&cfg, options.batch)?;
+    let flops = train_step_flops(&cfg, options.batch).map_err(beatlab_nn::BeatError::from)?;
+    let steps = options.steps.max(1);
+    let rounds = options.rounds.max(1);
     progress(&format!(
         "beat: measuring the f32 matrix-product peak ({0} x {0}) in candle",
         options.peak_size
     ));
     let our_peak = matmul_peak_gflops(&options.device, options.peak_size, options.peak_reps)?;
     progress(&format!(
-        "beat: training Beat (paper config, batch {}) on {}: {} warm-up + {} x {} timed steps",
+        "beat: Beat (paper config, batch {}) on {}: {} warm-up steps",
         options.batch,
         torch_device(&options.device),
         options.warmup,
-        options.rounds,
-        options.steps
     ));
-    let ours = measure_ours(options, &cfg)?;
-    let theirs = match peer {
+    let mut trainer = Trainer::new(options, &cfg)?;
+    let params = trainer.params();
+    for _ in 0..options.warmup {
+        trainer.step()?;
+    }
+    let mut session = match peer {
         Some(peer) => {
-            progress("beat: the same in PyTorch (bench/beat_torch.py)");
+            progress("beat: starting the PyTorch peer (bench/beat_torch.py): peak, warm-up");
             let args = [
                 ("--batch", options.batch.to_string()),
                 ("--warmup", options.warmup.to_string()),
-                ("--rounds", options.rounds.max(1).to_string()),
-                ("--steps", options.steps.max(1).to_string()),
+                ("--steps", steps.to_string()),
                 ("--threads", threads.to_string()),
                 ("--device", torch_device(&options.device)),
-                ("--expect-params", ours.params.to_string()),
+                ("--expect-params", params.to_string()),
                 ("--peak-size", options.peak_size.to_string()),
                 ("--peak-reps", options.peak_reps.to_string()),
                 ("--seed", options.seed.to_string()),
@@ -416,39 +423,74 @@ pub fn run(
             .into_iter()
             .flat_map(|(k, v)| [k.to_string(), v])
             .collect::<Vec<_>>();
-            let result: TorchResult = peer.run("beat_torch.py", &args, None)?;
-            if result.params != ours.params {
+            let (session, hello): (_, TorchHello) = peer.start("beat_torch.py", &args)?;
+            if hello.params != params {
                 return Err(BenchError::Mismatch {
                     benchmark: "beat",
-                    what: format!(
-                        "parameter counts: ours {}, PyTorch {}",
-                        ours.params, result.params
-                    ),
+                    what: format!("parameter counts: ours {params}, PyTorch {}", hello.params),
                 });
             }
-            Some(result)
+            Some((session, hello))
         }
         None => None,
     };
+    progress(&format!(
+        "beat: {rounds} timed rounds of {steps} steps{}",
+        if session.is_some() {
+            ", ours and PyTorch's alternating"
+        } else {
+            ""
+        }
+    ));
+    let mut ours = Rates::default();
+    let mut theirs = Rates::default();
+    let mut our_phases: [Vec<f64>; 4] = Default::default();
+    let mut their_phases: [Vec<f64>; 4] = Default::default();
+    let (mut our_loss, mut their_loss) = (f32::NAN, f64::NAN);
+    for _ in 0..rounds {
+        let timer = Timer::start();
+        for _ in 0..steps {
+            let (ms, loss) = trainer.step()?;
+            for (all, m) in our_phases.iter_mut().zip(ms) {
+                all.push(m);
+            }
+            our_loss = loss;
+        }
+        ours.push((options.batch * steps) as f64, timer.stop());
+        if let Some((session, _)) = session.as_mut() {
+            let round: PeerRound<TorchRound> = session.round()?;
+            theirs.push(round.work, round.timing());
+            for (all, name) in their_phases.iter_mut().zip(PHASES) {
+                all.extend(round.extra.phase_ms.get(name).into_iter().flatten());
+            }
+            their_loss = round.extra.loss;
+        }
+    }
+    let their_hello = match session {
+        Some((session, hello)) => {
+            session.finish()?;
+            Some(hello)
+        }
+        None => None,
+    };
+    let medians = |phases: &[Vec<f64>; 4]| phases.clone().map(|p| super::median(&p));
+    let our_phase_ms = medians(&our_phases);
+    let their_phase_ms = their_hello.as_ref().map(|_| medians(&their_phases));
+    let ours_rate = ours.median_wall();
+    let theirs_rate = their_hello.as_ref().map(|_| theirs.median_wall());
 
-    let machine_peak = theirs
+    let machine_peak = their_hello
         .as_ref()
         .map_or(our_peak, |t| our_peak.max(t.peak_gflops));
     let achieved = |windows_per_s: f64| flops.total() * windows_per_s / options.batch as f64 / 1e9;
-    let ours_rate = ours.rates.median_wall();
+    let percent = |windows_per_s: f64| 100.0 * achieved(windows_per_s) / machine_peak;
+    let with_peer =
+        |f: &dyn Fn(&TorchHello) -> String| their_hello.as_ref().map_or(String::new(), f);
     let mut notes = vec![
         format!(
-            "model: {} trainable parameters{}; loss after the last step: ours {:.4}{}",
-            ours.params,
-            if theirs.is_some() {
-                " (PyTorch: the same count)"
-            } else {
-                ""
-            },
-            ours.last_loss,
-            theirs
-                .as_ref()
-                .map_or(String::new(), |t| format!(", PyTorch {:.4}", t.last_loss)),
+            "model: {params} trainable parameters{}; loss after the last step: ours {our_loss:.4}{}",
+            with_peer(&|_| " (PyTorch: the same count)".into()),
+            with_peer(&|_| format!(", PyTorch {their_loss:.4}")),
         ),
         format!(
             "matrix-product FLOPs per step (analytic): forward {:.1} G, backward {:.1} G, total {:.1} G",
@@ -459,52 +501,51 @@ pub fn run(
         format!(
             "f32 matmul peak on {threads} threads ({0} x {0}): candle {our_peak:.0} GFLOP/s{1}",
             options.peak_size,
-            theirs.as_ref().map_or(String::new(), |t| format!(
-                ", PyTorch {:.0} GFLOP/s",
-                t.peak_gflops
+            with_peer(&|t| format!(
+                ", PyTorch {:.0} GFLOP/s (on {} threads)",
+                t.peak_gflops, t.threads
             )),
         ),
         format!(
             "achieved: ours {:.1} GFLOP/s ({:.1}% of {machine_peak:.0}){}",
             achieved(ours_rate),
-            100.0 * achieved(ours_rate) / machine_peak,
-            theirs.as_ref().map_or(String::new(), |t| format!(
+            percent(ours_rate),
+            theirs_rate.map_or(String::new(), |r| format!(
                 ", PyTorch {:.1} GFLOP/s ({:.1}%)",
-                achieved(t.windows_per_s),
-                100.0 * achieved(t.windows_per_s) / machine_peak
+                achieved(r),
+                percent(r)
             )),
         ),
     ];
-    let [fwd, bwd, opt, ema] = ours.phase_ms;
+    let fmt_phases =
+        |p: &[f64; 4]| format!("{:.0} / {:.0} / {:.0} / {:.0}", p[0], p[1], p[2], p[3]);
     notes.push(format!(
-        "ms per step, forward / backward / clip + AdamW / codebook EMA: ours {fwd:.0} / {bwd:.0} / {opt:.0} / {ema:.0}{}",
-        theirs.as_ref().map_or(String::new(), |t| {
-            let p = |k: &str| t.phase_ms.get(k).copied().unwrap_or(f64::NAN);
-            format!(
-                "; PyTorch {:.0} / {:.0} / {:.0} / {:.0}",
-                p("forward"),
-                p("backward"),
-                p("clip_adamw"),
-                p("codebook_ema")
-            )
-        })
+        "median ms per step, forward / backward / clip + AdamW / codebook EMA: ours {}{}",
+        fmt_phases(&our_phase_ms),
+        their_phase_ms.map_or(String::new(), |p| format!("; PyTorch {}", fmt_phases(&p)))
     ));
+    let phase_json = |p: &[f64; 4]| {
+        PHASES
+            .iter()
+            .zip(p)
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+    };
     let details = serde_json::json!({
         "batch": options.batch,
         "threads": threads,
-        "params": ours.params,
+        "params": params,
         "flops_per_step": { "forward": flops.forward, "backward": flops.backward },
-        "peak_gflops": { "candle": our_peak, "torch": theirs.as_ref().map(|t| t.peak_gflops) },
+        "peak_gflops": { "candle": our_peak, "torch": their_hello.as_ref().map(|t| t.peak_gflops) },
         "achieved_gflops": {
             "ours": achieved(ours_rate),
-            "torch": theirs.as_ref().map(|t| achieved(t.windows_per_s)),
+            "torch": theirs_rate.map(achieved),
         },
         "phase_ms": {
-            "ours": { "forward": fwd, "backward": bwd, "clip_adamw": opt, "codebook_ema": ema },
-            "torch": theirs.as_ref().map(|t| &t.phase_ms),
+            "ours": phase_json(&our_phase_ms),
+            "torch": their_phase_ms.as_ref().map(phase_json),
         },
-        "rounds": { "ours": &ours.rates.wall },
-        "torch_threads": theirs.as_ref().map(|t| t.threads),
+        "rounds_windows_per_s": { "ours": &ours.wall, "torch": &theirs.wall },
     });
     Ok(Comparison {
         benchmark: "beat".into(),
@@ -523,12 +564,12 @@ pub fn run(
             torch_device(&options.device)
         ),
         unit: "windows/s".into(),
-        peer_name: theirs.as_ref().map(|t| format!("pytorch {}", t.torch)),
+        peer_name: their_hello.as_ref().map(|t| format!("pytorch {}", t.torch)),
         ours: ours_rate,
-        peer: theirs.as_ref().map(|t| t.windows_per_s),
+        peer: theirs_rate,
         ratio: None,
-        ours_per_cpu_s: ours.rates.median_cpu(),
-        peer_per_cpu_s: theirs.as_ref().map(|t| t.windows_per_cpu_s),
+        ours_per_cpu_s: ours.median_cpu(),
+        peer_per_cpu_s: their_hello.as_ref().map(|_| theirs.median_cpu()),
         cpu_ratio: None,
         goal: None,
         notes,

@@ -19,13 +19,13 @@ pub mod registry;
 pub mod wfdb;
 
 use std::fmt;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::str::FromStr;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Why a benchmark could not produce its figures.
 #[derive(Debug, thiserror::Error)]
@@ -159,65 +159,156 @@ impl Peer {
         Self { python, dir }
     }
 
-    /// Runs `script` with `args`, feeding `stdin`, and parses the JSON object on the last
-    /// non-empty line of its standard output.
-    pub fn run<T: DeserializeOwned>(
+    /// Starts `script` with `args` and reads its hello (the JSON line it prints once set up).
+    /// The session then runs one timed round per [`PeerSession::round`].
+    pub fn start<H: DeserializeOwned>(
         &self,
         script: &str,
         args: &[String],
-        stdin: Option<&str>,
-    ) -> Result<T, BenchError> {
+    ) -> Result<(PeerSession, H), BenchError> {
+        let start_error = |source| BenchError::PeerStart {
+            python: self.python.clone(),
+            script: script.to_string(),
+            source,
+        };
+        // Standard error goes to a file, not a pipe: a chatty peer could fill a pipe nobody
+        // reads while we wait on its standard output.
+        let stderr_path = std::env::temp_dir().join(format!(
+            "beatlab-bench-{}-{}-{}.stderr",
+            script.replace(['/', '.'], "_"),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        let stderr = std::fs::File::create(&stderr_path).map_err(|source| BenchError::Io {
+            action: "create",
+            path: stderr_path.clone(),
+            source,
+        })?;
         let mut child = Command::new(&self.python)
             .arg(self.dir.join(script))
             .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
-            .map_err(|source| BenchError::PeerStart {
-                python: self.python.clone(),
-                script: script.to_string(),
-                source,
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&stderr_path);
+                start_error(e)
             })?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A peer that exits early closes the pipe; its exit status then tells why.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| BenchError::PeerStart {
-                python: self.python.clone(),
-                script: script.to_string(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(BenchError::PeerFailed {
-                script: script.to_string(),
-                status: out.status.to_string(),
-                stderr_tail: tail_lines(&String::from_utf8_lossy(&out.stderr), 8),
-            });
-        }
-        parse_last_json_line(&String::from_utf8_lossy(&out.stdout)).map_err(|reason| {
-            BenchError::PeerOutput {
-                script: script.to_string(),
-                reason,
-            }
-        })
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            unreachable!("stdin and stdout were configured as pipes");
+        };
+        let mut session = PeerSession {
+            script: script.to_string(),
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+            stderr_path,
+        };
+        let hello = session.read_json()?;
+        Ok((session, hello))
     }
 }
 
-/// The JSON object on the last non-empty line of `stdout`.
-fn parse_last_json_line<T: DeserializeOwned>(stdout: &str) -> Result<T, String> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .ok_or_else(|| "its standard output is empty".to_string())?;
-    serde_json::from_str(line).map_err(|e| format!("{e} in `{}`", truncate(line, 200)))
+/// One timed round as a peer reports it: seconds of wall clock and of process CPU time, the
+/// items done, and the benchmark's extras.
+#[derive(Debug, Deserialize)]
+pub struct PeerRound<X> {
+    pub wall: f64,
+    pub cpu: f64,
+    pub work: f64,
+    #[serde(flatten)]
+    pub extra: X,
+}
+
+impl<X> PeerRound<X> {
+    /// The timing in the form [`Rates::push`] takes.
+    fn timing(&self) -> (f64, Option<f64>) {
+        (self.wall, Some(self.cpu))
+    }
+}
+
+/// A running peer (see `bench/serve.py` for the protocol). Killed if dropped unfinished.
+pub struct PeerSession {
+    script: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr_path: PathBuf,
+}
+
+impl PeerSession {
+    /// Runs one timed round.
+    pub fn round<X: DeserializeOwned>(&mut self) -> Result<PeerRound<X>, BenchError> {
+        let sent = self
+            .stdin
+            .as_mut()
+            .map(|pipe| pipe.write_all(b"round\n").and_then(|()| pipe.flush()));
+        if let Some(Err(_)) = sent {
+            // The peer is gone; reading its output reports why.
+            return self.read_json();
+        }
+        self.read_json()
+    }
+
+    /// Ends the session and checks that the peer exited cleanly.
+    pub fn finish(mut self) -> Result<(), BenchError> {
+        if let Some(mut pipe) = self.stdin.take() {
+            let _ = pipe.write_all(b"done\n");
+        }
+        let status = self.child.wait().map_err(|source| BenchError::Io {
+            action: "wait for the peer",
+            path: PathBuf::from(&self.script),
+            source,
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(self.failed(status.to_string()))
+        }
+    }
+
+    /// The next line of the peer's output, as JSON. At the end of its output the peer has
+    /// exited (or closed its output); its status and error output say why.
+    fn read_json<T: DeserializeOwned>(&mut self) -> Result<T, BenchError> {
+        let mut line = String::new();
+        let read = self.stdout.read_line(&mut line);
+        match read {
+            Ok(n) if n > 0 => serde_json::from_str(&line).map_err(|e| BenchError::PeerOutput {
+                script: self.script.clone(),
+                reason: format!("{e} in `{}`", truncate(line.trim_end(), 200)),
+            }),
+            _ => {
+                self.stdin.take();
+                let status = self
+                    .child
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                Err(self.failed(status))
+            }
+        }
+    }
+
+    fn failed(&self, status: String) -> BenchError {
+        let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        BenchError::PeerFailed {
+            script: self.script.clone(),
+            status,
+            stderr_tail: tail_lines(&stderr, 8),
+        }
+    }
+}
+
+impl Drop for PeerSession {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
 }
 
 fn tail_lines(text: &str, n: usize) -> String {
@@ -332,6 +423,8 @@ pub struct MachineInfo {
 impl MachineInfo {
     fn now() -> Self {
         let date = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| "unknown".into());
         let dirty = option_env!("BEATLAB_GIT_DIRTY") == Some("true");
@@ -571,18 +664,39 @@ mod tests {
         assert!(err.contains("`wfbd`") && err.contains("registry"), "{err}");
     }
 
+    /// A stand-in peer: `sh -c SCRIPT` (the "script" is `-c`, the argument the shell code).
+    fn shell_peer(code: &str) -> Result<(PeerSession, serde_json::Value), BenchError> {
+        let peer = Peer {
+            python: PathBuf::from("sh"),
+            dir: PathBuf::new(),
+        };
+        peer.start("-c", &[code.to_string()])
+    }
+
     #[test]
-    fn peer_output_is_read_from_the_last_non_empty_line() {
-        #[derive(serde::Deserialize, Debug, PartialEq)]
-        struct Out {
-            rate: f64,
+    fn a_session_alternates_rounds_and_ends_cleanly() {
+        let (mut session, hello) = shell_peer(
+            r#"echo '{"peer": "sh"}'; n=0
+               while read cmd; do
+                 [ "$cmd" = round ] || break
+                 n=$((n + 1)); echo "{\"wall\": $n, \"cpu\": 0.5, \"work\": 4, \"tag\": \"r$n\"}"
+               done"#,
+        )
+        .unwrap();
+        assert_eq!(hello, serde_json::json!({"peer": "sh"}));
+        #[derive(Deserialize)]
+        struct Tag {
+            tag: String,
         }
-        let got: Out = parse_last_json_line("warning: something\n{\"rate\": 2.5}\n\n").unwrap();
-        assert_eq!(got, Out { rate: 2.5 });
-        let empty = parse_last_json_line::<Out>("\n  \n").unwrap_err();
-        assert!(empty.contains("empty"), "{empty}");
-        let garbage = parse_last_json_line::<Out>("{\"rate\": 1}\nTraceback").unwrap_err();
-        assert!(garbage.contains("Traceback"), "{garbage}");
+        for n in 1..=3 {
+            let round: PeerRound<Tag> = session.round().unwrap();
+            assert_eq!(
+                (round.wall, round.cpu, round.work),
+                (f64::from(n), 0.5, 4.0)
+            );
+            assert_eq!(round.extra.tag, format!("r{n}"));
+        }
+        session.finish().unwrap();
     }
 
     #[test]
@@ -592,8 +706,9 @@ mod tests {
             dir: PathBuf::from("bench"),
         };
         let err = peer
-            .run::<serde_json::Value>("beat_torch.py", &[], None)
-            .unwrap_err();
+            .start::<serde_json::Value>("beat_torch.py", &[])
+            .err()
+            .unwrap();
         let text = err.to_string();
         assert!(matches!(err, BenchError::PeerStart { .. }), "{text}");
         assert!(
@@ -603,42 +718,40 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_peer_reports_its_status_and_error_output() {
-        // `sh -c` stands in for the interpreter: the "script" is its command string.
-        let peer = Peer {
-            python: PathBuf::from("sh"),
-            dir: PathBuf::new(),
-        };
-        let err = peer
-            .run::<serde_json::Value>("-c", &["echo boom >&2; exit 3".into()], None)
-            .unwrap_err();
-        match err {
-            BenchError::PeerFailed {
-                status,
-                stderr_tail,
-                ..
-            } => {
-                assert!(status.contains('3'), "{status}");
-                assert_eq!(stderr_tail, "boom");
+    fn a_peer_that_dies_reports_its_status_and_error_output() {
+        let check = |code: &str, status_part: &str, stderr: &str| {
+            let err = match shell_peer(code) {
+                Ok((mut session, _)) => session.round::<serde_json::Value>().unwrap_err(),
+                Err(e) => e,
+            };
+            match err {
+                BenchError::PeerFailed {
+                    status,
+                    stderr_tail,
+                    ..
+                } => {
+                    assert!(status.contains(status_part), "{code}: {status}");
+                    assert_eq!(stderr_tail, stderr, "{code}");
+                }
+                other => panic!("{code}: expected PeerFailed, got {other}"),
             }
-            other => panic!("expected PeerFailed, got {other}"),
-        }
+        };
+        // Before its hello, and in the middle of a round.
+        check("echo boom >&2; exit 3", "3", "boom");
+        check(
+            "echo '{}'; read cmd; echo bad >&2; echo worse >&2; exit 4",
+            "4",
+            "bad | worse",
+        );
     }
 
     #[test]
-    fn peer_stdin_reaches_the_peer() {
-        let peer = Peer {
-            python: PathBuf::from("sh"),
-            dir: PathBuf::new(),
-        };
-        let got: serde_json::Value = peer
-            .run(
-                "-c",
-                &["read a; read b; echo \"{\\\"lines\\\": [\\\"$a\\\", \\\"$b\\\"]}\"".into()],
-                Some("one\ntwo\n"),
-            )
-            .unwrap();
-        assert_eq!(got, serde_json::json!({"lines": ["one", "two"]}));
+    fn a_peer_printing_garbage_is_reported() {
+        let err = shell_peer("echo Traceback").err().unwrap();
+        assert!(
+            matches!(&err, BenchError::PeerOutput { reason, .. } if reason.contains("Traceback")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, Rates, Timer};
+use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer};
 use crate::registry::{CellOffer, ClaimPolicy, MetricPoint, Registry};
 
 /// Knobs of the registry benchmark. `Default`: 4 runs x 8 keys x 2000 steps (64,000 points)
@@ -168,64 +168,99 @@ fn one_round(
     Ok((timing, stored))
 }
 
-/// What `bench/registry_mlflow.py` prints.
+/// The MLflow peer's hello.
 #[derive(Debug, Deserialize)]
-struct MlflowResult {
+struct MlflowHello {
     mlflow: String,
     points: usize,
-    points_per_s: f64,
-    points_per_cpu_s: f64,
 }
 
-/// Runs the benchmark: ours, then MLflow on the same runs, keys, steps and batches.
+/// The extras of one of its rounds: the points it read back.
+#[derive(Debug, Deserialize)]
+struct MlflowRound {
+    stored: usize,
+}
+
+fn check_stored(side: &str, points: usize, stored: usize) -> Result<(), BenchError> {
+    if stored == points {
+        Ok(())
+    } else {
+        Err(BenchError::Mismatch {
+            benchmark: "registry",
+            what: format!("{side} wrote {points} points but {stored} are stored"),
+        })
+    }
+}
+
+/// Runs the benchmark: our rounds alternating with MLflow's, on the same runs, keys, steps
+/// and batches.
 pub fn run(
     options: &RegistryOptions,
     peer: Option<&Peer>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Comparison, BenchError> {
     let points = options.points();
-    progress(&format!(
-        "registry: logging {points} metric points ({} runs x {} keys x {} steps) in batches of {}, {} rounds",
-        options.runs, options.keys, options.steps, options.batch, options.rounds
-    ));
-    let mut rates = Rates::default();
-    for round in 0..options.rounds.max(1) {
-        let (timing, stored) = one_round(options, round)?;
-        if stored != points {
-            return Err(BenchError::Mismatch {
-                benchmark: "registry",
-                what: format!("wrote {points} points but {stored} are stored"),
-            });
-        }
-        rates.push(points as f64, timing);
-    }
-    let theirs = match peer {
+    let mut session = match peer {
         Some(peer) => {
-            progress("registry: the same through MLflow's SQLite store (bench/registry_mlflow.py)");
-            let args = [
+            progress("registry: starting the MLflow peer (bench/registry_mlflow.py)");
+            let mut args = [
                 ("--runs", options.runs),
                 ("--keys", options.keys),
                 ("--steps", options.steps),
                 ("--batch", options.batch.max(1)),
-                ("--rounds", options.rounds.max(1)),
             ]
             .into_iter()
             .flat_map(|(k, v)| [k.to_string(), v.to_string()])
             .collect::<Vec<_>>();
-            let result: MlflowResult = peer.run("registry_mlflow.py", &args, None)?;
-            if result.points != points {
+            if let Some(dir) = &options.scratch {
+                args.extend(["--scratch".to_string(), dir.display().to_string()]);
+            }
+            let (session, hello): (_, MlflowHello) = peer.start("registry_mlflow.py", &args)?;
+            if hello.points != points {
                 return Err(BenchError::Mismatch {
                     benchmark: "registry",
-                    what: format!("points: ours {points}, MLflow {}", result.points),
+                    what: format!("points: ours {points}, MLflow {}", hello.points),
                 });
             }
-            Some(result)
+            Some((session, hello))
+        }
+        None => None,
+    };
+    progress(&format!(
+        "registry: {} rounds of {points} metric points ({} runs x {} keys x {} steps) in batches of {}{}",
+        options.rounds,
+        options.runs,
+        options.keys,
+        options.steps,
+        options.batch,
+        if session.is_some() {
+            ", ours and MLflow's alternating"
+        } else {
+            ""
+        }
+    ));
+    let mut ours = Rates::default();
+    let mut theirs = Rates::default();
+    for round in 0..options.rounds.max(1) {
+        let (timing, stored) = one_round(options, round)?;
+        check_stored("ours", points, stored)?;
+        ours.push(points as f64, timing);
+        if let Some((session, _)) = session.as_mut() {
+            let round: PeerRound<MlflowRound> = session.round()?;
+            check_stored("MLflow", points, round.extra.stored)?;
+            theirs.push(round.work, round.timing());
+        }
+    }
+    let theirs_hello = match session {
+        Some((session, hello)) => {
+            session.finish()?;
+            Some(hello)
         }
         None => None,
     };
     let notes = vec![format!(
         "every round wrote {points} points into a fresh store and read back all of them{}",
-        if theirs.is_some() {
+        if theirs_hello.is_some() {
             " (both sides)"
         } else {
             ""
@@ -238,18 +273,20 @@ pub fn run(
             options.runs, options.keys, options.steps, options.batch
         ),
         unit: "points/s".into(),
-        peer_name: theirs.as_ref().map(|t| format!("mlflow {}", t.mlflow)),
-        ours: rates.median_wall(),
-        peer: theirs.as_ref().map(|t| t.points_per_s),
+        peer_name: theirs_hello
+            .as_ref()
+            .map(|t| format!("mlflow {}", t.mlflow)),
+        ours: ours.median_wall(),
+        peer: theirs_hello.as_ref().map(|_| theirs.median_wall()),
         ratio: None,
-        ours_per_cpu_s: rates.median_cpu(),
-        peer_per_cpu_s: theirs.as_ref().map(|t| t.points_per_cpu_s),
+        ours_per_cpu_s: ours.median_cpu(),
+        peer_per_cpu_s: theirs_hello.as_ref().map(|_| theirs.median_cpu()),
         cpu_ratio: None,
         goal: Some(50.0),
         notes,
         details: serde_json::json!({
             "points": points,
-            "rounds": { "ours": &rates.wall },
+            "rounds_points_per_s": { "ours": &ours.wall, "mlflow": &theirs.wall },
         }),
     }
     .with_ratios())

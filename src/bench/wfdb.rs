@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, Rates, Timer};
+use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer};
 
 /// Knobs of the WFDB benchmark.
 #[derive(Debug, Clone)]
@@ -100,22 +100,20 @@ pub fn decode_all(headers: &[PathBuf]) -> Result<Decoded, BenchError> {
     Ok(total)
 }
 
-/// What `bench/wfdb_read.py` prints.
+/// The wfdb peer's hello: what its untimed pass decoded.
 #[derive(Debug, Deserialize)]
-struct WfdbResult {
+struct WfdbHello {
     wfdb: String,
     records: usize,
     samples: usize,
     invalid_samples: usize,
     sum_mv: f64,
-    records_per_s: f64,
-    records_per_cpu_s: f64,
 }
 
 /// Checks that the peer decoded the same records to the same values: equal counts, and sums
 /// equal up to our f32 rounding (each value within 2^-24 relative, so the sums within
 /// `sum_abs * 1e-7`; the bound allows ten times that).
-fn check_same_work(ours: &Decoded, records: usize, theirs: &WfdbResult) -> Result<(), BenchError> {
+fn check_same_work(ours: &Decoded, records: usize, theirs: &WfdbHello) -> Result<(), BenchError> {
     let mismatch = |what: String| {
         Err(BenchError::Mismatch {
             benchmark: "wfdb",
@@ -153,7 +151,8 @@ pub fn run(
     peer: Option<&Peer>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Comparison, BenchError> {
-    let headers = find_headers(&options.root)?;
+    let root = std::fs::canonicalize(&options.root).unwrap_or_else(|_| options.root.clone());
+    let headers = find_headers(&root)?;
     if headers.is_empty() {
         return Err(BenchError::NoRecords {
             root: options.root.clone(),
@@ -161,29 +160,67 @@ pub fn run(
     }
     let records = headers.len();
     progress(&format!(
-        "wfdb: decoding {records} records under {} ({} timed passes)",
-        options.root.display(),
+        "wfdb: decoding {records} records under {} ({} timed rounds)",
+        root.display(),
         options.rounds
     ));
+    let warm = std::time::Instant::now();
     let decoded = decode_all(&headers)?;
-    let mut rates = Rates::default();
-    for _ in 0..options.rounds.max(1) {
-        let timer = Timer::start();
-        let again = decode_all(&headers)?;
-        rates.push(records as f64, timer.stop());
-        debug_assert_eq!(again, decoded);
-    }
-    let theirs = match peer {
+    // Enough passes per round for a second of work: the CPU clock ticks in 10 ms.
+    let passes = (1.0 / warm.elapsed().as_secs_f64().max(1e-3))
+        .ceil()
+        .max(1.0) as usize;
+    let listing = std::env::temp_dir().join(format!(
+        "beatlab-bench-wfdb-records-{}.txt",
+        std::process::id()
+    ));
+    let mut session = match peer {
         Some(peer) => {
-            progress("wfdb: the same with Python wfdb.rdrecord (bench/wfdb_read.py)");
+            progress("wfdb: starting the Python wfdb peer (bench/wfdb_read.py): one untimed pass");
             let list: String = headers
                 .iter()
                 .map(|h| format!("{}\n", h.display()))
                 .collect();
-            let args = ["--rounds".to_string(), options.rounds.max(1).to_string()];
-            let result: WfdbResult = peer.run("wfdb_read.py", &args, Some(&list))?;
-            check_same_work(&decoded, records, &result)?;
-            Some(result)
+            std::fs::write(&listing, list).map_err(|source| BenchError::Io {
+                action: "write",
+                path: listing.clone(),
+                source,
+            })?;
+            let args = ["--records".to_string(), listing.display().to_string()];
+            let started = peer.start::<WfdbHello>("wfdb_read.py", &args);
+            let _ = std::fs::remove_file(&listing);
+            let (session, hello) = started?;
+            check_same_work(&decoded, records, &hello)?;
+            Some((session, hello))
+        }
+        None => None,
+    };
+    progress(&format!(
+        "wfdb: {} timed rounds{}",
+        options.rounds,
+        if session.is_some() {
+            ", ours and wfdb's alternating"
+        } else {
+            ""
+        }
+    ));
+    let mut ours = Rates::default();
+    let mut theirs = Rates::default();
+    for _ in 0..options.rounds.max(1) {
+        let timer = Timer::start();
+        for _ in 0..passes {
+            decode_all(&headers)?;
+        }
+        ours.push((records * passes) as f64, timer.stop());
+        if let Some((session, _)) = session.as_mut() {
+            let round: PeerRound<serde_json::Value> = session.round()?;
+            theirs.push(round.work, round.timing());
+        }
+    }
+    let theirs_hello = match session {
+        Some((session, hello)) => {
+            session.finish()?;
+            Some(hello)
         }
         None => None,
     };
@@ -193,7 +230,7 @@ pub fn run(
             "{} samples ({} invalid), about {hours:.2} h of 12-lead ECG at 500 Hz{}",
             decoded.samples,
             decoded.invalid,
-            if theirs.is_some() {
+            if theirs_hello.is_some() {
                 "; both sides decoded the same counts and sums"
             } else {
                 ""
@@ -204,16 +241,16 @@ pub fn run(
     Ok(Comparison {
         benchmark: "wfdb".into(),
         workload: format!(
-            "decode {records} WFDB records to millivolts ({})",
-            options.root.display()
+            "decode {records} WFDB records to millivolts ({}; {passes} passes per round)",
+            root.display()
         ),
         unit: "records/s".into(),
-        peer_name: theirs.as_ref().map(|t| format!("wfdb {}", t.wfdb)),
-        ours: rates.median_wall(),
-        peer: theirs.as_ref().map(|t| t.records_per_s),
+        peer_name: theirs_hello.as_ref().map(|t| format!("wfdb {}", t.wfdb)),
+        ours: ours.median_wall(),
+        peer: theirs_hello.as_ref().map(|_| theirs.median_wall()),
         ratio: None,
-        ours_per_cpu_s: rates.median_cpu(),
-        peer_per_cpu_s: theirs.as_ref().map(|t| t.records_per_cpu_s),
+        ours_per_cpu_s: ours.median_cpu(),
+        peer_per_cpu_s: theirs_hello.as_ref().map(|_| theirs.median_cpu()),
         cpu_ratio: None,
         goal: Some(10.0),
         notes,
@@ -221,7 +258,7 @@ pub fn run(
             "records": records,
             "samples": decoded.samples,
             "invalid_samples": decoded.invalid,
-            "rounds": { "ours": &rates.wall },
+            "rounds_records_per_s": { "ours": &ours.wall, "wfdb": &theirs.wall },
         }),
     }
     .with_ratios())
@@ -274,16 +311,14 @@ mod tests {
             sum_mv: 10.0,
             sum_abs_mv: 50.0,
         };
-        let theirs = |records, samples, invalid_samples, sum_mv| WfdbResult {
+        let theirs = |records, samples, invalid_samples, sum_mv| WfdbHello {
             wfdb: "4".into(),
             records,
             samples,
             invalid_samples,
             sum_mv,
-            records_per_s: 1.0,
-            records_per_cpu_s: 1.0,
         };
-        let check = |t: WfdbResult, expected_error: Option<&str>| match (
+        let check = |t: WfdbHello, expected_error: Option<&str>| match (
             check_same_work(&ours, 3, &t),
             expected_error,
         ) {
