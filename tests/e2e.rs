@@ -119,8 +119,11 @@ fn only_run(reg: &Registry) -> RunRow {
     runs.into_iter().next().unwrap()
 }
 
+/// A run's summaries and its metric points (key, step, value).
+type Results = (Vec<(String, f64)>, Vec<(String, i64, f64)>);
+
 /// Summaries and every metric point except wall-clock times.
-fn results(reg: &Registry, run: &str) -> (Vec<(String, f64)>, Vec<(String, i64, f64)>) {
+fn results(reg: &Registry, run: &str) -> Results {
     let summaries = reg.summaries(run).unwrap().into_iter().collect();
     let metrics = reg
         .metrics(run)
@@ -132,11 +135,7 @@ fn results(reg: &Registry, run: &str) -> (Vec<(String, f64)>, Vec<(String, i64, 
 }
 
 /// Asserts two result sets are equal, naming the first difference (they hold thousands of points).
-fn assert_same(
-    a: &(Vec<(String, f64)>, Vec<(String, i64, f64)>),
-    b: &(Vec<(String, f64)>, Vec<(String, i64, f64)>),
-    what: &str,
-) {
+fn assert_same(a: &Results, b: &Results, what: &str) {
     let sa: Vec<String> =
         a.0.iter()
             .map(|x| format!("{x:?}"))

@@ -288,7 +288,7 @@ fn fill_stage_defaults(tree: &mut Node) {
         let Some(kind) = StageKind::ALL
             .iter()
             .position(|k| *k == kind)
-            .map(|i| kind_from_index(i))
+            .map(kind_from_index)
         else {
             continue; // reported by validation
         };

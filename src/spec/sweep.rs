@@ -389,10 +389,10 @@ fn parse_exclude(
                 continue;
             }
             let mut v = value.clone();
-            if let Some(ty) = field_type(spec, &key) {
-                if !check_value(&mut v, &ty, &format!("sweep.exclude[{i}].{key}"), diags) {
-                    continue;
-                }
+            if let Some(ty) = field_type(spec, &key)
+                && !check_value(&mut v, &ty, &format!("sweep.exclude[{i}].{key}"), diags)
+            {
+                continue;
             }
             conds.push((key, v));
         }

@@ -207,10 +207,10 @@ impl Rules<'_> {
     fn origin(&self, path: &str) -> Origin {
         let mut prefix = path;
         loop {
-            if let Some(n) = lookup(self.tree, prefix) {
-                if !matches!(n.origin, Origin::Default) {
-                    return n.origin.clone();
-                }
+            if let Some(n) = lookup(self.tree, prefix)
+                && !matches!(n.origin, Origin::Default)
+            {
+                return n.origin.clone();
             }
             match prefix.rsplit_once('.') {
                 Some((head, _)) => prefix = head,
@@ -289,10 +289,10 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
     };
 
     // An absent name is reported as a missing required key by the schema check.
-    if !spec.experiment.name.is_empty() {
-        if let Some(problem) = name_problem(&spec.experiment.name) {
-            r.err("experiment.name", problem);
-        }
+    if !spec.experiment.name.is_empty()
+        && let Some(problem) = name_problem(&spec.experiment.name)
+    {
+        r.err("experiment.name", problem);
     }
 
     let b = &spec.beat;
@@ -310,7 +310,7 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
             );
         }
     }
-    if b.head_dim == 0 && b.width % b.heads != 0 {
+    if b.head_dim == 0 && !b.width.is_multiple_of(b.heads) {
         r.err(
             "beat.heads",
             format!(
@@ -319,7 +319,7 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
             ),
         );
     }
-    if b.input_len % b.patch_size == 0 {
+    if b.input_len.is_multiple_of(b.patch_size) {
         let patches = b.input_len / b.patch_size;
         if (f64::from(patches) * b.query_ratio).round() < 1.0 {
             r.err(
@@ -435,7 +435,7 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
     let bb = &spec.backbone;
     match bb.model {
         BackboneModel::TinyQwen2 | BackboneModel::TinyPhi3 => {
-            if bb.hidden_size % bb.heads != 0 {
+            if !bb.hidden_size.is_multiple_of(bb.heads) {
                 r.err(
                     "backbone.heads",
                     format!(

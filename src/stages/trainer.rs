@@ -199,7 +199,9 @@ pub fn run(
             bar.inc(1);
             bar.set_message(format!("epoch {} loss {loss:.4}", at.epoch + 1));
             if stage.checkpoint_every_steps > 0
-                && at.step % u64::from(stage.checkpoint_every_steps) == 0
+                && at
+                    .step
+                    .is_multiple_of(u64::from(stage.checkpoint_every_steps))
                 && at.step < total_steps
             {
                 save(ctx, trainee, at)?;
@@ -227,7 +229,7 @@ pub fn run(
             ctx.metric("train/epoch_loss", at.step as i64, epoch_mean)?;
             ctx.metric("train/epoch", at.step as i64, at.epoch as f64)?;
         }
-        if last || at.epoch % u64::from(stage.eval_every) == 0 {
+        if last || at.epoch.is_multiple_of(u64::from(stage.eval_every)) {
             let (metrics, summary) = trainee.evaluate()?;
             for (k, v) in &metrics {
                 ctx.metric(k, at.step as i64, *v)?;
@@ -239,7 +241,8 @@ pub fn run(
         if last {
             break;
         }
-        if stage.checkpoint_every > 0 && at.epoch % u64::from(stage.checkpoint_every) == 0 {
+        if stage.checkpoint_every > 0 && at.epoch.is_multiple_of(u64::from(stage.checkpoint_every))
+        {
             save(ctx, trainee, at)?;
         }
     }

@@ -47,8 +47,8 @@ impl Means {
 
 /// `signal`, `image`, or `cross` (both kinds of input in one item).
 fn modality_group(item: &Item) -> &'static str {
-    let signal = item.label.iter().any(|l| *l == Modality::Signal);
-    let image = item.label.iter().any(|l| *l == Modality::Image);
+    let signal = item.label.contains(&Modality::Signal);
+    let image = item.label.contains(&Modality::Image);
     match (signal, image) {
         (true, false) => "signal",
         (false, true) => "image",

@@ -378,14 +378,14 @@ pub fn restore_earlier(
         .filter(|s| s.enabled && matches!(s.kind, StageKind::Warmup | StageKind::Joint))
         .last()
         .map(|s| s.name.clone());
-    if let Some(name) = earlier {
-        if let Some(ckpt) = ctx.completed_stage(&name)? {
-            let parts = restore_parts(model, &ckpt.tensors)?;
-            ctx.log(&format!(
-                "restored {} from stage `{name}`",
-                parts.join(", ")
-            ));
-        }
+    if let Some(name) = earlier
+        && let Some(ckpt) = ctx.completed_stage(&name)?
+    {
+        let parts = restore_parts(model, &ckpt.tensors)?;
+        ctx.log(&format!(
+            "restored {} from stage `{name}`",
+            parts.join(", ")
+        ));
     }
     Ok(())
 }
