@@ -263,7 +263,7 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--expect-params", type=int, default=None)
     ap.add_argument("--peak-size", type=int, default=2048)
-    ap.add_argument("--peak-reps", type=int, default=5)
+    ap.add_argument("--peak-reps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
