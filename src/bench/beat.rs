@@ -253,6 +253,33 @@ pub fn matmul_peak_gflops(device: &Device, size: usize, reps: usize) -> Result<f
     Ok(best)
 }
 
+/// Settings of the nn crate's training aids that depart from the paper, with the paper's
+/// value (see `BeatConfig`'s docs): they change how Beat learns, not its layers, except the
+/// attention score bias, which the PyTorch peer does not have.
+fn paper_settings() -> [(&'static str, serde_json::Value); 3] {
+    [
+        ("locality_slope", serde_json::Value::Null),
+        ("zero_init_output_heads", serde_json::json!(false)),
+        ("vq_warmup_steps", serde_json::json!(0)),
+    ]
+}
+
+/// The paper configuration: `BeatConfig::default()` with the training aids that exist in this
+/// version of the nn crate set to their paper values. Going through the serialised form keeps
+/// the benchmark building whether or not a given aid exists.
+pub fn paper_config() -> BeatConfig {
+    let default = BeatConfig::default();
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::to_value(&default) else {
+        return default;
+    };
+    for (name, paper_value) in paper_settings() {
+        if let Some(value) = fields.get_mut(name) {
+            *value = paper_value;
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(fields)).unwrap_or(default)
+}
+
 /// The device as the PyTorch peer names it.
 fn torch_device(device: &Device) -> String {
     match device.location() {
@@ -385,7 +412,7 @@ pub fn run(
     peer: Option<&Peer>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Comparison, BenchError> {
-    let cfg = BeatConfig::default();
+    let cfg = paper_config();
     let threads = candle_core::utils::get_num_threads();
     let flops = train_step_flops(&cfg, options.batch).map_err(beatlab_nn::BeatError::from)?;
     let steps = options.steps.max(1);
@@ -540,6 +567,7 @@ pub fn run(
             .collect::<serde_json::Map<_, _>>()
     };
     let details = serde_json::json!({
+        "config": &cfg,
         "batch": options.batch,
         "threads": threads,
         "params": params,
@@ -648,6 +676,25 @@ mod tests {
         let backward = 480.0 + 2.0 * 2.0 * 3528.0 + 2.0 * (480.0 + 240.0);
         let got = train_step_flops(&cfg, 3).unwrap();
         assert_eq!(got, StepFlops { forward, backward });
+    }
+
+    #[test]
+    fn the_paper_config_turns_off_the_training_aids_that_exist() {
+        let paper = serde_json::to_value(paper_config()).unwrap();
+        let default = serde_json::to_value(BeatConfig::default()).unwrap();
+        for (name, paper_value) in paper_settings() {
+            if default.get(name).is_some() {
+                assert_eq!(paper[name], paper_value, "{name}");
+            }
+        }
+        // Nothing else moves: the layers are the default ones.
+        let mut rest = paper.as_object().unwrap().clone();
+        let mut rest_default = default.as_object().unwrap().clone();
+        for (name, _) in paper_settings() {
+            rest.remove(name);
+            rest_default.remove(name);
+        }
+        assert_eq!(rest, rest_default);
     }
 
     #[test]
