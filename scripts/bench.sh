@@ -23,8 +23,8 @@ features=()
 if [ -n "${CARGO_FEATURES:-}" ]; then
     features=(--features "$CARGO_FEATURES")
 fi
-cargo build --release --example bench "${features[@]}"
+cargo build --release --bin beatlab "${features[@]}"
 
 export RAYON_NUM_THREADS="${THREADS:-$(nproc)}"
 export BEATLAB_ECG_DATA="${BEATLAB_ECG_DATA:-$(cd .. && pwd)/shared/data/ecg}"
-exec target/release/examples/bench "${@:-all}"
+exec target/release/beatlab bench "${@:-all}"

@@ -173,6 +173,12 @@ pub enum Command {
     /// ECG data tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Speed against peers in one invocation, with ratios: Beat training (PyTorch), registry
+    /// writes (MLflow's SQLite store), WFDB decoding (Python wfdb). `scripts/bench.sh` sets up
+    /// the peers' Python environment.
+    ///
+    /// Example: beatlab bench all --json > bench.json
+    Bench(BenchArgs),
     /// Print the spec reference (every field, its type, default and meaning) as Markdown.
     ///
     /// Example: beatlab reference > docs/spec.md
@@ -248,4 +254,45 @@ impl From<RunStatusArg> for RunStatus {
             RunStatusArg::Stale => RunStatus::Stale,
         }
     }
+}
+
+/// `beatlab bench` options.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// beat, registry, wfdb or all.
+    #[arg(default_value = "all", value_parser = clap::value_parser!(beatlab::bench::Which))]
+    pub which: beatlab::bench::Which,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// Measure ours only (no peer, no ratio).
+    #[arg(long)]
+    pub no_peer: bool,
+    /// Python interpreter for the peers (default: bench/.venv/bin/python, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Where Beat trains: cpu, cuda or cuda:N (the PyTorch peer uses the same).
+    #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceChoice))]
+    pub device: DeviceChoice,
+    /// Beat: windows per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Timed rounds (median reported) for every benchmark; defaults: beat 5, registry 3, wfdb 5.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Beat: training steps per timed round.
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    /// Beat: untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Registry: metric steps per run (runs x keys x steps points).
+    #[arg(long, default_value_t = 2000)]
+    pub metric_steps: usize,
+    /// Registry: points per write (the runner's Tracker flushes every 512).
+    #[arg(long, default_value_t = 512)]
+    pub metric_batch: usize,
+    /// WFDB: the records' root (default: BEATLAB_ECG_DATA or ../shared/data/ecg).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }

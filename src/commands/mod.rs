@@ -88,6 +88,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
             output,
             captions,
         }) => build_instructions(g, &spec, &output, captions),
+        Command::Bench(args) => bench(&args),
         Command::Reference => {
             print!("{}", beatlab::spec::reference::markdown());
             Ok(Exit::Done)
@@ -643,6 +644,47 @@ fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool
     );
     for ((kind, split), n) in counts {
         println!("  {kind:<28} {split:<10} {n}");
+    }
+    Ok(Exit::Done)
+}
+
+fn bench(args: &args::BenchArgs) -> Result<Exit> {
+    use beatlab::bench::{BenchOptions, Peer};
+    // The peers live in `bench/` of the checkout: the current folder when run from one,
+    // else the checkout this binary was built from.
+    let repo = if Path::new("bench/beat_torch.py").is_file() {
+        PathBuf::from(".")
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    };
+    let mut options = BenchOptions::for_repo(&repo);
+    if args.no_peer {
+        options.peer = None;
+    } else if let Some(python) = &args.python {
+        options.peer = Some(Peer {
+            python: python.clone(),
+            dir: repo.join("bench"),
+        });
+    }
+    options.beat.device = device::resolve(args.device).map_err(bad)?.device;
+    options.beat.batch = args.batch;
+    options.beat.steps = args.steps;
+    options.beat.warmup = args.warmup;
+    options.registry.steps = args.metric_steps;
+    options.registry.batch = args.metric_batch;
+    if let Some(rounds) = args.rounds {
+        options.beat.rounds = rounds;
+        options.registry.rounds = rounds;
+        options.wfdb.rounds = rounds;
+    }
+    if let Some(data) = &args.data {
+        options.wfdb.root = data.clone();
+    }
+    let report = beatlab::bench::run(args.which, &options, &mut |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
     }
     Ok(Exit::Done)
 }
