@@ -255,6 +255,14 @@ pub struct Registry {
     pool: SqlitePool,
     rt: Arc<tokio::runtime::Runtime>,
     path: PathBuf,
+    /// Integer ids of runs and metric names already looked up (they never change).
+    ids: Arc<std::sync::Mutex<IdCache>>,
+}
+
+#[derive(Default)]
+struct IdCache {
+    runs: std::collections::HashMap<String, i64>,
+    keys: std::collections::HashMap<String, i64>,
 }
 
 impl Registry {
@@ -314,6 +322,7 @@ impl Registry {
             pool,
             rt: Arc::new(rt),
             path: path.to_path_buf(),
+            ids: Default::default(),
         })
     }
 
@@ -608,14 +617,19 @@ impl Registry {
         }
         self.block(async {
             let mut tx = self.pool.begin().await.map_err(q("writing metrics"))?;
-            // 4 bound values per row; SQLite allows 32766 variables per statement.
-            for chunk in points.chunks(1000) {
+            let run = self.run_num(&mut tx, run_id).await?;
+            let mut keys = Vec::with_capacity(points.len());
+            for p in points {
+                keys.push(self.key_id(&mut tx, &p.key).await?);
+            }
+            // 5 bound values per row; SQLite allows 32766 variables per statement.
+            for (chunk, chunk_keys) in points.chunks(1000).zip(keys.chunks(1000)) {
                 let mut qb = sqlx::QueryBuilder::new(
-                    "INSERT OR REPLACE INTO metrics (run_id, key, step, value, time) ",
+                    "INSERT OR REPLACE INTO metrics (run, key, step, value, time) ",
                 );
-                qb.push_values(chunk, |mut b, p| {
-                    b.push_bind(run_id)
-                        .push_bind(&p.key)
+                qb.push_values(chunk.iter().zip(chunk_keys), |mut b, (p, key)| {
+                    b.push_bind(run)
+                        .push_bind(*key)
                         .push_bind(p.step)
                         .push_bind(p.value)
                         .push_bind(p.time);
@@ -627,6 +641,56 @@ impl Registry {
             }
             tx.commit().await.map_err(q("writing metrics"))
         })
+    }
+
+    /// The integer id of a run (cached).
+    async fn run_num(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        run_id: &str,
+    ) -> Result<i64> {
+        if let Some(n) = self.ids.lock().expect("id cache").runs.get(run_id) {
+            return Ok(*n);
+        }
+        let n: i64 = sqlx::query_scalar("SELECT num FROM runs WHERE id = ?1")
+            .bind(run_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(q("writing metrics"))?
+            .ok_or_else(|| RegistryError::NoSuchRun(run_id.to_string()))?;
+        self.ids
+            .lock()
+            .expect("id cache")
+            .runs
+            .insert(run_id.to_string(), n);
+        Ok(n)
+    }
+
+    /// The integer id of a metric name, created on first use (cached).
+    async fn key_id(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        name: &str,
+    ) -> Result<i64> {
+        if let Some(id) = self.ids.lock().expect("id cache").keys.get(name) {
+            return Ok(*id);
+        }
+        sqlx::query("INSERT OR IGNORE INTO metric_keys (name) VALUES (?1)")
+            .bind(name)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("naming a metric"))?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM metric_keys WHERE name = ?1")
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(q("naming a metric"))?;
+        self.ids
+            .lock()
+            .expect("id cache")
+            .keys
+            .insert(name.to_string(), id);
+        Ok(id)
     }
 
     /// Sets summary values (the numbers tables are made of).
@@ -761,9 +825,13 @@ impl Registry {
     pub fn metrics(&self, run_id: &str) -> Result<Vec<MetricPoint>> {
         let rows = self
             .block(
-                sqlx::query("SELECT key, step, value, time FROM metrics WHERE run_id = ?1 ORDER BY key, step")
-                    .bind(run_id)
-                    .fetch_all(&self.pool),
+                sqlx::query(
+                    "SELECT k.name AS key, m.step, m.value, m.time FROM metrics m
+                     JOIN metric_keys k ON k.id = m.key JOIN runs r ON r.num = m.run
+                     WHERE r.id = ?1 ORDER BY k.name, m.step",
+                )
+                .bind(run_id)
+                .fetch_all(&self.pool),
             )
             .map_err(q("reading metrics"))?;
         Ok(rows

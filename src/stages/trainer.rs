@@ -211,7 +211,9 @@ pub fn run(
             }
         }
         let seconds = epoch_started.elapsed().as_secs_f64();
-        let epoch_mean = at.epoch_loss / at.batch.max(1) as f64;
+        // Batches of this epoch, including those trained before a resume.
+        let epoch_batches = at.batch;
+        let epoch_mean = at.epoch_loss / epoch_batches.max(1) as f64;
         if at.batch as usize >= batches.len() {
             at.epoch += 1;
             at.batch = 0;
@@ -223,7 +225,7 @@ pub fn run(
             at.epoch,
             timed_batches as f64 * batch as f64 / seconds.max(1e-9)
         );
-        if timed_batches > 0 {
+        if epoch_batches > 0 {
             // Logged at the global step, like every metric, so TensorBoard's resume purge covers
             // them and all curves share one x axis.
             ctx.metric("train/epoch_loss", at.step as i64, epoch_mean)?;

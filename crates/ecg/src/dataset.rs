@@ -415,26 +415,45 @@ fn unique_suffix() -> String {
 
 /// Writes `ds` as cache entry `key` under `cache_dir` (atomically replacing any old entry).
 pub fn save(cache_dir: &Path, key: &str, ds: &Dataset) -> Result<PathBuf, CacheError<Infallible>> {
+    write_and_publish(cache_dir, key, ds, true)
+}
+
+/// Writes the entry into a temporary sibling, then renames it into place. With `replace`, an
+/// existing entry is moved aside first; without, an entry that appeared meanwhile (another
+/// process built the same key: the same content) wins and ours is discarded.
+fn write_and_publish(
+    cache_dir: &Path,
+    key: &str,
+    ds: &Dataset,
+    replace: bool,
+) -> Result<PathBuf, CacheError<Infallible>> {
     if !valid_key(key) {
         return Err(CacheError::BadKey(key.to_string()));
     }
     fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
     let tmp = cache_dir.join(format!(".{key}.tmp-{}", unique_suffix()));
+    let target = cache_dir.join(key);
     let result = write_entry(&tmp, key, ds).and_then(|()| {
-        let target = cache_dir.join(key);
+        if !replace && target.is_dir() {
+            return Ok(target.clone());
+        }
         if target.exists() {
             // Move the old entry aside first: rename cannot replace a non-empty directory.
             let old = cache_dir.join(format!(".{key}.old-{}", unique_suffix()));
             fs::rename(&target, &old).map_err(io_err(&target))?;
             fs::remove_dir_all(&old).map_err(io_err(&old))?;
         }
-        fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        match fs::rename(&tmp, &target) {
+            Ok(()) => {}
+            // Renaming onto a non-empty directory fails: someone published first.
+            Err(_) if !replace && target.is_dir() => return Ok(target.clone()),
+            Err(e) => return Err(io_err(&target)(e)),
+        }
         sync_dir(cache_dir).map_err(io_err(cache_dir))?;
-        Ok(target)
+        Ok(target.clone())
     });
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
+    // Our temporary copy is gone after a successful rename; otherwise it is surplus.
+    let _ = fs::remove_dir_all(&tmp);
     result
 }
 
@@ -597,7 +616,8 @@ fn read_entry(dir: &Path, key: &str) -> Result<Dataset, LoadFailure> {
 }
 
 /// Loads cache entry `key` from `cache_dir`, or calls `build` and stores its result there.
-/// A missing, partial or corrupted entry is rebuilt, never loaded.
+/// A missing, partial or corrupted entry is rebuilt, never loaded. Processes that build the
+/// same key at once all succeed: the first to finish publishes, the others keep its entry.
 pub fn load_or_build<E>(
     cache_dir: &Path,
     key: &str,
@@ -612,6 +632,6 @@ pub fn load_or_build<E>(
         return Ok(ds);
     }
     let ds = build().map_err(CacheError::Build)?;
-    save(cache_dir, key, &ds).map_err(relabel)?;
+    write_and_publish(cache_dir, key, &ds, false).map_err(relabel)?;
     Ok(ds)
 }
