@@ -176,6 +176,17 @@ spec_section! {
         w_pred: f64 = 0.5 => range(0, 1000),
         /// Weight of the VQ loss in the total loss.
         w_vq: f64 = 0.25 => range(0, 1000),
+        /// Slope of an ALiBi-style distance bias on the encoder's and decoder's attention, so
+        /// that each query and mask token starts out reading its own stretch of the window
+        /// (0 = none, the paper). Not in the paper: without it Beat stays at "predict zero" on
+        /// ECG windows for thousands of steps at CPU sizes (beatlab-nn's `BeatConfig` says why).
+        locality_slope: f64 = 1.0 => range(0, 100),
+        /// Start the output heads at zero (the untrained model predicts the mean) instead of
+        /// the public code's random init, which first collapses the latents to quiet the output.
+        zero_init_heads: bool = true,
+        /// Training steps over which the VQ loss weight ramps from 0 to `w_vq` (0 = the paper,
+        /// full weight from the start), so commitment does not collapse the early latents.
+        vq_warmup_steps: u32 = 300 => range(0, 10_000_000),
     }
 }
 

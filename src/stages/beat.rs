@@ -50,6 +50,9 @@ pub fn beat_config(spec: &Spec) -> BeatConfig {
         w_recon: b.w_recon,
         w_pred: b.w_pred,
         w_vq: b.w_vq,
+        locality_slope: (b.locality_slope > 0.0).then_some(b.locality_slope),
+        zero_init_output_heads: b.zero_init_heads,
+        vq_warmup_steps: u64::from(b.vq_warmup_steps),
         ..BeatConfig::default()
     }
 }

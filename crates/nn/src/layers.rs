@@ -396,18 +396,19 @@ fn attention_with(
 /// (candle's backward pass sweeps every reshape, permute and narrow once more, which had made
 /// attention a third of a Beat step); elsewhere it is split and merged with views and
 /// [`attention`].
+///
+/// `bias`, when given, is an additive score bias `[heads, T, T]` shared by every sequence (e.g.
+/// a position-dependent bias): a constant, no gradient flows into it.
 pub fn packed_self_attention(
     qkv: &Tensor,
     heads: usize,
     head_dim: usize,
     scale: f64,
+    bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, t, _) = qkv.dims3()?;
-    packed_self_attention_rows(&qkv.reshape((b * t, ()))?, t, heads, head_dim, scale)?.reshape((
-        b,
-        t,
-        heads * head_dim,
-    ))
+    packed_self_attention_rows(&qkv.reshape((b * t, ()))?, t, heads, head_dim, scale, bias)?
+        .reshape((b, t, heads * head_dim))
 }
 
 /// [`packed_self_attention`] on token rows: `qkv` is `[B * seq_len, 3 * heads * head_dim]`
@@ -420,6 +421,7 @@ pub fn packed_self_attention_rows(
     heads: usize,
     head_dim: usize,
     scale: f64,
+    bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (rows, width) = qkv.dims2()?;
     if width != 3 * heads * head_dim || seq_len == 0 || !rows.is_multiple_of(seq_len) {
@@ -427,12 +429,30 @@ pub fn packed_self_attention_rows(
             "packed attention: [{rows}, {width}] is not [B * {seq_len}, 3 x {heads} heads x {head_dim}]"
         );
     }
+    if let Some(bias) = bias
+        && bias.dims() != [heads, seq_len, seq_len]
+    {
+        candle_core::bail!(
+            "packed attention: score bias {:?} is not [{heads} heads, {seq_len}, {seq_len}]",
+            bias.dims()
+        );
+    }
     if fused_cpu(qkv) {
+        let bias = match bias {
+            Some(b) => Some(
+                b.to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .into(),
+            ),
+            None => None,
+        };
         let op = fused::PackedAttention {
             heads,
             head_dim,
             seq_len,
             scale: scale as f32,
+            bias,
         };
         return qkv.contiguous()?.apply_op1(op);
     }
@@ -441,7 +461,14 @@ pub fn packed_self_attention_rows(
         .reshape((b, seq_len, 3, heads, head_dim))?
         .permute((2, 0, 3, 1, 4))?
         .contiguous()?;
-    let out = attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, None, scale)?;
+    let bias = bias.map(|b| b.detach().to_dtype(qkv.dtype())).transpose()?;
+    let out = attention(
+        &qkv.get(0)?,
+        &qkv.get(1)?,
+        &qkv.get(2)?,
+        bias.as_ref(),
+        scale,
+    )?;
     out.transpose(1, 2)?.reshape((rows, heads * head_dim))
 }
 
@@ -506,6 +533,7 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// applied without autograd (no second derivatives).
 mod fused {
     use super::*;
+    use std::sync::Arc;
 
     /// The contiguous f32 data of a custom op input.
     fn data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -1020,6 +1048,8 @@ mod fused {
         k: View,
         v: View,
         out: View,
+        /// Start of this head's `[tq, tk]` block in the additive score bias, if there is one.
+        bias: Option<usize>,
     }
 
     /// Sizes shared by every head of one attention call.
@@ -1032,8 +1062,14 @@ mod fused {
         causal: bool,
     }
 
-    /// `p = softmax(scale * q k^T)` (masked above the shifted diagonal if causal) into `p`.
-    fn probabilities(dims: Dims, q: &[f32], k: &[f32], hv: HeadViews, p: &mut [f32]) -> Result<()> {
+    /// `p = softmax(scale * q k^T + bias)` (masked above the shifted diagonal if causal) into
+    /// `p`; the bias block is read at `hv.bias` in `bias`.
+    fn probabilities(
+        dims: Dims,
+        (q, k, bias): (&[f32], &[f32], Option<&[f32]>),
+        hv: HeadViews,
+        p: &mut [f32],
+    ) -> Result<()> {
         let Dims {
             tq,
             tk,
@@ -1051,6 +1087,12 @@ mod fused {
             hv.k.t(),
             scale,
         )?;
+        if let (Some(bias), Some(off)) = (bias, hv.bias) {
+            let Some(block) = bias.get(off..off + tq * tk) else {
+                candle_core::bail!("attention kernel: score bias block outside its buffer");
+            };
+            p.iter_mut().zip(block).for_each(|(x, b)| *x += b);
+        }
         for (i, row) in p.chunks_exact_mut(tk).enumerate() {
             let visible = if causal {
                 (i + 1 + tk - tq).min(tk)
@@ -1071,16 +1113,20 @@ mod fused {
         Ok(())
     }
 
-    /// Forward pass of every head: `out = softmax(scale q k^T) v`.
+    /// The buffers an attention kernel reads: q, k, v (possibly one packed buffer three times)
+    /// and the optional additive score bias.
+    type Operands<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>);
+
+    /// Forward pass of every head: `out = softmax(scale q k^T + bias) v`.
     fn attend(
         dims: Dims,
         heads: impl Iterator<Item = HeadViews>,
-        (q, k, v): (&[f32], &[f32], &[f32]),
+        (q, k, v, bias): Operands,
         out: &mut [f32],
     ) -> Result<()> {
         let mut p = vec![0f32; dims.tq * dims.tk];
         for hv in heads {
-            probabilities(dims, q, k, hv, &mut p)?;
+            probabilities(dims, (q, k, bias), hv, &mut p)?;
             let pv = View::rows(0, dims.tk);
             matmul(
                 (dims.tq, dims.d, dims.tk),
@@ -1101,7 +1147,7 @@ mod fused {
     fn attend_backward(
         dims: Dims,
         heads: impl Iterator<Item = (HeadViews, HeadViews)>,
-        (q, k, v): (&[f32], &[f32], &[f32]),
+        (q, k, v, bias): Operands,
         dout: &[f32],
         grads: &mut [f32],
     ) -> Result<()> {
@@ -1112,7 +1158,7 @@ mod fused {
         let mut dp = vec![0f32; tq * tk];
         let rows = View::rows(0, tk);
         for (hv, gv) in heads {
-            probabilities(dims, q, k, hv, &mut p)?;
+            probabilities(dims, (q, k, bias), hv, &mut p)?;
             // dv = p^T dout
             matmul((tk, d, tq), grads, gv.v, &p, rows.t(), dout, hv.out, 1.0)?;
             // dp = dout v^T, then ds = p * (dp - rowsum(dp * p)), in place
@@ -1158,6 +1204,7 @@ mod fused {
                 k: View::rows(p * tk * d, d),
                 v: View::rows(p * tk * d, d),
                 out: View::rows(p * tq * d, d),
+                bias: None,
             })
         }
     }
@@ -1183,7 +1230,7 @@ mod fused {
             );
             let (pairs, dims) = self.dims(l1, l2)?;
             let mut out = vec![0f32; q.len()];
-            attend(dims, Self::heads(pairs, dims), (q, k, v), &mut out)?;
+            attend(dims, Self::heads(pairs, dims), (q, k, v, None), &mut out)?;
             Ok((CpuStorage::F32(out), l1.shape().clone()))
         }
 
@@ -1250,9 +1297,16 @@ mod fused {
                 k: View::rows(nq + hv.k.off, hv.k.rs),
                 v: View::rows(nq + nk + hv.v.off, hv.v.rs),
                 out: hv.out,
+                bias: None,
             });
             let mut grads = vec![0f32; nq + 2 * nk];
-            attend_backward(dims, heads.zip(grad_views), (q, k, v), dout, &mut grads)?;
+            attend_backward(
+                dims,
+                heads.zip(grad_views),
+                (q, k, v, None),
+                dout,
+                &mut grads,
+            )?;
             Ok((CpuStorage::F32(grads), Shape::from(nq + 2 * nk)))
         }
     }
@@ -1264,6 +1318,8 @@ mod fused {
         pub(super) head_dim: usize,
         pub(super) seq_len: usize,
         pub(super) scale: f32,
+        /// Additive score bias `[heads, T, T]`, the same for every sequence; a constant.
+        pub(super) bias: Option<Arc<[f32]>>,
     }
 
     impl PackedAttention {
@@ -1291,6 +1347,7 @@ mod fused {
         fn heads(&self, b: usize) -> impl Iterator<Item = HeadViews> + use<> {
             let (h, d, t) = (self.heads, self.head_dim, self.seq_len);
             let inner = h * d;
+            let biased = self.bias.is_some();
             (0..b * h).map(move |p| {
                 let (bi, hi) = (p / h, p % h);
                 let row = bi * t * 3 * inner + hi * d;
@@ -1299,6 +1356,7 @@ mod fused {
                     k: View::rows(row + inner, 3 * inner),
                     v: View::rows(row + 2 * inner, 3 * inner),
                     out: View::rows(bi * t * inner + hi * d, inner),
+                    bias: biased.then_some(hi * t * t),
                 }
             })
         }
@@ -1314,7 +1372,8 @@ mod fused {
             let (b, dims) = self.dims(l)?;
             let inner = self.heads * self.head_dim;
             let mut out = vec![0f32; b * dims.tq * inner];
-            attend(dims, self.heads(b), (qkv, qkv, qkv), &mut out)?;
+            let bias = self.bias.as_deref();
+            attend(dims, self.heads(b), (qkv, qkv, qkv, bias), &mut out)?;
             Ok((CpuStorage::F32(out), Shape::from((b * dims.tq, inner))))
         }
 
@@ -1324,6 +1383,7 @@ mod fused {
                 head_dim: self.head_dim,
                 seq_len: self.seq_len,
                 scale: self.scale,
+                bias: self.bias.clone(),
             });
             Ok(Some(qkv.apply_op2_no_bwd(&dout.contiguous()?, &grad)?))
         }
@@ -1350,7 +1410,8 @@ mod fused {
             let (b, dims) = op.dims(l1)?;
             let heads = op.heads(b).zip(op.heads(b));
             let mut grads = vec![0f32; qkv.len()];
-            attend_backward(dims, heads, (qkv, qkv, qkv), dout, &mut grads)?;
+            let bias = op.bias.as_deref();
+            attend_backward(dims, heads, (qkv, qkv, qkv, bias), dout, &mut grads)?;
             Ok((CpuStorage::F32(grads), l1.shape().clone()))
         }
     }

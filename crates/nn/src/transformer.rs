@@ -7,8 +7,11 @@
 //! Beat is trained (AdamW at 1e-4 with a cosine schedule and no warm-up), and it is what the
 //! public Beat code uses (x-transformers' `Encoder`, pre-norm by default). The final norm also
 //! keeps the latents that go into the vector quantizer at a stable scale.
+//!
+//! Attention may carry a constant additive score bias shared by every sequence, such as the
+//! distance-based [`locality_bias`].
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
@@ -56,8 +59,9 @@ impl SelfAttention {
 
     /// `x`: token rows `[B * seq_len, width]` -> `[B * seq_len, width]`, every token attending
     /// to every token of its sequence. All heads come from one q/k/v projection and go through
-    /// one attention call ([`packed_self_attention_rows`]).
-    pub fn forward(&self, x: &Tensor, seq_len: usize) -> Result<Tensor> {
+    /// one attention call ([`packed_self_attention_rows`]). `bias`: an optional additive score
+    /// bias `[heads, seq_len, seq_len]`.
+    pub fn forward(&self, x: &Tensor, seq_len: usize, bias: Option<&Tensor>) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
         let out = packed_self_attention_rows(
             &qkv,
@@ -65,6 +69,7 @@ impl SelfAttention {
             self.heads,
             self.head_dim,
             1.0 / (self.head_dim as f64).sqrt(),
+            bias,
         )?;
         self.proj.forward(&out)
     }
@@ -92,14 +97,15 @@ impl Block {
     }
 
     /// `x`: token rows `[B * seq_len, width]`. `rng` is `Some` in training (dropout active),
-    /// `None` in evaluation.
+    /// `None` in evaluation. `bias`: see [`SelfAttention::forward`].
     pub fn forward(
         &self,
         x: &Tensor,
         seq_len: usize,
         mut rng: Option<&mut ChaCha8Rng>,
+        bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let a = self.attn.forward(&self.norm1.forward(x)?, seq_len)?;
+        let a = self.attn.forward(&self.norm1.forward(x)?, seq_len, bias)?;
         let x = (x + dropout(&a, self.dropout, rng.as_deref_mut())?)?;
         let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
         x + dropout(&m, self.dropout, rng)?
@@ -122,17 +128,49 @@ impl Transformer {
         Ok(Self { blocks, norm })
     }
 
-    /// `x`: `[B, T, width]` -> normalised `[B, T, width]`.
+    /// `x`: `[B, T, width]` -> normalised `[B, T, width]`. `bias`: an optional additive
+    /// attention score bias `[heads, T, T]`, the same in every block.
     ///
     /// Inside, the tokens are rows `[B * T, width]`: every layer but attention is row-wise, and
     /// keeping one layout avoids a reshape per linear layer, which candle's backward pass would
     /// sweep once more each.
-    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mut rng: Option<&mut ChaCha8Rng>,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, w) = x.dims3()?;
         let mut rows = x.reshape((b * t, w))?;
         for block in &self.blocks {
-            rows = block.forward(&rows, t, rng.as_deref_mut())?;
+            rows = block.forward(&rows, t, rng.as_deref_mut(), bias)?;
         }
         self.norm.forward(&rows)?.reshape((b, t, w))
     }
+}
+
+/// An ALiBi-style locality bias (Press et al., "Train Short, Test Long", 2022) for tokens at
+/// `positions` (any unit): head `h` adds `-slope_h * |t_i - t_j|` to the score of query `i` for
+/// key `j`, `[heads, T, T]` f32. The slopes fall geometrically from `slope` (head 0) by a factor
+/// `2^(-8 / heads)` per head, ALiBi's spacing, so the first heads look mostly at their
+/// neighbourhood and the last ones almost everywhere.
+pub fn locality_bias(
+    positions: &[f64],
+    heads: usize,
+    slope: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = positions.len();
+    let mut values = Vec::with_capacity(heads * t * t);
+    for h in 0..heads {
+        let slope_h = slope * (-8.0 * h as f64 / heads as f64).exp2();
+        for &ti in positions {
+            values.extend(
+                positions
+                    .iter()
+                    .map(|&tj| (-slope_h * (ti - tj).abs()) as f32),
+            );
+        }
+    }
+    Tensor::from_vec(values, (heads, t, t), device)
 }

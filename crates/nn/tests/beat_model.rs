@@ -118,7 +118,13 @@ fn codebooks_are_buffers_per_level_or_shared() {
 }
 
 /// Every trainable tensor of `cfg`'s model gets a non-zero gradient from one backward pass.
+/// With random output heads: zero heads pass no gradient upstream before their first update, by
+/// design (see `zero_output_heads_start_silent_and_open_up_after_one_step`).
 fn check_all_gradients(cfg: BeatConfig) {
+    let cfg = BeatConfig {
+        zero_init_output_heads: false,
+        ..cfg
+    };
     let (store, beat) = build(&cfg, 5);
     let x = sine_windows(3, cfg.leads, cfg.input_len + cfg.predict_len, 6);
     let out = beat.forward(&x, Mode::Train { step: 0 }).unwrap();
@@ -201,6 +207,8 @@ fn invalid_configs_name_the_field() {
     check(|c| c.dropout = -0.1, "dropout");
     check(|c| c.w_pred = f64::NAN, "w_pred");
     check(|c| c.dead_code_threshold = Some(0.0), "dead_code_threshold");
+    check(|c| c.locality_slope = Some(-1.0), "locality_slope");
+    check(|c| c.locality_slope = Some(f64::INFINITY), "locality_slope");
     check(|c| c.patch_size = 0, "patch_size");
 }
 
@@ -254,6 +262,8 @@ fn wrong_input_shapes_are_errors() {
 fn encode_codes_and_decode_agree_with_forward() {
     let cfg = BeatConfig {
         dvq_levels: 2,
+        // A zero head would make every reconstruction 0 and the last comparison empty.
+        zero_init_output_heads: false,
         ..tiny_config()
     };
     let (_, beat) = build(&cfg, 9);
@@ -283,6 +293,7 @@ fn total_loss_is_the_weighted_sum_of_its_parts() {
         w_recon: 0.7,
         w_pred: 0.3,
         w_vq: 2.0,
+        zero_init_output_heads: false,
         ..tiny_config()
     };
     let (_, beat) = build(&cfg, 4);
@@ -305,8 +316,11 @@ fn total_loss_is_the_weighted_sum_of_its_parts() {
 
 #[test]
 fn eval_is_deterministic_and_dropout_depends_on_the_step() {
+    // No L_VQ warm-up: its weight would make the loss depend on the step without dropout.
     let cfg = BeatConfig {
         dropout: 0.2,
+        vq_warmup_steps: 0,
+        zero_init_output_heads: false,
         ..tiny_config()
     };
     let (_, beat) = build(&cfg, 2);
@@ -338,4 +352,84 @@ fn same_seed_same_model_other_seed_other_model() {
     };
     assert_eq!(loss(11), loss(11));
     assert_ne!(loss(11), loss(12));
+}
+
+#[test]
+fn vq_weight_warms_up_linearly_in_training_only() {
+    let cfg = BeatConfig {
+        w_vq: 0.5,
+        vq_warmup_steps: 4,
+        ..tiny_config()
+    };
+    // Step s uses w_vq * min(1, (s + 1) / 4).
+    for (step, expected) in [(0, 0.125), (1, 0.25), (3, 0.5), (100, 0.5)] {
+        assert_eq!(cfg.vq_weight(Mode::Train { step }), expected, "step {step}");
+    }
+    assert_eq!(cfg.vq_weight(Mode::Eval), 0.5);
+    let off = BeatConfig {
+        vq_warmup_steps: 0,
+        ..cfg.clone()
+    };
+    assert_eq!(off.vq_weight(Mode::Train { step: 0 }), 0.5);
+
+    // The training loss uses the warmed-up weight (no dropout, so the parts are the same).
+    let (_, beat) = build(&cfg, 4);
+    let x = sine_windows(2, cfg.leads, cfg.input_len + cfg.predict_len, 4);
+    let out = beat.forward(&x, Mode::Train { step: 1 }).unwrap();
+    let s = |t: &Tensor| f64::from(t.to_scalar::<f32>().unwrap());
+    let expected = s(&out.recon_loss) + 0.5 * s(&out.pred_loss) + 0.25 * s(&out.vq_loss);
+    assert!((s(&out.loss) - expected).abs() < 1e-5 * expected.max(1.0));
+}
+
+#[test]
+fn zero_output_heads_start_silent_and_open_up_after_one_step() {
+    let cfg = BeatConfig {
+        share_output_head: false,
+        ..tiny_config()
+    };
+    assert!(cfg.zero_init_output_heads, "the default");
+    let (store, beat) = build(&cfg, 3);
+    let x = sine_windows(4, cfg.leads, cfg.input_len + cfg.predict_len, 5);
+    let out = beat.forward(&x, Mode::Train { step: 0 }).unwrap();
+    assert!(values(&out.reconstruction).iter().all(|&v| v == 0.0));
+    assert!(values(&out.prediction).iter().all(|&v| v == 0.0));
+
+    let gradient_norms = |out: &beatlab_nn::BeatOutput| {
+        let grads = out.loss.backward().unwrap();
+        store
+            .vars()
+            .into_iter()
+            .map(|(name, var)| {
+                let norm = grads.get(var.as_tensor()).map_or(0.0, |g| {
+                    g.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                });
+                (name, norm)
+            })
+            .collect::<Vec<_>>()
+    };
+    // Before any update only the heads (and, through L_VQ, the encoder side) can learn: the
+    // decoder's gradient passes through the zero head.
+    for (name, norm) in gradient_norms(&out) {
+        if name.starts_with("head.") || name.starts_with("predict.head.") {
+            assert!(norm > 0.0, "{name} gets no gradient");
+        }
+        if name.starts_with("decoder.") {
+            assert_eq!(norm, 0.0, "{name} gets a gradient through a zero head");
+        }
+    }
+    // One optimiser step later every tensor learns.
+    let mut opt = beatlab_nn::optim::AdamW::new(store.vars(), Default::default()).unwrap();
+    opt.step(&out.loss.backward().unwrap()).unwrap();
+    let out = beat.forward(&x, Mode::Train { step: 1 }).unwrap();
+    let silent: Vec<String> = gradient_norms(&out)
+        .into_iter()
+        .filter(|(_, norm)| !(*norm > 0.0 && norm.is_finite()))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(silent.is_empty(), "no gradient after one step: {silent:?}");
 }

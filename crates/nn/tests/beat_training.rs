@@ -113,7 +113,7 @@ fn restarts_keep_the_first_level_alive() {
     };
     let with_restarts = used(BeatConfig::default().dead_code_threshold);
     let without = used(None);
-    // After 100 steps: about 70-80 % with restarts, one code (6 %) without, in trial runs.
+    // After 100 steps: all 16 codes with restarts, 4 (25 %) without, in trial runs.
     assert!(with_restarts > 50.0, "{with_restarts}% with restarts");
     assert!(2.0 * without < with_restarts, "{without}% without restarts");
 }
@@ -121,20 +121,24 @@ fn restarts_keep_the_first_level_alive() {
 #[test]
 fn two_residual_levels_reconstruct_better_than_one() {
     // 8 codes: one level carries 3 bits per latent, too few for the 9 amplitudes of a window,
-    // and its error levels off (about 0.25 after 400 steps in trial runs) while two levels keep
-    // improving (0.11-0.19 after 500 steps over three seeds).
-    let recon = |levels: usize| {
+    // and its error levels off (about 0.25 after 500 steps in trial runs) while two levels keep
+    // improving. Averaged over three seeds: single runs of this tiny model vary (with the
+    // defaults, two levels reached 0.07-0.12 for seeds 1-3 but 0.23 for seed 6 in trial runs).
+    let recon = |levels: usize, seed: u64| {
         let cfg = BeatConfig {
             dvq_levels: levels,
             codebook_size: 8,
             ..tiny_config()
         };
-        let mut run = Run::new(cfg.clone(), 6, 3e-3);
+        let mut run = Run::new(cfg.clone(), seed, 3e-3);
         train(&mut run, &cfg, 0, 500);
         evaluate(&run, &cfg, &held_out(&cfg)).0
     };
-    let (one, two) = (recon(1), recon(2));
-    eprintln!("held-out recon MSE, codebook 8: 1 level {one:.4}, 2 levels {two:.4}");
+    let mean = |levels: usize| (0..3).map(|seed| recon(levels, seed)).sum::<f64>() / 3.0;
+    let (one, two) = (mean(1), mean(2));
+    eprintln!(
+        "held-out recon MSE, codebook 8, mean of 3 seeds: 1 level {one:.4}, 2 levels {two:.4}"
+    );
     assert!(two < 0.8 * one, "2 levels {two} vs 1 level {one}");
 }
 

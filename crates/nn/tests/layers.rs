@@ -6,6 +6,7 @@ use beatlab_nn::layers::{
     LayerNorm, Linear, add_row_vector, attention, causal_attention, causal_mask, dropout, gelu,
     mul_row_vector, normalize_last_dim, packed_self_attention, softmax_last_dim,
 };
+use beatlab_nn::transformer::locality_bias;
 use candle_core::{DType, Device, Module, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -197,7 +198,7 @@ fn packed_self_attention_matches_split_heads() {
     let qkv = randn(&[b, t, 3 * h * d], 20);
     check_fused_many(
         std::slice::from_ref(&qkv),
-        |x| packed_self_attention(&x[0], h, d, 0.5).unwrap(),
+        |x| packed_self_attention(&x[0], h, d, 0.5, None).unwrap(),
         "packed attention",
     );
     // Against the generic op on explicitly split heads.
@@ -220,9 +221,80 @@ fn packed_self_attention_matches_split_heads() {
     .unwrap()
     .reshape((b, t, h * d))
     .unwrap();
-    let packed = packed_self_attention(&qkv, h, d, 0.5).unwrap();
+    let packed = packed_self_attention(&qkv, h, d, 0.5, None).unwrap();
     assert_close(&flat(&packed), &flat(&heads), 1e-5, "packed vs split");
-    assert!(packed_self_attention(&qkv, h, d + 1, 0.5).is_err());
+    assert!(packed_self_attention(&qkv, h, d + 1, 0.5, None).is_err());
+}
+
+#[test]
+fn packed_self_attention_adds_the_score_bias_of_each_head() {
+    let (b, t, h, d) = (2, 5, 3, 4);
+    let qkv = randn(&[b, t, 3 * h * d], 21);
+    let bias = randn(&[h, t, t], 22);
+    // Fused (f32) and composed (f64) agree in value and gradient with a bias too.
+    check_fused_many(
+        std::slice::from_ref(&qkv),
+        |x| {
+            let bias = bias.to_dtype(x[0].dtype()).unwrap();
+            packed_self_attention(&x[0], h, d, 0.5, Some(&bias)).unwrap()
+        },
+        "biased packed attention",
+    );
+    // Against the generic op on split heads with the bias as an additive mask.
+    let split = qkv
+        .reshape((b, t, 3, h, d))
+        .unwrap()
+        .permute((2, 0, 3, 1, 4))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let masked = attention(
+        &split.get(0).unwrap(),
+        &split.get(1).unwrap(),
+        &split.get(2).unwrap(),
+        Some(&bias),
+        0.5,
+    )
+    .unwrap()
+    .transpose(1, 2)
+    .unwrap()
+    .reshape((b, t, h * d))
+    .unwrap();
+    let packed = packed_self_attention(&qkv, h, d, 0.5, Some(&bias)).unwrap();
+    assert_close(
+        &flat(&packed),
+        &flat(&masked),
+        1e-5,
+        "biased packed vs masked split",
+    );
+    let unbiased = packed_self_attention(&qkv, h, d, 0.5, None).unwrap();
+    assert!(
+        flat(&unbiased)
+            .iter()
+            .zip(flat(&packed))
+            .any(|(a, b)| (a - b).abs() > 1e-3),
+        "the bias changed nothing"
+    );
+    let wrong = randn(&[h, t, t + 1], 23);
+    assert!(packed_self_attention(&qkv, h, d, 0.5, Some(&wrong)).is_err());
+}
+
+#[test]
+fn locality_bias_falls_with_distance_and_per_head_slope() {
+    // Two heads: slopes 2 and 2 * 2^(-8/2) = 1/8.
+    let positions = [0.5, 1.5, 3.0];
+    let bias = locality_bias(&positions, 2, 2.0, &Device::Cpu).unwrap();
+    assert_eq!(bias.dims(), [2, 3, 3]);
+    let expected = [
+        [[0.0, -2.0, -5.0], [-2.0, 0.0, -3.0], [-5.0, -3.0, 0.0]],
+        [
+            [0.0, -0.125, -0.3125],
+            [-0.125, 0.0, -0.1875],
+            [-0.3125, -0.1875, 0.0],
+        ],
+    ];
+    let expected: Vec<f64> = expected.iter().flatten().flatten().copied().collect();
+    assert_close(&flat(&bias), &expected, 1e-7, "locality bias");
 }
 
 #[test]
