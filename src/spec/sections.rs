@@ -509,8 +509,11 @@ spec_section! {
         max_new_tokens: u32 = 48 => range(1, 4096),
         /// Evaluate at most this many test items per task (0 = all).
         max_items: u32 = 0,
-        /// Local folder or Hugging Face id of a BERT-style encoder for the BERTScore-style F1
-        /// (a biomedical BERT gives the paper's F1-Bio); empty = token-level F1 only.
+        /// Local folder or Hugging Face id (offline cache) of a BERT encoder (`config.json`,
+        /// `model.safetensors`, `tokenizer.json` or `vocab.txt`) for BERTScore of open-QA and
+        /// report generations, recorded as `bertscore_f1` (with `bertscore_precision`,
+        /// `bertscore_recall`); a biomedical BERT gives the paper's F1-Bio. Last layer, no IDF
+        /// weighting, no baseline rescaling; empty = no BERTScore (ROUGE-L and token F1 only).
         bertscore_encoder: String = String::new(),
     }
 }

@@ -2,9 +2,11 @@
 //! SigLIP vision tower, built only from differentiable candle ops (so every weight gets a
 //! gradient, unlike candle-transformers' inference models), with LoRA adapters, vocabulary
 //! growth, a byte-level BPE tokenizer, `tiny-*` presets and offline-first checkpoint loading
-//! with Hugging Face weight names.
+//! with Hugging Face weight names; and a BERT encoder (candle-transformers', inference only)
+//! for BERTScore.
 
 pub mod backbone;
+pub mod bert;
 pub mod checkpoint;
 mod decoder;
 pub mod error;
@@ -20,6 +22,7 @@ pub mod tokenizer;
 mod vocab;
 
 pub use backbone::{Architecture, Backbone, BackboneConfig};
+pub use bert::{BertScore, BertScorer};
 pub use error::{LmError, Result};
 pub use hub::{LoadedBackbone, ModelSource, load_backbone, load_siglip};
 pub use layers::{Activation, BuildOptions};

@@ -6,6 +6,9 @@
 //!   answer token) and by parsing the option out of a free generation (`eval.choice_scoring`);
 //! - open-QA: ROUGE-L F1 and SQuAD-style token F1 of greedy generations;
 //! - reports: ROUGE-L F1 and corpus BLEU-1..4 (nltk conventions, sacrebleu's `exp` smoothing);
+//! - open-QA and reports, when `eval.bertscore_encoder` names a BERT encoder: BERTScore
+//!   (`bertscore_f1`, `bertscore_precision`, `bertscore_recall`; the paper's F1-Bio with a
+//!   biomedical BERT), the encoder loaded once per stage before anything is evaluated;
 //! - signal prediction: whether the model emits `<prediction>`, and the MSE of Beat's prediction
 //!   head on the test windows (the waveform itself comes from Beat, paper §1.2).
 
@@ -14,6 +17,7 @@ use std::time::Instant;
 
 use beatlab_heartcare::instruct::{Item, Modality, Split, Task};
 use beatlab_heartcare::metrics::{self, Smoothing};
+use beatlab_lm::bert::{BertScore, BertScorer};
 use beatlab_lm::tokenizer::Special;
 use beatlab_mm::{EcgInput, Example, HeartcareModel};
 use beatlab_nn::beat::Mode;
@@ -72,6 +76,9 @@ struct Record<'a> {
     question: &'a str,
     reference: &'a str,
     generation: Option<String>,
+    /// BERTScore F1 of the generation, when an encoder is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bertscore_f1: Option<f64>,
     option_scores: Vec<f64>,
     chosen_by_likelihood: Option<char>,
     chosen_by_generation: Option<char>,
@@ -82,6 +89,19 @@ impl Stage for EvalStage {
     fn run(&mut self, ctx: &mut StageContext<'_>) -> Result<StageOutcome, StageError> {
         let spec = ctx.spec;
         let started = Instant::now();
+        // A bad encoder fails the stage before any data or model is built.
+        let bertscore = load_bertscore(spec, ctx.device)?;
+        if let Some(scorer) = &bertscore {
+            ctx.log(&format!(
+                "BERTScore encoder from {} ({} layers, hidden {})",
+                scorer.files().config.parent().map_or_else(
+                    || spec.eval.bertscore_encoder.clone(),
+                    |d| d.display().to_string()
+                ),
+                scorer.config().num_hidden_layers,
+                scorer.config().hidden_size
+            ));
+        }
         let corpus = Corpus::load(spec, ctx.cache_dir)?;
         let tok = tokenizer(spec, &corpus)?;
         let mut model = build_model(spec, tok, ctx.device, &[])?;
@@ -147,12 +167,17 @@ impl Stage for EvalStage {
                     generations[i] = Some(g);
                 }
             }
+            let bert_scores = match &bertscore {
+                Some(scorer) => score_generations(scorer, chunk, &generations)?,
+                None => vec![None; chunk.len()],
+            };
             for (k, item) in chunk.iter().enumerate() {
                 let line = score_item(
                     &model,
                     item,
                     &chunk_inputs[k],
                     generations[k].take(),
+                    bert_scores[k],
                     scoring,
                     prediction_id,
                     &mut means,
@@ -225,8 +250,17 @@ impl Stage for EvalStage {
                 .find(|(key, _)| key == k)
                 .map_or("—".into(), |(_, v)| format!("{v:.3}"))
         };
+        let bert = if bertscore.is_some() {
+            format!(
+                ", open BERTScore F1 {}, report BERTScore F1 {}",
+                show("open_qa/bertscore_f1"),
+                show("report/bertscore_f1")
+            )
+        } else {
+            String::new()
+        };
         ctx.log(&format!(
-            "accuracy {} (closed {}, comparison {}), open ROUGE-L {}, report ROUGE-L {}; {} items in {:.1} s; generations in {}",
+            "accuracy {} (closed {}, comparison {}), open ROUGE-L {}, report ROUGE-L {}{bert}; {} items in {:.1} s; generations in {}",
             show("accuracy"),
             show("closed_qa/acc"),
             show("comparison_qa/acc"),
@@ -240,12 +274,72 @@ impl Stage for EvalStage {
     }
 }
 
+/// The BERTScore encoder `eval.bertscore_encoder` names (a folder, else a Hugging Face id in
+/// the local cache), on the run's device; `None` when the field is empty. A missing or
+/// unreadable encoder fails the stage with the field and what is missing (the commands check
+/// for missing files before any run, `missing_weights`, and report them as bad input).
+fn load_bertscore(
+    spec: &crate::spec::Spec,
+    device: &candle_core::Device,
+) -> Result<Option<BertScorer>, StageError> {
+    let name = spec.eval.bertscore_encoder.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let source = super::model_source(name)?;
+    BertScorer::load(&source, None, device)
+        .map(Some)
+        .map_err(|e| {
+            StageError::Invalid(format!(
+                "eval.bertscore_encoder `{name}`: {}",
+                crate::runner::error_chain(&e)
+            ))
+        })
+}
+
+/// Whether an item's generation is scored with BERTScore (open-QA answers and reports).
+fn bertscored(item: &Item) -> bool {
+    item.choice_options().is_empty()
+        && matches!(item.task(), Some(Task::OpenQa | Task::ReportGeneration))
+}
+
+/// BERTScore of the chunk's open-QA and report generations against their references, in one
+/// batched pass of the encoder; `None` for the other items.
+fn score_generations(
+    scorer: &BertScorer,
+    chunk: &[Item],
+    generations: &[Option<beatlab_mm::Generation>],
+) -> Result<Vec<Option<BertScore>>, StageError> {
+    let scored: Vec<usize> = (0..chunk.len())
+        .filter(|&k| bertscored(&chunk[k]) && generations[k].is_some())
+        .collect();
+    let mut out = vec![None; chunk.len()];
+    if scored.is_empty() {
+        return Ok(out);
+    }
+    let pairs: Vec<(&str, &str)> = scored
+        .iter()
+        .filter_map(|&k| {
+            let g = generations[k].as_ref()?;
+            Some((g.text.as_str(), chunk[k].answer.as_str()))
+        })
+        .collect();
+    let scores = scorer.score_batch(&pairs).map_err(|e| {
+        StageError::Invalid(format!("BERTScore: {}", crate::runner::error_chain(&e)))
+    })?;
+    for (&k, score) in scored.iter().zip(scores) {
+        out[k] = Some(score);
+    }
+    Ok(out)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn score_item<'a>(
     model: &HeartcareModel,
     item: &'a Item,
     inputs: &[EcgInput],
     generation: Option<beatlab_mm::Generation>,
+    bert: Option<BertScore>,
     scoring: ChoiceScoring,
     prediction_id: u32,
     means: &mut Means,
@@ -266,6 +360,7 @@ fn score_item<'a>(
         question: &item.question,
         reference: &item.answer,
         generation: generation.as_ref().map(|g| g.text.clone()),
+        bertscore_f1: bert.map(|b| b.f1),
         option_scores: Vec::new(),
         chosen_by_likelihood: None,
         chosen_by_generation: None,
@@ -304,6 +399,12 @@ fn score_item<'a>(
     let Some(g) = generation else {
         return Ok(line);
     };
+    // Set only for open-QA and report items (see `bertscored`).
+    if let Some(b) = bert {
+        record("bertscore_f1", b.f1);
+        record("bertscore_precision", b.precision);
+        record("bertscore_recall", b.recall);
+    }
     match task {
         Some(Task::OpenQa) => {
             record("rouge_l", metrics::rouge_l(&g.text, &item.answer).f1);

@@ -196,11 +196,18 @@ pub fn tokenizer(spec: &Spec, corpus: &Corpus) -> Result<Option<LmTokenizer>, St
     }
 }
 
-/// Where real weights come from: an existing folder, else a Hugging Face model id (offline cache).
+/// Where real weights come from: an existing folder, else a Hugging Face model id (offline
+/// cache). A value that can only be a path (absolute, `./` or `../`, or more than one `/`,
+/// which a Hub id `org/name` never has) is a folder even when it does not exist, so that its
+/// absence is reported as a missing folder rather than as a model missing from the cache.
 fn model_source(weights: &str) -> Result<ModelSource, StageError> {
     let expanded = spec::expand_env(weights).map_err(StageError::Invalid)?;
     let path = std::path::PathBuf::from(&expanded);
-    if path.is_dir() {
+    let path_like = path.is_absolute()
+        || expanded.starts_with("./")
+        || expanded.starts_with("../")
+        || expanded.matches('/').count() > 1;
+    if path.is_dir() || path_like {
         return Ok(ModelSource::Dir(path));
     }
     Ok(ModelSource::Hub {
@@ -237,6 +244,19 @@ pub fn missing_weights(spec: &Spec) -> Vec<(&'static str, String)> {
         &spec.vision.weights,
         spec.vision.model == VisionModel::Siglip && uses_language_model(spec),
     );
+    // The BERTScore encoder needs its tokenizer too, so it has its own lookup.
+    let encoder = spec.eval.bertscore_encoder.trim();
+    let evaluates = spec
+        .stage
+        .iter()
+        .any(|s| s.enabled && s.kind == StageKind::Eval);
+    if !encoder.is_empty() && evaluates {
+        let found = model_source(encoder)
+            .and_then(|s| beatlab_lm::bert::locate_encoder(&s).map_err(mm_err));
+        if let Err(e) = found {
+            out.push(("eval.bertscore_encoder", crate::runner::error_chain(&e)));
+        }
+    }
     out
 }
 

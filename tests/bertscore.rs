@@ -1,0 +1,217 @@
+//! `eval.bertscore_encoder` end to end through the `beatlab` binary: a tiny random BERT
+//! checkpoint folder written here (config.json, model.safetensors with Hugging Face names,
+//! vocab.txt) gives `eval/open_qa/bertscore_f1` and `eval/report/bertscore_f1`; a missing
+//! folder or missing weights are bad input (exit 2) naming the field and the missing file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use beatlab::registry::{Registry, RunStatus};
+use beatlab_lm::bert::{BertConfig, BertModel};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A toy multimodal run that only evaluates (the model stays as initialised).
+const SPEC: &str = r#"
+[experiment]
+name = "bert"
+
+[data]
+source = "synthetic"
+synthetic_records = 40
+synthetic_duration_s = 4.0
+val_fraction = 0.2
+test_fraction = 0.2
+
+[beat]
+input_len = 250
+predict_len = 125
+width = 32
+head_dim = 8
+heads = 4
+depth = 1
+decoder_depth = 1
+codebook_size = 32
+
+[vision]
+image_size = 32
+
+[backbone]
+hidden_size = 32
+heads = 4
+vocab_size = 400
+max_seq_len = 192
+
+[instructions]
+closed_qa_per_record = 1
+open_qa_per_record = 1
+comparison_per_record = 1
+reports_per_record = 1
+predictions_per_record = 1
+
+[eval]
+max_items = 3
+max_new_tokens = 6
+bertscore_encoder = "ENCODER"
+
+[[stage]]
+name = "eval"
+kind = "eval"
+batch = 8
+"#;
+
+const VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the rhythm is sinus normal ecg atrial \
+                     fibrillation heart rate bpm left bundle branch block st elevation qt \
+                     interval prolonged with a and of in . , ; : ##s ##ing";
+
+/// A tiny BERT folder: config.json, vocab.txt and (if `weights`) seeded random weights under
+/// `bert.`-prefixed Hugging Face names.
+fn write_encoder(dir: &Path, weights: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab: Vec<&str> = VOCAB.split_whitespace().collect();
+    std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let config = serde_json::json!({
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": vocab.len(),
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 2,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    if !weights {
+        return;
+    }
+    let parsed: BertConfig = serde_json::from_value(config).unwrap();
+    let varmap = VarMap::new();
+    BertModel::load(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        &parsed,
+    )
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let vars = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let tensors: HashMap<String, Tensor> = names
+        .into_iter()
+        .map(|name| {
+            let var = &vars[name];
+            let values: Vec<f32> = (0..var.elem_count())
+                .map(|_| rng.random::<f32>() - 0.5)
+                .collect();
+            let t = Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap();
+            (format!("bert.{name}"), t)
+        })
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+fn run(dir: &Path, encoder: &str) -> Output {
+    std::fs::write(
+        dir.join("bert.toml"),
+        SPEC.replace("ENCODER", &encoder.replace('\\', "/")),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_beatlab"))
+        .current_dir(dir)
+        .env("BEATLAB_REGISTRY", dir.join("reg.db"))
+        .env("BEATLAB_RUNS_DIR", dir.join("runs"))
+        .args(["run", "bert.toml", "--quiet"])
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_encoder_folder_adds_bertscore_to_open_qa_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = dir.path().join("tiny-bert");
+    write_encoder(&encoder, true);
+    let out = run(dir.path(), &encoder.display().to_string());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reg = Registry::open_existing(&dir.path().join("reg.db"))
+        .unwrap()
+        .unwrap();
+    let run = reg.runs(None, None).unwrap().remove(0);
+    assert_eq!(run.status, RunStatus::Finished);
+    let s = reg.summaries(&run.id).unwrap();
+    for task in ["open_qa", "report"] {
+        for metric in ["bertscore_f1", "bertscore_precision", "bertscore_recall"] {
+            let key = format!("eval/{task}/{metric}");
+            let v = s
+                .get(&key)
+                .unwrap_or_else(|| panic!("summary {key} missing: {s:?}"));
+            assert!(
+                v.is_finite() && (-1.0..=1.0 + 1e-6).contains(v),
+                "{key} = {v}"
+            );
+        }
+        // Beside the existing text metrics, and split by modality like them.
+        assert!(s.contains_key(&format!("eval/{task}/rouge_l")));
+        assert!(
+            s.keys()
+                .any(|k| k.starts_with(&format!("eval/{task}/bertscore_f1_"))),
+            "{s:?}"
+        );
+    }
+    assert!(!s.contains_key("eval/closed_qa/bertscore_f1"));
+    // Each open-QA and report line of the generations file carries its score.
+    let gens =
+        std::fs::read_to_string(Path::new(&run.run_dir).join("generations-eval.jsonl")).unwrap();
+    let mut scored = 0;
+    for line in gens.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let open = matches!(v["type"].as_str(), Some(t) if t.ends_with("OpenQA") || t.ends_with("ReportGeneration"));
+        if v.get("bertscore_f1").is_some() {
+            assert!(open, "only open-QA and reports are scored: {line}");
+            scored += 1;
+        }
+    }
+    assert!(scored > 0, "{gens}");
+    let log = std::fs::read_to_string(Path::new(&run.run_dir).join("log.txt")).unwrap();
+    assert!(log.contains("BERTScore encoder from"), "{log}");
+}
+
+#[test]
+fn a_missing_encoder_is_bad_input_naming_the_field_and_file() {
+    // A folder that does not exist: exit 2 before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), "/nonexistent/biomed-bert");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bert.toml:"), "names the spec location: {err}");
+    assert!(err.contains("eval.bertscore_encoder"), "{err}");
+    assert!(
+        err.contains("model folder not found") && err.contains("/nonexistent/biomed-bert"),
+        "{err}"
+    );
+    assert!(!dir.path().join("reg.db").exists() && !dir.path().join("runs").exists());
+
+    // A folder without weights: the message names model.safetensors.
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = dir.path().join("no-weights");
+    write_encoder(&encoder, false);
+    let out = run(dir.path(), &encoder.display().to_string());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("eval.bertscore_encoder") && err.contains("model.safetensors"),
+        "{err}"
+    );
+}
