@@ -533,7 +533,70 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// applied without autograd (no second derivatives).
 mod fused {
     use super::*;
+    use rayon::prelude::*;
     use std::sync::Arc;
+
+    /// Below this many values a row-wise kernel runs on the calling thread: handing a job to the
+    /// pool and waiting for it costs microseconds.
+    const PAR_MIN_VALUES: usize = 1 << 14;
+
+    /// Whether there is more than one thread in the current rayon pool (the global one, or the
+    /// one a caller `install`ed).
+    fn parallel() -> bool {
+        rayon::current_num_threads() > 1
+    }
+
+    /// Rows per parallel task for a row-wise kernel over `rows` rows of `n` values: at least
+    /// [`PAR_MIN_VALUES`] values per task, and a few tasks per thread so that a thread the
+    /// scheduler preempts does not hold up the rest (the cores are shared).
+    fn rows_per_task(rows: usize, n: usize) -> usize {
+        let threads = rayon::current_num_threads();
+        let tasks = (rows * n / PAR_MIN_VALUES).clamp(1, 4 * threads);
+        rows.div_ceil(tasks).max(1)
+    }
+
+    /// `f(first_row, chunk)` over chunks of whole rows (`n` values each) of `out`, in parallel
+    /// when `out` is big enough. Every row is computed by the same code whatever the chunking,
+    /// so the results do not depend on the thread count.
+    fn for_row_chunks(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        let rows = out.len() / n;
+        let per = rows_per_task(rows, n);
+        if per >= rows || !parallel() {
+            f(0, out);
+        } else {
+            out.par_chunks_mut(per * n)
+                .enumerate()
+                .for_each(|(i, chunk)| f(i * per, chunk));
+        }
+    }
+
+    /// A new `[rows, n]` buffer filled row chunk by row chunk by `f(first_row, chunk)` (see
+    /// [`for_row_chunks`]).
+    fn map_rows(len: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        // Zeroed allocation: for large buffers fresh pages from the kernel, no memset.
+        let mut out = vec![0f32; len];
+        for_row_chunks(&mut out, n, f);
+        out
+    }
+
+    /// Per-column reductions over all rows of a `[rows, n]` layout: `f(first_col, sums)` adds
+    /// the rows' values of columns `first_col..first_col + sums.len()` into `sums`, rows in
+    /// order. Parallel over column blocks, so every column is still summed by one thread in row
+    /// order: the result is the sequential one, bit for bit, whatever the thread count.
+    fn column_reduce(rows: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut sums = vec![0f32; n];
+        let threads = rayon::current_num_threads();
+        // Blocks of whole 64-byte lines of a row, a couple per thread.
+        let width = n.div_ceil(2 * threads).next_multiple_of(16);
+        if threads == 1 || rows * n < PAR_MIN_VALUES || width >= n {
+            f(0, &mut sums);
+        } else {
+            sums.par_chunks_mut(width)
+                .enumerate()
+                .for_each(|(i, block)| f(i * width, block));
+        }
+        sums
+    }
 
     /// The contiguous f32 data of a custom op input.
     fn data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -601,10 +664,13 @@ mod fused {
 
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
             let x = data(s, l, self.name())?;
-            let y = x
-                .iter()
-                .map(|&v| 0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_A * v * v * v))))
-                .collect();
+            let n = last_dim(l, self.name())?;
+            let y = map_rows(x.len(), n, |r0, out| {
+                let x = &x[r0 * n..r0 * n + out.len()];
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = 0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_A * v * v * v)));
+                }
+            });
             Ok((CpuStorage::F32(y), l.shape().clone()))
         }
 
@@ -635,33 +701,36 @@ mod fused {
             let x = data(s1, l1, self.name())?;
             let y = data(s2, l2, self.name())?;
             let dy = data(s3, l3, self.name())?;
-            let dx = x
-                .iter()
-                .zip(y)
-                .zip(dy)
-                .map(|((&v, &out), &g)| {
+            let n = last_dim(l1, self.name())?;
+            if y.len() != x.len() || dy.len() != x.len() {
+                candle_core::bail!("{}: inputs of different sizes", self.name());
+            }
+            let dx = map_rows(x.len(), n, |r0, out| {
+                let range = r0 * n..r0 * n + out.len();
+                let (x, y, dy) = (&x[range.clone()], &y[range.clone()], &dy[range]);
+                for (((o, &v), &out), &g) in out.iter_mut().zip(x).zip(y).zip(dy) {
                     let t = if v.abs() >= 0.01 {
                         2.0 * out / v - 1.0
                     } else {
                         fast_tanh(GELU_K * (v + GELU_A * v * v * v))
                     };
                     let du = GELU_K * (1.0 + 3.0 * GELU_A * v * v);
-                    g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du)
-                })
-                .collect();
+                    *o = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+                }
+            });
             Ok((CpuStorage::F32(dx), l1.shape().clone()))
         }
     }
 
     /// Sums of the rows of a contiguous `[.., n]` tensor: `[n]`.
     fn column_sums(values: &[f32], n: usize) -> Vec<f32> {
-        let mut sums = vec![0f32; n];
-        for row in values.chunks_exact(n) {
-            for (s, &v) in sums.iter_mut().zip(row) {
-                *s += v;
+        column_reduce(values.len() / n, n, |c0, sums| {
+            for row in values.chunks_exact(n) {
+                for (s, &v) in sums.iter_mut().zip(&row[c0..]) {
+                    *s += v;
+                }
             }
-        }
-        sums
+        })
     }
 
     fn row_len(l: &Layout, v: &Layout, op: &str) -> Result<usize> {
@@ -690,12 +759,14 @@ mod fused {
             let x = data(s1, l1, self.name())?;
             let b = data(s2, l2, self.name())?;
             let n = row_len(l1, l2, self.name())?;
-            let mut y = x.to_vec();
-            for row in y.chunks_exact_mut(n) {
-                for (o, &v) in row.iter_mut().zip(b) {
-                    *o += v;
+            let y = map_rows(x.len(), n, |r0, out| {
+                let x = &x[r0 * n..r0 * n + out.len()];
+                for (orow, xrow) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                    for ((o, &v), &bv) in orow.iter_mut().zip(xrow).zip(b) {
+                        *o = v + bv;
+                    }
                 }
-            }
+            });
             Ok((CpuStorage::F32(y), l1.shape().clone()))
         }
 
@@ -729,12 +800,14 @@ mod fused {
             let x = data(s1, l1, self.name())?;
             let w = data(s2, l2, self.name())?;
             let n = row_len(l1, l2, self.name())?;
-            let mut y = x.to_vec();
-            for row in y.chunks_exact_mut(n) {
-                for (o, &v) in row.iter_mut().zip(w) {
-                    *o *= v;
+            let y = map_rows(x.len(), n, |r0, out| {
+                let x = &x[r0 * n..r0 * n + out.len()];
+                for (orow, xrow) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                    for ((o, &v), &wv) in orow.iter_mut().zip(xrow).zip(w) {
+                        *o = v * wv;
+                    }
                 }
-            }
+            });
             Ok((CpuStorage::F32(y), l1.shape().clone()))
         }
 
@@ -793,12 +866,13 @@ mod fused {
                     l2.dims()
                 );
             }
-            let mut sums = vec![0f32; n];
-            for (ra, rb) in a.chunks_exact(n).zip(b.chunks_exact(n)) {
-                for ((s, &va), &vb) in sums.iter_mut().zip(ra).zip(rb) {
-                    *s += va * vb;
+            let sums = column_reduce(a.len() / n, n, |c0, sums| {
+                for (ra, rb) in a.chunks_exact(n).zip(b.chunks_exact(n)) {
+                    for ((s, &va), &vb) in sums.iter_mut().zip(&ra[c0..]).zip(&rb[c0..]) {
+                        *s += va * vb;
+                    }
                 }
-            }
+            });
             Ok((CpuStorage::F32(sums), Shape::from(n)))
         }
     }
@@ -813,17 +887,19 @@ mod fused {
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
             let x = data(s, l, self.name())?;
             let n = last_dim(l, self.name())?;
-            let mut y = vec![0f32; x.len()];
-            for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = fast_exp(v - max);
-                    sum += *o;
+            let y = map_rows(x.len(), n, |r0, out| {
+                let x = &x[r0 * n..r0 * n + out.len()];
+                for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                    let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = fast_exp(v - max);
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    yr.iter_mut().for_each(|o| *o *= inv);
                 }
-                let inv = 1.0 / sum;
-                yr.iter_mut().for_each(|o| *o *= inv);
-            }
+            });
             Ok((CpuStorage::F32(y), l.shape().clone()))
         }
 
@@ -850,17 +926,23 @@ mod fused {
             let y = data(s1, l1, self.name())?;
             let dy = data(s2, l2, self.name())?;
             let n = last_dim(l1, self.name())?;
-            let mut dx = vec![0f32; y.len()];
-            for ((yr, gr), or) in y
-                .chunks_exact(n)
-                .zip(dy.chunks_exact(n))
-                .zip(dx.chunks_exact_mut(n))
-            {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for ((o, &a), &g) in or.iter_mut().zip(yr).zip(gr) {
-                    *o = a * (g - dot);
-                }
+            if dy.len() != y.len() {
+                candle_core::bail!("{}: inputs of different sizes", self.name());
             }
+            let dx = map_rows(y.len(), n, |r0, out| {
+                let range = r0 * n..r0 * n + out.len();
+                let (y, dy) = (&y[range.clone()], &dy[range]);
+                for ((yr, gr), or) in y
+                    .chunks_exact(n)
+                    .zip(dy.chunks_exact(n))
+                    .zip(out.chunks_exact_mut(n))
+                {
+                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    for ((o, &a), &g) in or.iter_mut().zip(yr).zip(gr) {
+                        *o = a * (g - dot);
+                    }
+                }
+            });
             Ok((CpuStorage::F32(dx), l1.shape().clone()))
         }
     }
@@ -893,13 +975,15 @@ mod fused {
         fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
             let x = data(s, l, self.name())?;
             let n = last_dim(l, self.name())?;
-            let mut y = vec![0f32; x.len()];
-            for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-                let (mean, inv_std) = self.stats(xr);
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = (v - mean) * inv_std;
+            let y = map_rows(x.len(), n, |r0, out| {
+                let x = &x[r0 * n..r0 * n + out.len()];
+                for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                    let (mean, inv_std) = self.stats(xr);
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = (v - mean) * inv_std;
+                    }
                 }
-            }
+            });
             Ok((CpuStorage::F32(y), l.shape().clone()))
         }
 
@@ -939,29 +1023,35 @@ mod fused {
                 eps: self.eps,
                 remove_mean: self.remove_mean,
             };
-            let mut dx = vec![0f32; x.len()];
-            for ((xr, gr), or) in x
-                .chunks_exact(n)
-                .zip(dy.chunks_exact(n))
-                .zip(dx.chunks_exact_mut(n))
-            {
-                let (mean, inv_std) = norm.stats(xr);
-                let (mut sum_g, mut sum_gy) = (0f32, 0f32);
-                for (&v, &g) in xr.iter().zip(gr) {
-                    sum_g += g;
-                    sum_gy += g * (v - mean) * inv_std;
-                }
-                let mean_g = if self.remove_mean {
-                    sum_g / n as f32
-                } else {
-                    0.0
-                };
-                let mean_gy = sum_gy / n as f32;
-                for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gr) {
-                    let y = (v - mean) * inv_std;
-                    *o = inv_std * (g - mean_g - y * mean_gy);
-                }
+            if dy.len() != x.len() {
+                candle_core::bail!("{}: inputs of different sizes", self.name());
             }
+            let dx = map_rows(x.len(), n, |r0, out| {
+                let range = r0 * n..r0 * n + out.len();
+                let (x, dy) = (&x[range.clone()], &dy[range]);
+                for ((xr, gr), or) in x
+                    .chunks_exact(n)
+                    .zip(dy.chunks_exact(n))
+                    .zip(out.chunks_exact_mut(n))
+                {
+                    let (mean, inv_std) = norm.stats(xr);
+                    let (mut sum_g, mut sum_gy) = (0f32, 0f32);
+                    for (&v, &g) in xr.iter().zip(gr) {
+                        sum_g += g;
+                        sum_gy += g * (v - mean) * inv_std;
+                    }
+                    let mean_g = if self.remove_mean {
+                        sum_g / n as f32
+                    } else {
+                        0.0
+                    };
+                    let mean_gy = sum_gy / n as f32;
+                    for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gr) {
+                        let y = (v - mean) * inv_std;
+                        *o = inv_std * (g - mean_g - y * mean_gy);
+                    }
+                }
+            });
             Ok((CpuStorage::F32(dx), l1.shape().clone()))
         }
     }
@@ -989,6 +1079,14 @@ mod fused {
         /// One past the last element of a `rows x cols` matrix.
         fn end(self, rows: usize, cols: usize) -> usize {
             self.off + (rows - 1) * self.rs + (cols - 1) * self.cs + 1
+        }
+
+        /// The same matrix in a sub-slice of the buffer that starts at `start`.
+        fn rebase(self, start: usize) -> Result<View> {
+            match self.off.checked_sub(start) {
+                Some(off) => Ok(View { off, ..self }),
+                None => candle_core::bail!("attention kernel: view before its block"),
+            }
         }
     }
 
@@ -1117,63 +1215,144 @@ mod fused {
     /// and the optional additive score bias.
     type Operands<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>);
 
-    /// Forward pass of every head: `out = softmax(scale q k^T + bias) v`.
-    fn attend(
+    /// Per-worker scratch of the attention kernels: one head's probabilities `p` and their
+    /// gradient `dp`, `[tq, tk]` each (`dp` empty in the forward pass).
+    struct Scratch {
+        p: Vec<f32>,
+        dp: Vec<f32>,
+    }
+
+    /// `f(index, item, scratch)` for every work item of an attention kernel, on the rayon pool
+    /// when there are several items and threads, each worker with its own scratch. An item is
+    /// the output (or gradient) block of some heads, disjoint from every other item's, and its
+    /// heads are computed in order by one thread, so the results do not depend on the thread
+    /// count or the scheduling.
+    fn for_each_item<T: Send>(
         dims: Dims,
-        heads: impl Iterator<Item = HeadViews>,
+        with_dp: bool,
+        items: Vec<T>,
+        f: impl Fn(usize, T, &mut Scratch) -> Result<()> + Sync,
+    ) -> Result<()> {
+        let scratch = || Scratch {
+            p: vec![0f32; dims.tq * dims.tk],
+            dp: if with_dp {
+                vec![0f32; dims.tq * dims.tk]
+            } else {
+                Vec::new()
+            },
+        };
+        if items.len() > 1 && parallel() {
+            items
+                .into_par_iter()
+                .enumerate()
+                .try_for_each_init(scratch, |s, (i, item)| f(i, item, s))
+        } else {
+            let mut s = scratch();
+            items
+                .into_iter()
+                .enumerate()
+                .try_for_each(|(i, item)| f(i, item, &mut s))
+        }
+    }
+
+    /// Forward pass of every head: `out = softmax(scale q k^T + bias) v`. `out` is split into
+    /// `items` equal blocks; `heads_of(i)` lists the heads whose output lies in block `i`, with
+    /// views into the whole buffers (`out` included).
+    fn attend<I: Iterator<Item = HeadViews>>(
+        dims: Dims,
+        items: usize,
+        heads_of: impl Fn(usize) -> I + Sync,
         (q, k, v, bias): Operands,
         out: &mut [f32],
     ) -> Result<()> {
-        let mut p = vec![0f32; dims.tq * dims.tk];
-        for hv in heads {
-            probabilities(dims, (q, k, bias), hv, &mut p)?;
-            let pv = View::rows(0, dims.tk);
-            matmul(
-                (dims.tq, dims.d, dims.tk),
-                out,
-                hv.out,
-                &p,
-                pv,
-                v,
-                hv.v,
-                1.0,
-            )?;
+        if items == 0 && out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        if items == 0 || !out.len().is_multiple_of(items) {
+            candle_core::bail!("attention kernel: {} outputs in {items} blocks", out.len());
+        }
+        let block = out.len() / items;
+        let blocks: Vec<&mut [f32]> = out.chunks_mut(block).collect();
+        for_each_item(dims, false, blocks, |i, out, s| {
+            for hv in heads_of(i) {
+                probabilities(dims, (q, k, bias), hv, &mut s.p)?;
+                let pv = View::rows(0, dims.tk);
+                let ov = hv.out.rebase(i * block)?;
+                matmul((dims.tq, dims.d, dims.tk), out, ov, &s.p, pv, v, hv.v, 1.0)?;
+            }
+            Ok(())
+        })
     }
 
-    /// Backward pass of every head, probabilities recomputed. `grads` receives dq, dk and dv at
-    /// the views of `dst_views` (matching `heads` one to one); `dout` is read at `heads`' `out`.
-    fn attend_backward(
+    /// Where one work item's gradients go: one block holding its heads' dq, dk and dv (packed
+    /// rows), or a block of each of dq, dk and dv.
+    enum GradBlocks<'a> {
+        One(&'a mut [f32]),
+        Three([&'a mut [f32]; 3]),
+    }
+
+    impl GradBlocks<'_> {
+        /// The block of dq (0), dk (1) or dv (2).
+        fn part(&mut self, which: usize) -> &mut [f32] {
+            match self {
+                GradBlocks::One(block) => block,
+                GradBlocks::Three(blocks) => blocks[which],
+            }
+        }
+    }
+
+    /// Backward pass of every head, probabilities recomputed. Work item `i` writes `blocks[i]`:
+    /// `heads_of(i)` gives its heads as (views into q, k, v and `dout`; views of dq, dk and dv
+    /// relative to the item's blocks).
+    fn attend_backward<I: Iterator<Item = (HeadViews, HeadViews)>>(
         dims: Dims,
-        heads: impl Iterator<Item = (HeadViews, HeadViews)>,
+        heads_of: impl Fn(usize) -> I + Sync,
         (q, k, v, bias): Operands,
         dout: &[f32],
-        grads: &mut [f32],
+        blocks: Vec<GradBlocks>,
     ) -> Result<()> {
         let Dims {
             tq, tk, d, scale, ..
         } = dims;
-        let mut p = vec![0f32; tq * tk];
-        let mut dp = vec![0f32; tq * tk];
         let rows = View::rows(0, tk);
-        for (hv, gv) in heads {
-            probabilities(dims, (q, k, bias), hv, &mut p)?;
-            // dv = p^T dout
-            matmul((tk, d, tq), grads, gv.v, &p, rows.t(), dout, hv.out, 1.0)?;
-            // dp = dout v^T, then ds = p * (dp - rowsum(dp * p)), in place
-            matmul((tq, tk, d), &mut dp, rows, dout, hv.out, v, hv.v.t(), 1.0)?;
-            for (pr, gr) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
-                let dot: f32 = pr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
-                for (g, &a) in gr.iter_mut().zip(pr) {
-                    *g = a * (*g - dot);
+        for_each_item(dims, true, blocks, |i, mut grads, s| {
+            let Scratch { p, dp } = s;
+            for (hv, gv) in heads_of(i) {
+                probabilities(dims, (q, k, bias), hv, p)?;
+                // dv = p^T dout
+                matmul(
+                    (tk, d, tq),
+                    grads.part(2),
+                    gv.v,
+                    p,
+                    rows.t(),
+                    dout,
+                    hv.out,
+                    1.0,
+                )?;
+                // dp = dout v^T, then ds = p * (dp - rowsum(dp * p)), in place
+                matmul((tq, tk, d), dp, rows, dout, hv.out, v, hv.v.t(), 1.0)?;
+                for (pr, gr) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
+                    let dot: f32 = pr.iter().zip(gr.iter()).map(|(a, b)| a * b).sum();
+                    for (g, &a) in gr.iter_mut().zip(pr) {
+                        *g = a * (*g - dot);
+                    }
                 }
+                // dq = scale ds k, dk = scale ds^T q
+                matmul((tq, d, tk), grads.part(0), gv.q, dp, rows, k, hv.k, scale)?;
+                matmul(
+                    (tk, d, tq),
+                    grads.part(1),
+                    gv.k,
+                    dp,
+                    rows.t(),
+                    q,
+                    hv.q,
+                    scale,
+                )?;
             }
-            // dq = scale ds k, dk = scale ds^T q
-            matmul((tq, d, tk), grads, gv.q, &dp, rows, k, hv.k, scale)?;
-            matmul((tk, d, tq), grads, gv.k, &dp, rows.t(), q, hv.q, scale)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Attention over separate contiguous q `[B, H, Tq, D]`, k, v `[B, H, Tk, D]`.
@@ -1197,15 +1376,16 @@ mod fused {
             Ok((b * h, dims))
         }
 
-        fn heads(pairs: usize, dims: Dims) -> impl Iterator<Item = HeadViews> {
+        /// The views of (batch, head) pair `p`.
+        fn head(p: usize, dims: Dims) -> HeadViews {
             let Dims { tq, tk, d, .. } = dims;
-            (0..pairs).map(move |p| HeadViews {
+            HeadViews {
                 q: View::rows(p * tq * d, d),
                 k: View::rows(p * tk * d, d),
                 v: View::rows(p * tk * d, d),
                 out: View::rows(p * tq * d, d),
                 bias: None,
-            })
+            }
         }
     }
 
@@ -1230,7 +1410,8 @@ mod fused {
             );
             let (pairs, dims) = self.dims(l1, l2)?;
             let mut out = vec![0f32; q.len()];
-            attend(dims, Self::heads(pairs, dims), (q, k, v, None), &mut out)?;
+            let heads_of = |p| std::iter::once(Self::head(p, dims));
+            attend(dims, pairs, heads_of, (q, k, v, None), &mut out)?;
             Ok((CpuStorage::F32(out), l1.shape().clone()))
         }
 
@@ -1291,22 +1472,31 @@ mod fused {
             let (pairs, dims) = op.dims(l1, &kv_layout)?;
             let (nq, nk) = (q.len(), kv.len() / 2);
             let (k, v) = kv.split_at(nk);
-            let heads = Attention::heads(pairs, dims);
-            let grad_views = Attention::heads(pairs, dims).map(move |hv| HeadViews {
-                q: hv.q,
-                k: View::rows(nq + hv.k.off, hv.k.rs),
-                v: View::rows(nq + nk + hv.v.off, hv.v.rs),
-                out: hv.out,
-                bias: None,
-            });
+            let (qn, kn) = (dims.tq * dims.d, dims.tk * dims.d);
+            if nq != pairs * qn || nk != pairs * kn || qn == 0 || kn == 0 {
+                candle_core::bail!("{}: q, k and v do not fit", self.name());
+            }
             let mut grads = vec![0f32; nq + 2 * nk];
-            attend_backward(
-                dims,
-                heads.zip(grad_views),
-                (q, k, v, None),
-                dout,
-                &mut grads,
-            )?;
+            // Pair p's gradients: its own blocks of dq, dk and dv.
+            let (dq, dkv) = grads.split_at_mut(nq);
+            let (dk, dv) = dkv.split_at_mut(nk);
+            let blocks = dq
+                .chunks_mut(qn)
+                .zip(dk.chunks_mut(kn))
+                .zip(dv.chunks_mut(kn))
+                .map(|((dq, dk), dv)| GradBlocks::Three([dq, dk, dv]))
+                .collect();
+            let heads_of = |p| -> std::iter::Once<(HeadViews, HeadViews)> {
+                let hv = Attention::head(p, dims);
+                let gv = HeadViews {
+                    q: View::rows(0, dims.d),
+                    k: View::rows(0, dims.d),
+                    v: View::rows(0, dims.d),
+                    ..hv
+                };
+                std::iter::once((hv, gv))
+            };
+            attend_backward(dims, heads_of, (q, k, v, None), dout, blocks)?;
             Ok((CpuStorage::F32(grads), Shape::from(nq + 2 * nk)))
         }
     }
@@ -1342,14 +1532,13 @@ mod fused {
             Ok((rows / t, dims))
         }
 
-        /// Views of (sequence, head) into the packed input (and its gradient) and into the
-        /// merged output (and its gradient).
-        fn heads(&self, b: usize) -> impl Iterator<Item = HeadViews> + use<> {
+        /// Views of the heads of sequence `bi` into the packed input (and its gradient) and
+        /// into the merged output (and its gradient).
+        fn heads(&self, bi: usize) -> impl Iterator<Item = HeadViews> + use<> {
             let (h, d, t) = (self.heads, self.head_dim, self.seq_len);
             let inner = h * d;
             let biased = self.bias.is_some();
-            (0..b * h).map(move |p| {
-                let (bi, hi) = (p / h, p % h);
+            (0..h).map(move |hi| {
                 let row = bi * t * 3 * inner + hi * d;
                 HeadViews {
                     q: View::rows(row, 3 * inner),
@@ -1373,7 +1562,9 @@ mod fused {
             let inner = self.heads * self.head_dim;
             let mut out = vec![0f32; b * dims.tq * inner];
             let bias = self.bias.as_deref();
-            attend(dims, self.heads(b), (qkv, qkv, qkv, bias), &mut out)?;
+            // One work item per sequence: its rows of the output hold all its heads.
+            let heads_of = |bi| self.heads(bi);
+            attend(dims, b, heads_of, (qkv, qkv, qkv, bias), &mut out)?;
             Ok((CpuStorage::F32(out), Shape::from((b * dims.tq, inner))))
         }
 
@@ -1408,10 +1599,29 @@ mod fused {
             let dout = data(s2, l2, self.name())?;
             let op = &self.0;
             let (b, dims) = op.dims(l1)?;
-            let heads = op.heads(b).zip(op.heads(b));
             let mut grads = vec![0f32; qkv.len()];
+            // One work item per sequence: its rows of the gradient hold dq, dk and dv of all
+            // its heads, and no other sequence's.
+            let block = qkv.len() / b.max(1);
+            let blocks = grads.chunks_mut(block).map(GradBlocks::One).collect();
+            let heads_of = |bi: usize| {
+                let start = bi * block;
+                op.heads(bi).map(move |hv| {
+                    let rebase = |v: View| View {
+                        off: v.off - start,
+                        ..v
+                    };
+                    let gv = HeadViews {
+                        q: rebase(hv.q),
+                        k: rebase(hv.k),
+                        v: rebase(hv.v),
+                        ..hv
+                    };
+                    (hv, gv)
+                })
+            };
             let bias = op.bias.as_deref();
-            attend_backward(dims, heads, (qkv, qkv, qkv, bias), dout, &mut grads)?;
+            attend_backward(dims, heads_of, (qkv, qkv, qkv, bias), dout, blocks)?;
             Ok((CpuStorage::F32(grads), l1.shape().clone()))
         }
     }

@@ -279,6 +279,122 @@ fn packed_self_attention_adds_the_score_bias_of_each_head() {
     assert!(packed_self_attention(&qkv, h, d, 0.5, Some(&wrong)).is_err());
 }
 
+/// A rayon pool of `threads` threads; the fused kernels split their work on the pool they are
+/// called from.
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+type Op = dyn Fn(&[Tensor]) -> Tensor + Sync;
+
+/// Inputs big enough that every fused kernel splits its work: row ops over more rows than one
+/// task takes, attention over more (batch, head) pairs and sequences than threads. With `f32`
+/// the fused kernels, with `f64` candle's composed ops.
+fn parallel_cases() -> Vec<(&'static str, Vec<Tensor>, Box<Op>)> {
+    let x = randn(&[16, 40, 96], 30);
+    let v = randn(&[96], 31);
+    let (b, h, t, d) = (3, 4, 9, 8);
+    let qkv = vec![
+        randn(&[b, h, t, d], 32),
+        randn(&[b, h, t, d], 33),
+        randn(&[b, h, t, d], 34),
+    ];
+    let (pb, pt, ph, pd) = (6, 7, 3, 4);
+    let packed = randn(&[pb, pt, 3 * ph * pd], 35);
+    let bias = randn(&[ph, pt, pt], 36);
+    vec![
+        (
+            "layer norm",
+            vec![x.clone()],
+            Box::new(|x| normalize_last_dim(&x[0], 1e-5, true).unwrap()),
+        ),
+        (
+            "rms norm",
+            vec![x.clone()],
+            Box::new(|x| normalize_last_dim(&x[0], 1e-6, false).unwrap()),
+        ),
+        (
+            "softmax",
+            vec![x.clone()],
+            Box::new(|x| softmax_last_dim(&x[0]).unwrap()),
+        ),
+        ("gelu", vec![x.clone()], Box::new(|x| gelu(&x[0]).unwrap())),
+        (
+            "bias add",
+            vec![x.clone(), v.clone()],
+            Box::new(|x| add_row_vector(&x[0], &x[1]).unwrap()),
+        ),
+        (
+            "gain",
+            vec![x, v],
+            Box::new(|x| mul_row_vector(&x[0], &x[1]).unwrap()),
+        ),
+        (
+            "attention",
+            qkv.clone(),
+            Box::new(|x| attention(&x[0], &x[1], &x[2], None, 0.4).unwrap()),
+        ),
+        (
+            "causal attention",
+            qkv,
+            Box::new(|x| causal_attention(&x[0], &x[1], &x[2], 0.4).unwrap()),
+        ),
+        (
+            "packed attention",
+            vec![packed.clone()],
+            Box::new(move |x| packed_self_attention(&x[0], ph, pd, 0.5, None).unwrap()),
+        ),
+        (
+            "biased packed attention",
+            vec![packed],
+            Box::new(move |x| {
+                let bias = bias.to_dtype(x[0].dtype()).unwrap();
+                packed_self_attention(&x[0], ph, pd, 0.5, Some(&bias)).unwrap()
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn fused_kernels_split_across_threads_match_composed_ops() {
+    for (what, inputs, f) in parallel_cases() {
+        pool(4).install(|| check_fused_many(&inputs, &f, &format!("{what}, 4 threads")));
+    }
+}
+
+/// The value and every input gradient of `sum(f(..) * w)` in f32, as bits.
+fn f32_bits(inputs: &[Tensor], f: &Op) -> Vec<Vec<u32>> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|x| Var::from_tensor(x).unwrap())
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&tensors);
+    let w = randn(y.dims(), 99);
+    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    };
+    let mut out = vec![bits(&y)];
+    out.extend(vars.iter().map(|v| bits(grads.get(v.as_tensor()).unwrap())));
+    out
+}
+
+#[test]
+fn fused_kernels_give_the_same_bits_on_any_thread_count() {
+    for (what, inputs, f) in parallel_cases() {
+        let one = pool(1).install(|| f32_bits(&inputs, &*f));
+        for threads in [2, 3, 4] {
+            let many = pool(threads).install(|| f32_bits(&inputs, &*f));
+            assert!(one == many, "{what}: 1 vs {threads} threads differ");
+        }
+    }
+}
+
 #[test]
 fn locality_bias_falls_with_distance_and_per_head_slope() {
     // Two heads: slopes 2 and 2 * 2^(-8/2) = 1/8.
