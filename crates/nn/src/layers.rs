@@ -11,12 +11,20 @@
 //! On the CPU in f32, the hot spots of a transformer step run as fused candle custom ops with
 //! hand-written backward passes: the normalisation of LayerNorm / RmsNorm, their gain and every
 //! bias (row-vector ops), the softmax, the tanh GELU, and attention itself (per-head products
-//! straight from the gemm kernels on strided views; probabilities recomputed in the backward
-//! pass). Composed from primitives, each of these is several graph nodes, and candle's backward
-//! pass allocates and sweeps the activations once per node: that overhead was most of a Beat
-//! training step (7 windows/s at the paper config on one core before, about 21 after). Elsewhere
-//! (CUDA, half precision) the same functions use the composed, differentiable primitives, and
-//! the tests check that both paths agree in value and gradient.
+//! straight from the gemm kernels on strided views; the softmax probabilities kept from the
+//! forward pass for the backward pass). Composed from primitives, each of these is several graph
+//! nodes, and candle's backward pass allocates and sweeps the activations once per node: that
+//! overhead was most of a Beat training step (7 windows/s at the paper config on one core before,
+//! about 21 after). Elsewhere (CUDA, half precision) the same functions use the composed,
+//! differentiable primitives, and the tests check that both paths agree in value and gradient.
+//!
+//! The fused kernels split their work on the current rayon pool (the global one unless a caller
+//! `install`s another; candle's matrix products use the same, so `RAYON_NUM_THREADS` sets the
+//! thread count of both): attention over sequences or (batch, head) pairs, each worker with its
+//! own scratch and writing its own blocks of the output or the gradient, the row-wise kernels
+//! over chunks of rows, the column sums of the bias and gain gradients over blocks of columns.
+//! No value is ever summed in an order that depends on the split, so the results are bit for
+//! bit the same on any number of threads.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Module, Result, Shape, Tensor,
@@ -322,7 +330,8 @@ impl Module for Mlp {
 /// negative) where not. Returns `[B, H, Tq, D]`, differentiable with respect to q, k and v.
 ///
 /// Without a mask, on the CPU in f32, this is one fused op (per-head matrix products straight
-/// from the gemm kernels, probabilities recomputed in the backward pass instead of stored);
+/// from the gemm kernels, the probabilities kept for the backward pass: `B x H x Tq x Tk`
+/// values for as long as the graph lives);
 /// otherwise the batched matmuls of candle with the differentiable [`softmax_last_dim`].
 pub fn attention(
     q: &Tensor,
@@ -368,6 +377,7 @@ fn attention_with(
         let op = fused::Attention {
             scale: scale as f32,
             causal,
+            saved: Default::default(),
         };
         return q
             .contiguous()?
@@ -453,6 +463,7 @@ pub fn packed_self_attention_rows(
             seq_len,
             scale: scale as f32,
             bias,
+            saved: Default::default(),
         };
         return qkv.contiguous()?.apply_op1(op);
     }
@@ -534,7 +545,7 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 mod fused {
     use super::*;
     use rayon::prelude::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     /// Below this many values a row-wise kernel runs on the calling thread: handing a job to the
     /// pool and waiting for it costs microseconds.
@@ -1215,8 +1226,8 @@ mod fused {
     /// and the optional additive score bias.
     type Operands<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>);
 
-    /// Per-worker scratch of the attention kernels: one head's probabilities `p` and their
-    /// gradient `dp`, `[tq, tk]` each (`dp` empty in the forward pass).
+    /// Per-worker scratch of the backward attention kernel: one head's probabilities `p` (when
+    /// they are recomputed) and their gradient `dp`, `[tq, tk]` each.
     struct Scratch {
         p: Vec<f32>,
         dp: Vec<f32>,
@@ -1229,17 +1240,14 @@ mod fused {
     /// count or the scheduling.
     fn for_each_item<T: Send>(
         dims: Dims,
-        with_dp: bool,
+        with_scratch: bool,
         items: Vec<T>,
         f: impl Fn(usize, T, &mut Scratch) -> Result<()> + Sync,
     ) -> Result<()> {
+        let square = if with_scratch { dims.tq * dims.tk } else { 0 };
         let scratch = || Scratch {
-            p: vec![0f32; dims.tq * dims.tk],
-            dp: if with_dp {
-                vec![0f32; dims.tq * dims.tk]
-            } else {
-                Vec::new()
-            },
+            p: vec![0f32; square],
+            dp: vec![0f32; square],
         };
         if items.len() > 1 && parallel() {
             items
@@ -1255,33 +1263,64 @@ mod fused {
         }
     }
 
+    /// The softmax probabilities of every head, `[pairs, tq, tk]` in the order of the work items
+    /// and their heads, kept by a forward pass for its backward pass (which then skips the
+    /// score product and the exponentials). Filled by the op's `cpu_fwd`; freed with the op,
+    /// i.e. with the graph that holds it, or at once when no gradient is tracked.
+    #[derive(Debug, Default)]
+    pub(super) struct SavedProbabilities(Mutex<Option<Arc<[f32]>>>);
+
+    impl SavedProbabilities {
+        fn store(&self, probs: Vec<f32>) {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(probs.into());
+        }
+
+        fn get(&self) -> Option<Arc<[f32]>> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
     /// Forward pass of every head: `out = softmax(scale q k^T + bias) v`. `out` is split into
     /// `items` equal blocks; `heads_of(i)` lists the heads whose output lies in block `i`, with
-    /// views into the whole buffers (`out` included).
+    /// views into the whole buffers (`out` included). Returns the probabilities of every head
+    /// (see [`SavedProbabilities`]).
     fn attend<I: Iterator<Item = HeadViews>>(
         dims: Dims,
         items: usize,
         heads_of: impl Fn(usize) -> I + Sync,
         (q, k, v, bias): Operands,
         out: &mut [f32],
-    ) -> Result<()> {
+    ) -> Result<Vec<f32>> {
         if items == 0 && out.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if items == 0 || !out.len().is_multiple_of(items) {
             candle_core::bail!("attention kernel: {} outputs in {items} blocks", out.len());
         }
         let block = out.len() / items;
-        let blocks: Vec<&mut [f32]> = out.chunks_mut(block).collect();
-        for_each_item(dims, false, blocks, |i, out, s| {
-            for hv in heads_of(i) {
-                probabilities(dims, (q, k, bias), hv, &mut s.p)?;
+        let square = dims.tq * dims.tk;
+        let per_item = heads_of(0).count();
+        let mut probs = vec![0f32; items * per_item * square];
+        let blocks: Vec<(&mut [f32], &mut [f32])> = out
+            .chunks_mut(block)
+            .zip(probs.chunks_mut(per_item * square))
+            .collect();
+        for_each_item(dims, false, blocks, |i, (out, probs), _| {
+            let mut heads = 0;
+            for (hv, p) in heads_of(i).zip(probs.chunks_exact_mut(square)) {
+                probabilities(dims, (q, k, bias), hv, p)?;
                 let pv = View::rows(0, dims.tk);
                 let ov = hv.out.rebase(i * block)?;
-                matmul((dims.tq, dims.d, dims.tk), out, ov, &s.p, pv, v, hv.v, 1.0)?;
+                matmul((dims.tq, dims.d, dims.tk), out, ov, p, pv, v, hv.v, 1.0)?;
+                heads += 1;
+            }
+            if heads != per_item {
+                candle_core::bail!("attention kernel: work items of different head counts");
             }
             Ok(())
-        })
+        })?;
+        Ok(probs)
     }
 
     /// Where one work item's gradients go: one block holding its heads' dq, dk and dv (packed
@@ -1301,24 +1340,46 @@ mod fused {
         }
     }
 
-    /// Backward pass of every head, probabilities recomputed. Work item `i` writes `blocks[i]`:
-    /// `heads_of(i)` gives its heads as (views into q, k, v and `dout`; views of dq, dk and dv
-    /// relative to the item's blocks).
+    /// Backward pass of every head. Work item `i` writes `blocks[i]`: `heads_of(i)` gives its
+    /// heads as (views into q, k, v and `dout`; views of dq, dk and dv relative to the item's
+    /// blocks). The probabilities are read from `saved` (what [`attend`] returned for the same
+    /// items) or, without it, recomputed.
     fn attend_backward<I: Iterator<Item = (HeadViews, HeadViews)>>(
         dims: Dims,
         heads_of: impl Fn(usize) -> I + Sync,
         (q, k, v, bias): Operands,
-        dout: &[f32],
+        (dout, saved): (&[f32], Option<&[f32]>),
         blocks: Vec<GradBlocks>,
     ) -> Result<()> {
         let Dims {
             tq, tk, d, scale, ..
         } = dims;
         let rows = View::rows(0, tk);
+        let square = tq * tk;
+        let items = blocks.len();
+        let saved = match saved {
+            Some(all) if items > 0 && all.len().is_multiple_of(items * square) => {
+                Some((all, all.len() / items))
+            }
+            Some(_) => candle_core::bail!("attention kernel: saved probabilities do not fit"),
+            None => None,
+        };
         for_each_item(dims, true, blocks, |i, mut grads, s| {
-            let Scratch { p, dp } = s;
-            for (hv, gv) in heads_of(i) {
-                probabilities(dims, (q, k, bias), hv, p)?;
+            let Scratch { p: p_buf, dp } = s;
+            for (j, (hv, gv)) in heads_of(i).enumerate() {
+                let p: &[f32] = match saved {
+                    Some((all, per_item)) => {
+                        let start = i * per_item + j * square;
+                        let Some(p) = all.get(start..start + square) else {
+                            candle_core::bail!("attention kernel: saved probabilities too short");
+                        };
+                        p
+                    }
+                    None => {
+                        probabilities(dims, (q, k, bias), hv, p_buf)?;
+                        p_buf
+                    }
+                };
                 // dv = p^T dout
                 matmul(
                     (tk, d, tq),
@@ -1359,6 +1420,7 @@ mod fused {
     pub(super) struct Attention {
         pub(super) scale: f32,
         pub(super) causal: bool,
+        pub(super) saved: SavedProbabilities,
     }
 
     impl Attention {
@@ -1411,7 +1473,8 @@ mod fused {
             let (pairs, dims) = self.dims(l1, l2)?;
             let mut out = vec![0f32; q.len()];
             let heads_of = |p| std::iter::once(Self::head(p, dims));
-            attend(dims, pairs, heads_of, (q, k, v, None), &mut out)?;
+            let probs = attend(dims, pairs, heads_of, (q, k, v, None), &mut out)?;
+            self.saved.store(probs);
             Ok((CpuStorage::F32(out), l1.shape().clone()))
         }
 
@@ -1429,6 +1492,7 @@ mod fused {
                 scale: self.scale,
                 causal: self.causal,
                 kv_dims: k.dims().to_vec(),
+                saved: self.saved.get(),
             };
             let all = q.apply_op3_no_bwd(&kv, &dout.contiguous()?, &grad)?;
             let (nq, nk) = (q.elem_count(), k.elem_count());
@@ -1445,6 +1509,8 @@ mod fused {
         scale: f32,
         causal: bool,
         kv_dims: Vec<usize>,
+        /// The forward pass's probabilities, if it kept them.
+        saved: Option<Arc<[f32]>>,
     }
 
     impl CustomOp3 for AttentionGrad {
@@ -1467,6 +1533,7 @@ mod fused {
             let op = Attention {
                 scale: self.scale,
                 causal: self.causal,
+                saved: Default::default(),
             };
             let kv_layout = Layout::contiguous(self.kv_dims.as_slice());
             let (pairs, dims) = op.dims(l1, &kv_layout)?;
@@ -1496,7 +1563,8 @@ mod fused {
                 };
                 std::iter::once((hv, gv))
             };
-            attend_backward(dims, heads_of, (q, k, v, None), dout, blocks)?;
+            let saved = self.saved.as_deref();
+            attend_backward(dims, heads_of, (q, k, v, None), (dout, saved), blocks)?;
             Ok((CpuStorage::F32(grads), Shape::from(nq + 2 * nk)))
         }
     }
@@ -1510,6 +1578,7 @@ mod fused {
         pub(super) scale: f32,
         /// Additive score bias `[heads, T, T]`, the same for every sequence; a constant.
         pub(super) bias: Option<Arc<[f32]>>,
+        pub(super) saved: SavedProbabilities,
     }
 
     impl PackedAttention {
@@ -1564,24 +1633,33 @@ mod fused {
             let bias = self.bias.as_deref();
             // One work item per sequence: its rows of the output hold all its heads.
             let heads_of = |bi| self.heads(bi);
-            attend(dims, b, heads_of, (qkv, qkv, qkv, bias), &mut out)?;
+            let probs = attend(dims, b, heads_of, (qkv, qkv, qkv, bias), &mut out)?;
+            self.saved.store(probs);
             Ok((CpuStorage::F32(out), Shape::from((b * dims.tq, inner))))
         }
 
         fn bwd(&self, qkv: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
-            let grad = PackedAttentionGrad(PackedAttention {
-                heads: self.heads,
-                head_dim: self.head_dim,
-                seq_len: self.seq_len,
-                scale: self.scale,
-                bias: self.bias.clone(),
-            });
+            let grad = PackedAttentionGrad {
+                op: PackedAttention {
+                    heads: self.heads,
+                    head_dim: self.head_dim,
+                    seq_len: self.seq_len,
+                    scale: self.scale,
+                    bias: self.bias.clone(),
+                    saved: Default::default(),
+                },
+                saved: self.saved.get(),
+            };
             Ok(Some(qkv.apply_op2_no_bwd(&dout.contiguous()?, &grad)?))
         }
     }
 
     /// Gradient of [`PackedAttention`] with respect to its packed input.
-    struct PackedAttentionGrad(PackedAttention);
+    struct PackedAttentionGrad {
+        op: PackedAttention,
+        /// The forward pass's probabilities, if it kept them.
+        saved: Option<Arc<[f32]>>,
+    }
 
     impl CustomOp2 for PackedAttentionGrad {
         fn name(&self) -> &'static str {
@@ -1597,7 +1675,7 @@ mod fused {
         ) -> Result<(CpuStorage, Shape)> {
             let qkv = data(s1, l1, self.name())?;
             let dout = data(s2, l2, self.name())?;
-            let op = &self.0;
+            let op = &self.op;
             let (b, dims) = op.dims(l1)?;
             let mut grads = vec![0f32; qkv.len()];
             // One work item per sequence: its rows of the gradient hold dq, dk and dv of all
@@ -1621,7 +1699,8 @@ mod fused {
                 })
             };
             let bias = op.bias.as_deref();
-            attend_backward(dims, heads_of, (qkv, qkv, qkv, bias), dout, blocks)?;
+            let saved = self.saved.as_deref();
+            attend_backward(dims, heads_of, (qkv, qkv, qkv, bias), (dout, saved), blocks)?;
             Ok((CpuStorage::F32(grads), l1.shape().clone()))
         }
     }
