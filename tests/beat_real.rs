@@ -111,7 +111,11 @@ fn beat_on_real_records_learns_reports_code_use_and_dvq_beats_single_vq() {
 
     for (levels, curves) in &by_levels {
         let loss = &curves["loss"];
-        assert_eq!(loss.len(), 12, "{levels} level(s): one validation per epoch");
+        assert_eq!(
+            loss.len(),
+            12,
+            "{levels} level(s): one validation per epoch"
+        );
         // 1.50 -> 1.25 (1 level) and 1.19 (2 levels) in trial runs.
         assert!(
             loss[11] < 0.9 * loss[0],
