@@ -120,7 +120,7 @@ pub fn fmt_num(x: f64) -> String {
             .to_string()
     } else {
         let plain = format!("{x}");
-        if plain.len() > 10 {
+        if plain.len() >= 10 {
             format!("{x:e}")
         } else {
             plain
