@@ -7,7 +7,9 @@
 //!   with achieved FLOP/s over the machine's measured matrix-product peak;
 //! - [`registry`]: metric points written per second by [`crate::registry::Registry`], against
 //!   MLflow's SQLite tracking store;
-//! - [`wfdb`]: WFDB records decoded per second, against the Python `wfdb` package.
+//! - [`wfdb`]: WFDB records decoded per second, against the Python `wfdb` package;
+//! - [`sim`]: 12-lead records simulated per second by the built-in ECG simulator, against
+//!   NeuroKit2's `ecg_simulate(method="multileads")`.
 //!
 //! Every figure is a median over several timed rounds after untimed warm-up. Wall-clock rates
 //! are the headline; rates per CPU-second (user + system time of the process, all threads) are
@@ -16,6 +18,7 @@
 
 pub mod beat;
 pub mod registry;
+pub mod sim;
 pub mod wfdb;
 
 use std::fmt;
@@ -109,6 +112,7 @@ pub enum Which {
     Beat,
     Registry,
     Wfdb,
+    Sim,
     All,
 }
 
@@ -119,8 +123,11 @@ impl FromStr for Which {
             "beat" => Ok(Self::Beat),
             "registry" => Ok(Self::Registry),
             "wfdb" => Ok(Self::Wfdb),
+            "sim" => Ok(Self::Sim),
             "all" => Ok(Self::All),
-            other => Err(format!("`{other}`: expected beat, registry, wfdb or all")),
+            other => Err(format!(
+                "`{other}`: expected beat, registry, wfdb, sim or all"
+            )),
         }
     }
 }
@@ -131,6 +138,7 @@ impl fmt::Display for Which {
             Self::Beat => "beat",
             Self::Registry => "registry",
             Self::Wfdb => "wfdb",
+            Self::Sim => "sim",
             Self::All => "all",
         })
     }
@@ -336,6 +344,7 @@ pub struct BenchOptions {
     pub beat: beat::BeatOptions,
     pub registry: registry::RegistryOptions,
     pub wfdb: wfdb::WfdbOptions,
+    pub sim: sim::SimOptions,
 }
 
 impl BenchOptions {
@@ -350,6 +359,7 @@ impl BenchOptions {
                 root: wfdb::default_data_root(repo_root),
                 ..wfdb::WfdbOptions::default()
             },
+            sim: sim::SimOptions::default(),
         }
     }
 }
@@ -357,7 +367,7 @@ impl BenchOptions {
 /// One benchmark's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
-    /// `beat`, `registry` or `wfdb`.
+    /// `beat`, `registry`, `wfdb` or `sim`.
     pub benchmark: String,
     /// What was measured, in words.
     pub workload: String,
@@ -560,6 +570,9 @@ pub fn run(
     if matches!(which, Which::Wfdb | Which::All) {
         results.push(wfdb::run(&options.wfdb, peer, progress)?);
     }
+    if matches!(which, Which::Sim | Which::All) {
+        results.push(sim::run(&options.sim, peer, progress)?);
+    }
     machine.load_after = load_average();
     Ok(BenchReport { machine, results })
 }
@@ -657,7 +670,7 @@ mod tests {
 
     #[test]
     fn which_parses_and_prints_back() {
-        for name in ["beat", "registry", "wfdb", "all"] {
+        for name in ["beat", "registry", "wfdb", "sim", "all"] {
             assert_eq!(name.parse::<Which>().unwrap().to_string(), name);
         }
         let err = "wfbd".parse::<Which>().unwrap_err();

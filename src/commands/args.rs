@@ -174,8 +174,8 @@ pub enum Command {
     #[command(subcommand)]
     Data(DataCommand),
     /// Speed against peers in one invocation, with ratios: Beat training (PyTorch), registry
-    /// writes (MLflow's SQLite store), WFDB decoding (Python wfdb). `scripts/bench.sh` sets up
-    /// the peers' Python environment.
+    /// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2).
+    /// `scripts/bench.sh` sets up the peers' Python environment.
     ///
     /// Example: beatlab bench all --json > bench.json
     Bench(BenchArgs),
@@ -259,7 +259,7 @@ impl From<RunStatusArg> for RunStatus {
 /// `beatlab bench` options.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// beat, registry, wfdb or all.
+    /// beat, registry, wfdb, sim or all.
     #[arg(default_value = "all", value_parser = clap::value_parser!(beatlab::bench::Which))]
     pub which: beatlab::bench::Which,
     /// Print the report as JSON on standard output.
@@ -277,7 +277,8 @@ pub struct BenchArgs {
     /// Beat: windows per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Timed rounds (median reported) for every benchmark; defaults: beat 5, registry 3, wfdb 5.
+    /// Timed rounds (median reported) for every benchmark; defaults: beat 5, registry 3, wfdb 5,
+    /// sim 5.
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Beat: training steps per timed round.

@@ -676,6 +676,7 @@ fn bench(args: &args::BenchArgs) -> Result<Exit> {
         options.beat.rounds = rounds;
         options.registry.rounds = rounds;
         options.wfdb.rounds = rounds;
+        options.sim.rounds = rounds;
     }
     if let Some(data) = &args.data {
         options.wfdb.root = data.clone();
