@@ -313,17 +313,42 @@ impl Registry {
                 path: path.to_path_buf(),
                 source,
             })?;
-        rt.block_on(sqlx::migrate!("./migrations").run(&pool))
-            .map_err(|source| RegistryError::Migrate {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        Self::migrate(&rt, &pool).map_err(|source| RegistryError::Migrate {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
             pool,
             rt: Arc::new(rt),
             path: path.to_path_buf(),
             ids: Default::default(),
         })
+    }
+
+    /// Applies the embedded migrations. Processes that open a fresh registry at the same moment
+    /// (the workers of a sweep, a test polling a worker's registry) race to apply them: the
+    /// loser's transaction fails (a busy snapshot, or "table already exists") and, once the
+    /// winner has committed, finds them applied. So an execution error is retried a few times;
+    /// anything else (a registry from a newer beatlab) fails at once.
+    fn migrate(
+        rt: &tokio::runtime::Runtime,
+        pool: &SqlitePool,
+    ) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+        use sqlx::migrate::MigrateError;
+        const ATTEMPTS: u32 = 8;
+        let migrator = sqlx::migrate!("./migrations");
+        let mut attempt = 1;
+        loop {
+            match rt.block_on(migrator.run(pool)) {
+                Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..))
+                    if attempt < ATTEMPTS =>
+                {
+                    std::thread::sleep(Duration::from_millis(25 << attempt));
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

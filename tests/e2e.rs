@@ -160,6 +160,14 @@ fn kill_after_checkpoint(env: &Env, registry: &str, args: &[&str]) -> RunRow {
     let mut child = env.spawn(registry, args);
     let reg_path = env.path(registry);
     wait_for(120, "a mid-stage checkpoint", || {
+        // A worker that ended before checkpointing would otherwise leave this waiting in vain.
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+            }
+            panic!("the run ended before its first mid-stage checkpoint ({status:?}):\n{stderr}");
+        }
         let reg = Registry::open_existing(&reg_path).ok()??;
         let run = reg.runs(None, None).ok()?.into_iter().next()?;
         let ckpts = reg.checkpoints(&run.id).ok()?;
