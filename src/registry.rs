@@ -59,6 +59,10 @@ pub enum RegistryError {
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
+/// How often opening a fresh registry is tried while other processes open it too (see
+/// `Registry::connect`); the waits between tries double from 50 ms, 6.4 s in all.
+const RACE_ATTEMPTS: u32 = 8;
+
 fn q(context: &'static str) -> impl FnOnce(sqlx::Error) -> RegistryError {
     move |source| RegistryError::Query { context, source }
 }
@@ -303,16 +307,28 @@ impl Registry {
             // Workers of a sweep contend for the write lock; waiting is right, failing is not.
             .busy_timeout(Duration::from_secs(60))
             .foreign_keys(true);
-        let pool = rt
-            .block_on(
-                SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(options),
-            )
-            .map_err(|source| RegistryError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // Switching a fresh file to WAL takes an exclusive lock that SQLite does not wait for:
+        // a process opening it while another one does that gets "database is locked" at once.
+        let mut attempt = 1;
+        let pool = loop {
+            let connecting = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.clone());
+            match rt.block_on(connecting) {
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("5") && attempt < RACE_ATTEMPTS =>
+                {
+                    std::thread::sleep(Duration::from_millis(25 << attempt));
+                    attempt += 1;
+                }
+                result => {
+                    break result.map_err(|source| RegistryError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                }
+            }
+        };
         Self::migrate(&rt, &pool).map_err(|source| RegistryError::Migrate {
             path: path.to_path_buf(),
             source,
@@ -335,13 +351,12 @@ impl Registry {
         pool: &SqlitePool,
     ) -> std::result::Result<(), sqlx::migrate::MigrateError> {
         use sqlx::migrate::MigrateError;
-        const ATTEMPTS: u32 = 8;
         let migrator = sqlx::migrate!("./migrations");
         let mut attempt = 1;
         loop {
             match rt.block_on(migrator.run(pool)) {
                 Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..))
-                    if attempt < ATTEMPTS =>
+                    if attempt < RACE_ATTEMPTS =>
                 {
                     std::thread::sleep(Duration::from_millis(25 << attempt));
                     attempt += 1;
