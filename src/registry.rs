@@ -656,7 +656,14 @@ impl Registry {
             return Ok(());
         }
         self.block(async {
-            let mut tx = self.pool.begin().await.map_err(q("writing metrics"))?;
+            // IMMEDIATE: the transaction reads (the run's and keys' ids) before it writes, and a
+            // deferred one whose read snapshot another worker's commit made stale cannot take
+            // the write lock ("database is locked" at once, without the busy timeout's wait).
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(q("writing metrics"))?;
             let run = self.run_num(&mut tx, run_id).await?;
             let mut keys = Vec::with_capacity(points.len());
             for p in points {
@@ -736,7 +743,11 @@ impl Registry {
     /// Sets summary values (the numbers tables are made of).
     pub fn set_summaries(&self, run_id: &str, values: &[(String, f64)]) -> Result<()> {
         self.block(async {
-            let mut tx = self.pool.begin().await.map_err(q("writing summaries"))?;
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(q("writing summaries"))?;
             for (k, v) in values {
                 sqlx::query(
                     "INSERT OR REPLACE INTO summaries (run_id, key, value) VALUES (?1, ?2, ?3)",
