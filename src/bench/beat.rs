@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer};
+use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
 
 /// Knobs of the Beat benchmark. `Default`: the paper's batch of 32 on the CPU, 3 warm-up
 /// steps, 5 timed rounds of 2 steps.
@@ -500,13 +500,7 @@ pub fn run(
         options.peak_size,
         options.peak_reps,
     )?);
-    let their_hello = match session {
-        Some((session, hello)) => {
-            session.finish()?;
-            Some(hello)
-        }
-        None => None,
-    };
+    let their_hello = finish_peer(session)?;
     let medians = |phases: &[Vec<f64>; 4]| phases.clone().map(|p| super::median(&p));
     let our_phase_ms = medians(&our_phases);
     let their_phase_ms = their_hello.as_ref().map(|_| medians(&their_phases));
@@ -600,18 +594,14 @@ pub fn run(
             torch_device(&options.device)
         ),
         unit: "windows/s".into(),
-        peer_name: their_hello.as_ref().map(|t| format!("pytorch {}", t.torch)),
-        ours: ours_rate,
-        peer: theirs_rate,
-        ratio: None,
-        ours_per_cpu_s: ours.median_cpu(),
-        peer_per_cpu_s: their_hello.as_ref().map(|_| theirs.median_cpu()),
-        cpu_ratio: None,
         goal: None,
         notes,
         details,
-    }
-    .with_ratios())
+        ..Comparison::from_rates(
+            &ours,
+            their_hello.map(|t| (format!("pytorch {}", t.torch), &theirs)),
+        )
+    })
 }
 
 #[cfg(test)]

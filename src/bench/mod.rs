@@ -396,11 +396,28 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// Fills `ratio` and `cpu_ratio` from the rates.
-    fn with_ratios(mut self) -> Self {
-        self.ratio = self.peer.map(|p| self.ours / p);
-        self.cpu_ratio = self.peer_per_cpu_s.map(|p| self.ours_per_cpu_s / p);
-        self
+    /// The figures of `ours` against the peer's rates (`peer`: its name and rates, when it ran),
+    /// ratios included; a benchmark fills in the rest by struct update.
+    fn from_rates(ours: &Rates, peer: Option<(String, &Rates)>) -> Self {
+        let ours_wall = ours.median_wall();
+        let ours_cpu = ours.median_cpu();
+        let peer_wall = peer.as_ref().map(|(_, t)| t.median_wall());
+        let peer_cpu = peer.as_ref().map(|(_, t)| t.median_cpu());
+        Self {
+            benchmark: String::new(),
+            workload: String::new(),
+            unit: String::new(),
+            peer_name: peer.map(|(name, _)| name),
+            ours: ours_wall,
+            peer: peer_wall,
+            ratio: peer_wall.map(|p| ours_wall / p),
+            ours_per_cpu_s: ours_cpu,
+            peer_per_cpu_s: peer_cpu,
+            cpu_ratio: peer_cpu.map(|p| ours_cpu / p),
+            goal: None,
+            notes: Vec::new(),
+            details: serde_json::Value::Null,
+        }
     }
 
     /// `Some(true)` when the ratio reaches the goal.
@@ -601,6 +618,14 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Ends a benchmark's peer session after its last round: the peer's greeting, or `None` when
+/// the benchmark ran without a peer.
+fn finish_peer<H>(session: Option<(PeerSession, H)>) -> Result<Option<H>, BenchError> {
+    session
+        .map(|(session, hello)| session.finish().map(|()| hello))
+        .transpose()
+}
+
 /// Wall-clock and CPU seconds of one timed round.
 #[derive(Debug, Clone, Copy)]
 struct Timer {
@@ -769,22 +794,22 @@ mod tests {
 
     #[test]
     fn report_prints_ratio_goal_and_cpu_figures() {
+        let ours = Rates {
+            wall: vec![200_000.0],
+            cpu: vec![100_000.0],
+        };
+        let theirs = Rates {
+            wall: vec![5_000.0],
+            cpu: vec![4_000.0],
+        };
         let c = Comparison {
             benchmark: "registry".into(),
             workload: "4 runs".into(),
             unit: "points/s".into(),
-            peer_name: Some("mlflow 3.0".into()),
-            ours: 200_000.0,
-            peer: Some(5_000.0),
-            ratio: None,
-            ours_per_cpu_s: 100_000.0,
-            peer_per_cpu_s: Some(4_000.0),
-            cpu_ratio: None,
             goal: Some(50.0),
             notes: vec!["stored 64000 of 64000".into()],
-            details: serde_json::Value::Null,
-        }
-        .with_ratios();
+            ..Comparison::from_rates(&ours, Some(("mlflow 3.0".into(), &theirs)))
+        };
         assert_eq!(c.ratio, Some(40.0));
         assert_eq!(c.cpu_ratio, Some(25.0));
         assert_eq!(c.meets_goal(), Some(false));

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer};
+use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
 use crate::registry::{CellOffer, ClaimPolicy, MetricPoint, Registry};
 
 /// Knobs of the registry benchmark. `Default`: 4 runs x 8 keys x 2000 steps (64,000 points)
@@ -251,13 +251,7 @@ pub fn run(
             theirs.push(round.work, round.timing());
         }
     }
-    let theirs_hello = match session {
-        Some((session, hello)) => {
-            session.finish()?;
-            Some(hello)
-        }
-        None => None,
-    };
+    let theirs_hello = finish_peer(session)?;
     let notes = vec![format!(
         "every round wrote {points} points into a fresh store and read back all of them{}",
         if theirs_hello.is_some() {
@@ -273,23 +267,17 @@ pub fn run(
             options.runs, options.keys, options.steps, options.batch
         ),
         unit: "points/s".into(),
-        peer_name: theirs_hello
-            .as_ref()
-            .map(|t| format!("mlflow {}", t.mlflow)),
-        ours: ours.median_wall(),
-        peer: theirs_hello.as_ref().map(|_| theirs.median_wall()),
-        ratio: None,
-        ours_per_cpu_s: ours.median_cpu(),
-        peer_per_cpu_s: theirs_hello.as_ref().map(|_| theirs.median_cpu()),
-        cpu_ratio: None,
         goal: Some(50.0),
         notes,
         details: serde_json::json!({
             "points": points,
             "rounds_points_per_s": { "ours": &ours.wall, "mlflow": &theirs.wall },
         }),
-    }
-    .with_ratios())
+        ..Comparison::from_rates(
+            &ours,
+            theirs_hello.map(|t| (format!("mlflow {}", t.mlflow), &theirs)),
+        )
+    })
 }
 
 #[cfg(test)]

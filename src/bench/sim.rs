@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use beatlab_ecg::synthetic::{SimConfig, generate, generate_with_truth};
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer};
+use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
 
 /// Knobs of the simulator benchmark.
 #[derive(Debug, Clone)]
@@ -197,13 +197,7 @@ pub fn run(
             theirs.push(round.work, round.timing());
         }
     }
-    let theirs_hello = match session {
-        Some((session, hello)) => {
-            session.finish()?;
-            Some(hello)
-        }
-        None => None,
-    };
+    let theirs_hello = finish_peer(session)?;
     let samples_per_record =
         (shape.leads.unwrap_or(0) * shape.samples_per_record.unwrap_or(0)) as f64;
     let drawn: Vec<String> = conditions.iter().map(|(c, n)| format!("{n} {c}")).collect();
@@ -248,15 +242,6 @@ pub fn run(
             cfg.duration_s, cfg.fs, options.seed
         ),
         unit: "records/s".into(),
-        peer_name: theirs_hello
-            .as_ref()
-            .map(|t| format!("neurokit2 {}", t.neurokit2)),
-        ours: ours.median_wall(),
-        peer: theirs_hello.as_ref().map(|_| theirs.median_wall()),
-        ratio: None,
-        ours_per_cpu_s: ours.median_cpu(),
-        peer_per_cpu_s: theirs_hello.as_ref().map(|_| theirs.median_cpu()),
-        cpu_ratio: None,
         goal: None,
         notes,
         details: serde_json::json!({
@@ -270,8 +255,11 @@ pub fn run(
             },
             "rounds_records_per_s": { "ours": &ours.wall, "neurokit2": &theirs.wall },
         }),
-    }
-    .with_ratios())
+        ..Comparison::from_rates(
+            &ours,
+            theirs_hello.map(|t| (format!("neurokit2 {}", t.neurokit2), &theirs)),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer};
+use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
 
 /// Knobs of the WFDB benchmark.
 #[derive(Debug, Clone)]
@@ -217,13 +217,7 @@ pub fn run(
             theirs.push(round.work, round.timing());
         }
     }
-    let theirs_hello = match session {
-        Some((session, hello)) => {
-            session.finish()?;
-            Some(hello)
-        }
-        None => None,
-    };
+    let theirs_hello = finish_peer(session)?;
     let hours = decoded.samples as f64 / 12.0 / 500.0 / 3600.0;
     let notes = vec![
         format!(
@@ -245,13 +239,6 @@ pub fn run(
             root.display()
         ),
         unit: "records/s".into(),
-        peer_name: theirs_hello.as_ref().map(|t| format!("wfdb {}", t.wfdb)),
-        ours: ours.median_wall(),
-        peer: theirs_hello.as_ref().map(|_| theirs.median_wall()),
-        ratio: None,
-        ours_per_cpu_s: ours.median_cpu(),
-        peer_per_cpu_s: theirs_hello.as_ref().map(|_| theirs.median_cpu()),
-        cpu_ratio: None,
         goal: Some(10.0),
         notes,
         details: serde_json::json!({
@@ -260,8 +247,11 @@ pub fn run(
             "invalid_samples": decoded.invalid,
             "rounds_records_per_s": { "ours": &ours.wall, "wfdb": &theirs.wall },
         }),
-    }
-    .with_ratios())
+        ..Comparison::from_rates(
+            &ours,
+            theirs_hello.map(|t| (format!("wfdb {}", t.wfdb), &theirs)),
+        )
+    })
 }
 
 #[cfg(test)]
