@@ -3,16 +3,13 @@
 //! vocab.txt) gives `eval/open_qa/bertscore_f1` and `eval/report/bertscore_f1`; a missing
 //! folder or missing weights are bad input (exit 2) naming the field and the missing file.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use beatlab::registry::{Registry, RunStatus};
-use beatlab_lm::bert::{BertConfig, BertModel};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+
+#[path = "../crates/lm/tests/common/tiny_bert.rs"]
+mod tiny_bert;
 
 /// A toy multimodal run that only evaluates (the model stays as initialised).
 const SPEC: &str = r#"
@@ -73,50 +70,12 @@ fn write_encoder(dir: &Path, weights: bool) {
     std::fs::create_dir_all(dir).unwrap();
     let vocab: Vec<&str> = VOCAB.split_whitespace().collect();
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-    let config = serde_json::json!({
-        "architectures": ["BertForMaskedLM"],
-        "model_type": "bert",
-        "vocab_size": vocab.len(),
-        "hidden_size": 16,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": 64,
-        "type_vocab_size": 2,
-        "initializer_range": 0.02,
-        "layer_norm_eps": 1e-12,
-        "pad_token_id": 0
-    });
+    let config = tiny_bert::config(vocab.len());
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    if !weights {
-        return;
+    if weights {
+        let tensors = tiny_bert::weights(&config, "bert.", 11);
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     }
-    let parsed: BertConfig = serde_json::from_value(config).unwrap();
-    let varmap = VarMap::new();
-    BertModel::load(
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        &parsed,
-    )
-    .unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let vars = varmap.data().lock().unwrap();
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let tensors: HashMap<String, Tensor> = names
-        .into_iter()
-        .map(|name| {
-            let var = &vars[name];
-            let values: Vec<f32> = (0..var.elem_count())
-                .map(|_| rng.random::<f32>() - 0.5)
-                .collect();
-            let t = Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap();
-            (format!("bert.{name}"), t)
-        })
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
 }
 
 fn run(dir: &Path, encoder: &str) -> Output {
