@@ -192,6 +192,31 @@ fn causal_attention_equals_attention_with_a_causal_mask() {
     assert_close(&flat(&causal), &flat(&masked), 1e-5, "causal vs masked");
 }
 
+/// The reference for packed self-attention: `qkv` `[B, T, 3 x h x d]` split into heads, the
+/// generic [`attention`] (scale 0.5, `mask` added to the scores), heads merged back.
+fn split_heads_attention(qkv: &Tensor, h: usize, d: usize, mask: Option<&Tensor>) -> Tensor {
+    let (b, t, _) = qkv.dims3().unwrap();
+    let split = qkv
+        .reshape((b, t, 3, h, d))
+        .unwrap()
+        .permute((2, 0, 3, 1, 4))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    attention(
+        &split.get(0).unwrap(),
+        &split.get(1).unwrap(),
+        &split.get(2).unwrap(),
+        mask,
+        0.5,
+    )
+    .unwrap()
+    .transpose(1, 2)
+    .unwrap()
+    .reshape((b, t, h * d))
+    .unwrap()
+}
+
 #[test]
 fn packed_self_attention_matches_split_heads() {
     let (b, t, h, d) = (2, 6, 3, 4);
@@ -202,25 +227,7 @@ fn packed_self_attention_matches_split_heads() {
         "packed attention",
     );
     // Against the generic op on explicitly split heads.
-    let split = qkv
-        .reshape((b, t, 3, h, d))
-        .unwrap()
-        .permute((2, 0, 3, 1, 4))
-        .unwrap()
-        .contiguous()
-        .unwrap();
-    let heads = attention(
-        &split.get(0).unwrap(),
-        &split.get(1).unwrap(),
-        &split.get(2).unwrap(),
-        None,
-        0.5,
-    )
-    .unwrap()
-    .transpose(1, 2)
-    .unwrap()
-    .reshape((b, t, h * d))
-    .unwrap();
+    let heads = split_heads_attention(&qkv, h, d, None);
     let packed = packed_self_attention(&qkv, h, d, 0.5, None).unwrap();
     assert_close(&flat(&packed), &flat(&heads), 1e-5, "packed vs split");
     assert!(packed_self_attention(&qkv, h, d + 1, 0.5, None).is_err());
@@ -241,25 +248,7 @@ fn packed_self_attention_adds_the_score_bias_of_each_head() {
         "biased packed attention",
     );
     // Against the generic op on split heads with the bias as an additive mask.
-    let split = qkv
-        .reshape((b, t, 3, h, d))
-        .unwrap()
-        .permute((2, 0, 3, 1, 4))
-        .unwrap()
-        .contiguous()
-        .unwrap();
-    let masked = attention(
-        &split.get(0).unwrap(),
-        &split.get(1).unwrap(),
-        &split.get(2).unwrap(),
-        Some(&bias),
-        0.5,
-    )
-    .unwrap()
-    .transpose(1, 2)
-    .unwrap()
-    .reshape((b, t, h * d))
-    .unwrap();
+    let masked = split_heads_attention(&qkv, h, d, Some(&bias));
     let packed = packed_self_attention(&qkv, h, d, 0.5, Some(&bias)).unwrap();
     assert_close(
         &flat(&packed),
