@@ -120,6 +120,26 @@ fn codebooks_are_buffers_per_level_or_shared() {
 /// Every trainable tensor of `cfg`'s model gets a non-zero gradient from one backward pass.
 /// With random output heads: zero heads pass no gradient upstream before their first update, by
 /// design (see `zero_output_heads_start_silent_and_open_up_after_one_step`).
+/// The L1 norm of `loss`'s gradient for every variable of `store` (`None`: no gradient).
+fn gradient_norms(store: &ParamStore, loss: &Tensor) -> Vec<(String, Option<f32>)> {
+    let grads = loss.backward().unwrap();
+    store
+        .vars()
+        .into_iter()
+        .map(|(name, var)| {
+            let norm = grads.get(var.as_tensor()).map(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            });
+            (name.to_string(), norm)
+        })
+        .collect()
+}
+
 fn check_all_gradients(cfg: BeatConfig) {
     let cfg = BeatConfig {
         zero_init_output_heads: false,
@@ -128,17 +148,8 @@ fn check_all_gradients(cfg: BeatConfig) {
     let (store, beat) = build(&cfg, 5);
     let x = sine_windows(3, cfg.leads, cfg.input_len + cfg.predict_len, 6);
     let out = beat.forward(&x, Mode::Train { step: 0 }).unwrap();
-    let grads = out.loss.backward().unwrap();
     let mut missing = Vec::new();
-    for (name, var) in store.vars() {
-        let norm = grads.get(var.as_tensor()).map(|g| {
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        });
+    for (name, norm) in gradient_norms(&store, &out.loss) {
         match norm {
             Some(n) if n > 0.0 && n.is_finite() => {}
             other => missing.push(format!("{name}: {other:?}")),
@@ -395,21 +406,9 @@ fn zero_output_heads_start_silent_and_open_up_after_one_step() {
     assert!(values(&out.prediction).iter().all(|&v| v == 0.0));
 
     let gradient_norms = |out: &beatlab_nn::BeatOutput| {
-        let grads = out.loss.backward().unwrap();
-        store
-            .vars()
+        gradient_norms(&store, &out.loss)
             .into_iter()
-            .map(|(name, var)| {
-                let norm = grads.get(var.as_tensor()).map_or(0.0, |g| {
-                    g.abs()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                });
-                (name, norm)
-            })
+            .map(|(name, norm)| (name, norm.unwrap_or(0.0)))
             .collect::<Vec<_>>()
     };
     // Before any update only the heads (and, through L_VQ, the encoder side) can learn: the
