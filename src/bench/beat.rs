@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
+use super::{BenchError, Comparison, Peer, PeerRound, Timer, alternate, finish_peer};
 
 /// Knobs of the Beat benchmark. `Default`: the paper's batch of 32 on the CPU, 3 warm-up
 /// steps, 5 timed rounds of 2 steps.
@@ -469,30 +469,31 @@ pub fn run(
             ""
         }
     ));
-    let mut ours = Rates::default();
-    let mut theirs = Rates::default();
     let mut our_phases: [Vec<f64>; 4] = Default::default();
     let mut their_phases: [Vec<f64>; 4] = Default::default();
     let (mut our_loss, mut their_loss) = (f32::NAN, f64::NAN);
-    for _ in 0..rounds {
-        let timer = Timer::start();
-        for _ in 0..steps {
-            let (ms, loss) = trainer.step()?;
-            for (all, m) in our_phases.iter_mut().zip(ms) {
-                all.push(m);
+    let (ours, theirs) = alternate(
+        rounds,
+        session.as_mut().map(|(session, _)| session),
+        || {
+            let timer = Timer::start();
+            for _ in 0..steps {
+                let (ms, loss) = trainer.step()?;
+                for (all, m) in our_phases.iter_mut().zip(ms) {
+                    all.push(m);
+                }
+                our_loss = loss;
             }
-            our_loss = loss;
-        }
-        ours.push((options.batch * steps) as f64, timer.stop());
-        if let Some((session, _)) = session.as_mut() {
-            let round: PeerRound<TorchRound> = session.round()?;
-            theirs.push(round.work, round.timing());
+            Ok(((options.batch * steps) as f64, timer.stop()))
+        },
+        |round: &PeerRound<TorchRound>| {
             for (all, name) in their_phases.iter_mut().zip(PHASES) {
                 all.extend(round.extra.phase_ms.get(name).into_iter().flatten());
             }
             their_loss = round.extra.loss;
-        }
-    }
+            Ok(())
+        },
+    )?;
     // Measured again after the rounds, the best of both counts: on a shared machine a
     // background burst during one measurement would understate the peak.
     let our_peak = our_peak.max(matmul_peak_gflops(

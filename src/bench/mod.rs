@@ -618,6 +618,30 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// `rounds` timed rounds, ours and the peer's alternating so that both see the same background
+/// load (while one runs, the other waits idle on a pipe). `ours` runs our round and returns its
+/// work and timing; `check` looks at each of the peer's rounds (cross-checks, extra figures).
+/// Returns our rates and the peer's (empty without a peer).
+fn alternate<X: DeserializeOwned>(
+    rounds: usize,
+    peer: Option<&mut PeerSession>,
+    mut ours: impl FnMut() -> Result<(f64, (f64, Option<f64>)), BenchError>,
+    mut check: impl FnMut(&PeerRound<X>) -> Result<(), BenchError>,
+) -> Result<(Rates, Rates), BenchError> {
+    let (mut our_rates, mut their_rates) = (Rates::default(), Rates::default());
+    let mut peer = peer;
+    for _ in 0..rounds.max(1) {
+        let (work, timing) = ours()?;
+        our_rates.push(work, timing);
+        if let Some(session) = peer.as_deref_mut() {
+            let round: PeerRound<X> = session.round()?;
+            check(&round)?;
+            their_rates.push(round.work, round.timing());
+        }
+    }
+    Ok((our_rates, their_rates))
+}
+
 /// Ends a benchmark's peer session after its last round: the peer's greeting, or `None` when
 /// the benchmark ran without a peer.
 fn finish_peer<H>(session: Option<(PeerSession, H)>) -> Result<Option<H>, BenchError> {

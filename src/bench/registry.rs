@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
+use super::{BenchError, Comparison, Peer, PeerRound, Timer, alternate, finish_peer};
 use crate::registry::{CellOffer, ClaimPolicy, MetricPoint, Registry};
 
 /// Knobs of the registry benchmark. `Default`: 4 runs x 8 keys x 2000 steps (64,000 points)
@@ -239,18 +239,18 @@ pub fn run(
             ""
         }
     ));
-    let mut ours = Rates::default();
-    let mut theirs = Rates::default();
-    for round in 0..options.rounds.max(1) {
-        let (timing, stored) = one_round(options, round)?;
-        check_stored("ours", points, stored)?;
-        ours.push(points as f64, timing);
-        if let Some((session, _)) = session.as_mut() {
-            let round: PeerRound<MlflowRound> = session.round()?;
-            check_stored("MLflow", points, round.extra.stored)?;
-            theirs.push(round.work, round.timing());
-        }
-    }
+    let mut round = 0;
+    let (ours, theirs) = alternate(
+        options.rounds,
+        session.as_mut().map(|(session, _)| session),
+        || {
+            let (timing, stored) = one_round(options, round)?;
+            round += 1;
+            check_stored("ours", points, stored)?;
+            Ok((points as f64, timing))
+        },
+        |theirs: &PeerRound<MlflowRound>| check_stored("MLflow", points, theirs.extra.stored),
+    )?;
     let theirs_hello = finish_peer(session)?;
     let notes = vec![format!(
         "every round wrote {points} points into a fresh store and read back all of them{}",

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use beatlab_ecg::synthetic::{SimConfig, generate, generate_with_truth};
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
+use super::{BenchError, Comparison, Peer, PeerRound, Timer, alternate, finish_peer};
 
 /// Knobs of the simulator benchmark.
 #[derive(Debug, Clone)]
@@ -184,19 +184,18 @@ pub fn run(
             ""
         }
     ));
-    let mut ours = Rates::default();
-    let mut theirs = Rates::default();
-    for _ in 0..options.rounds.max(1) {
-        let timer = Timer::start();
-        for _ in 0..passes {
-            std::hint::black_box(generate(&cfg, records, options.seed));
-        }
-        ours.push((records * passes) as f64, timer.stop());
-        if let Some((session, _)) = session.as_mut() {
-            let round: PeerRound<serde_json::Value> = session.round()?;
-            theirs.push(round.work, round.timing());
-        }
-    }
+    let (ours, theirs) = alternate(
+        options.rounds,
+        session.as_mut().map(|(session, _)| session),
+        || {
+            let timer = Timer::start();
+            for _ in 0..passes {
+                std::hint::black_box(generate(&cfg, records, options.seed));
+            }
+            Ok(((records * passes) as f64, timer.stop()))
+        },
+        |_: &PeerRound<serde_json::Value>| Ok(()),
+    )?;
     let theirs_hello = finish_peer(session)?;
     let samples_per_record =
         (shape.leads.unwrap_or(0) * shape.samples_per_record.unwrap_or(0)) as f64;

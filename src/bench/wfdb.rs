@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{BenchError, Comparison, Peer, PeerRound, Rates, Timer, finish_peer};
+use super::{BenchError, Comparison, Peer, PeerRound, Timer, alternate, finish_peer};
 
 /// Knobs of the WFDB benchmark.
 #[derive(Debug, Clone)]
@@ -204,19 +204,18 @@ pub fn run(
             ""
         }
     ));
-    let mut ours = Rates::default();
-    let mut theirs = Rates::default();
-    for _ in 0..options.rounds.max(1) {
-        let timer = Timer::start();
-        for _ in 0..passes {
-            decode_all(&headers)?;
-        }
-        ours.push((records * passes) as f64, timer.stop());
-        if let Some((session, _)) = session.as_mut() {
-            let round: PeerRound<serde_json::Value> = session.round()?;
-            theirs.push(round.work, round.timing());
-        }
-    }
+    let (ours, theirs) = alternate(
+        options.rounds,
+        session.as_mut().map(|(session, _)| session),
+        || {
+            let timer = Timer::start();
+            for _ in 0..passes {
+                decode_all(&headers)?;
+            }
+            Ok(((records * passes) as f64, timer.stop()))
+        },
+        |_: &PeerRound<serde_json::Value>| Ok(()),
+    )?;
     let theirs_hello = finish_peer(session)?;
     let hours = decoded.samples as f64 / 12.0 / 500.0 / 3600.0;
     let notes = vec![
