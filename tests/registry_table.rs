@@ -78,6 +78,87 @@ fn openers_of_a_fresh_registry_at_the_same_moment_all_succeed() {
 }
 
 #[test]
+fn a_registry_written_before_the_metrics_were_rekeyed_keeps_its_points() {
+    // Schema 1 keyed metric points (run, key, step); migration 2 re-keys them (run, step, key).
+    // Build a schema-1 file with sqlx's migrator over a folder holding only the first migration,
+    // fill it as beatlab 0.1's first schema did, then open it with today's registry.
+    let dir = tempfile::tempdir().unwrap();
+    let first_only = dir.path().join("migrations");
+    std::fs::create_dir(&first_only).unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        manifest.join("migrations/0001_registry.sql"),
+        first_only.join("0001_registry.sql"),
+    )
+    .unwrap();
+    let path = dir.path().join("reg.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let migrator = sqlx::migrate::Migrator::new(first_only.as_path())
+            .await
+            .unwrap();
+        migrator.run(&pool).await.unwrap();
+        for statement in [
+            "INSERT INTO experiments VALUES ('x', 'x.toml', '', 1, 1)",
+            "INSERT INTO runs (num, id, experiment, cell_index, cell_label, overrides, spec_json,
+                 spec_hash, seed, status, code_rev, code_dirty, host, device, worker, run_dir,
+                 created_at)
+             VALUES (7, 'abc-1', 'x', 0, 'cell 0', '{}', '{}', 'abc', 0, 'finished', 'r', 0,
+                 'h', 'cpu', 'w', 'runs/abc-1', 1)",
+            "INSERT INTO metric_keys VALUES (1, 'train/loss'), (2, 'lr')",
+            "INSERT INTO metrics VALUES (7, 1, 0, 2.5, 10), (7, 2, 0, 0.1, 10),
+                 (7, 1, 1, 2.0, 11), (7, 2, 1, 0.2, 11)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    });
+
+    let reg = Registry::open(&path).unwrap();
+    let points: Vec<_> = reg
+        .metrics("abc-1")
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.key, p.step, p.value, p.time))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            ("lr".to_string(), 0, 0.1, 10.0),
+            ("lr".to_string(), 1, 0.2, 11.0),
+            ("train/loss".to_string(), 0, 2.5, 10.0),
+            ("train/loss".to_string(), 1, 2.0, 11.0),
+        ]
+    );
+    // New points go into the re-keyed table and replace a re-written step.
+    reg.log_metrics(
+        "abc-1",
+        &[beatlab::registry::MetricPoint {
+            key: "lr".into(),
+            step: 1,
+            value: 0.3,
+            time: 12.0,
+        }],
+    )
+    .unwrap();
+    let lr: Vec<_> = reg
+        .metrics("abc-1")
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.key == "lr")
+        .map(|p| (p.step, p.value))
+        .collect();
+    assert_eq!(lr, [(0, 0.1), (1, 0.3)]);
+}
+
+#[test]
 fn claims_skip_finished_and_failed_cells_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(dir.path());
