@@ -566,6 +566,84 @@ mod fused {
         rows.div_ceil(tasks).max(1)
     }
 
+    /// Runs `f` compiled for the widest vector unit the CPU has (AVX-512 or AVX2 + FMA on
+    /// x86-64, chosen at run time by `pulp`, the dispatcher of candle's matrix kernels): the
+    /// binary targets baseline x86-64 (SSE2), where the kernels' loops vectorise only four lanes
+    /// wide. `f` and what it calls `#[inline(always)]` are compiled inside the dispatched
+    /// function. Elementwise results are the same on every CPU: Rust never fuses `a * b + c`
+    /// into an FMA on its own, and reductions use [`lane_sum`]'s fixed order.
+    #[inline(always)]
+    fn simd<R>(f: impl FnOnce() -> R) -> R {
+        pulp::Arch::new().dispatch(f)
+    }
+
+    /// Lanes of [`lane_sum`] and [`lane_max`]: one AVX-512 register of f32.
+    const LANES: usize = 16;
+
+    /// The sum of `xs` as [`LANES`] interleaved partial sums added at the end: a fixed order
+    /// (the same on every CPU and thread count) that vectorises, where one running sum is a
+    /// serial chain of additions.
+    #[inline(always)]
+    pub(super) fn lane_sum(xs: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let chunks = xs.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a += v;
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(tail) {
+            *a += v;
+        }
+        acc.iter().sum()
+    }
+
+    /// `sum(a * b)` in [`lane_sum`]'s order.
+    #[inline(always)]
+    fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (ta, tb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for ((s, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+                *s += u * v;
+            }
+        }
+        for ((s, &u), &v) in acc.iter_mut().zip(ta).zip(tb) {
+            *s += u * v;
+        }
+        acc.iter().sum()
+    }
+
+    /// The largest value of `xs` (NaN-ignoring like `f32::max`), [`LANES`] at a time.
+    #[inline(always)]
+    fn lane_max(xs: &[f32]) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let chunks = xs.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a = a.max(v);
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(tail) {
+            *a = a.max(v);
+        }
+        acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+
+    /// Softmax of one row in place: `exp(x - max) / sum`.
+    #[inline(always)]
+    fn softmax_in_place(row: &mut [f32]) {
+        let max = lane_max(row);
+        for x in row.iter_mut() {
+            *x = fast_exp(*x - max);
+        }
+        let inv = 1.0 / lane_sum(row);
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+
     /// `f(first_row, chunk)` over chunks of whole rows (`n` values each) of `out`, in parallel
     /// when `out` is big enough. Every row is computed by the same code whatever the chunking,
     /// so the results do not depend on the thread count.
@@ -573,11 +651,11 @@ mod fused {
         let rows = out.len() / n;
         let per = rows_per_task(rows, n);
         if per >= rows || !parallel() {
-            f(0, out);
+            simd(|| f(0, out));
         } else {
             out.par_chunks_mut(per * n)
                 .enumerate()
-                .for_each(|(i, chunk)| f(i * per, chunk));
+                .for_each(|(i, chunk)| simd(|| f(i * per, chunk)));
         }
     }
 
@@ -600,11 +678,11 @@ mod fused {
         // Blocks of whole 64-byte lines of a row, a couple per thread.
         let width = n.div_ceil(2 * threads).next_multiple_of(16);
         if threads == 1 || rows * n < PAR_MIN_VALUES || width >= n {
-            f(0, &mut sums);
+            simd(|| f(0, &mut sums));
         } else {
             sums.par_chunks_mut(width)
                 .enumerate()
-                .for_each(|(i, block)| f(i * width, block));
+                .for_each(|(i, block)| simd(|| f(i * width, block)));
         }
         sums
     }
@@ -900,16 +978,8 @@ mod fused {
             let n = last_dim(l, self.name())?;
             let y = map_rows(x.len(), n, |r0, out| {
                 let x = &x[r0 * n..r0 * n + out.len()];
-                for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-                    let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = fast_exp(v - max);
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    yr.iter_mut().for_each(|o| *o *= inv);
-                }
+                out.copy_from_slice(x);
+                out.chunks_exact_mut(n).for_each(softmax_in_place);
             });
             Ok((CpuStorage::F32(y), l.shape().clone()))
         }
@@ -948,7 +1018,7 @@ mod fused {
                     .zip(dy.chunks_exact(n))
                     .zip(out.chunks_exact_mut(n))
                 {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    let dot = lane_dot(yr, gr);
                     for ((o, &a), &g) in or.iter_mut().zip(yr).zip(gr) {
                         *o = a * (g - dot);
                     }
@@ -966,14 +1036,26 @@ mod fused {
 
     impl Normalize {
         /// Mean (0 for RmsNorm) and `1 / sqrt(var + eps)` of one row.
+        #[inline(always)]
         fn stats(&self, row: &[f32]) -> (f32, f32) {
             let n = row.len() as f32;
             let mean = if self.remove_mean {
-                row.iter().sum::<f32>() / n
+                lane_sum(row) / n
             } else {
                 0.0
             };
-            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let mut square = [0f32; LANES];
+            let chunks = row.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for chunk in chunks {
+                for (a, &v) in square.iter_mut().zip(chunk) {
+                    *a += (v - mean) * (v - mean);
+                }
+            }
+            for (a, &v) in square.iter_mut().zip(tail) {
+                *a += (v - mean) * (v - mean);
+            }
+            let var = square.iter().sum::<f32>() / n;
             (mean, 1.0 / (var + self.eps as f32).sqrt())
         }
     }
@@ -1046,11 +1128,9 @@ mod fused {
                     .zip(out.chunks_exact_mut(n))
                 {
                     let (mean, inv_std) = norm.stats(xr);
-                    let (mut sum_g, mut sum_gy) = (0f32, 0f32);
-                    for (&v, &g) in xr.iter().zip(gr) {
-                        sum_g += g;
-                        sum_gy += g * (v - mean) * inv_std;
-                    }
+                    let sum_g = lane_sum(gr);
+                    // sum(dy * y) = r * (sum(dy * x) - mean * sum(dy)).
+                    let sum_gy = inv_std * (lane_dot(gr, xr) - mean * sum_g);
                     let mean_g = if self.remove_mean {
                         sum_g / n as f32
                     } else {
@@ -1173,6 +1253,7 @@ mod fused {
 
     /// `p = softmax(scale * q k^T + bias)` (masked above the shifted diagonal if causal) into
     /// `p`; the bias block is read at `hv.bias` in `bias`.
+    #[inline(always)]
     fn probabilities(
         dims: Dims,
         (q, k, bias): (&[f32], &[f32], Option<&[f32]>),
@@ -1209,14 +1290,7 @@ mod fused {
                 tk
             };
             let (seen, hidden) = row.split_at_mut(visible);
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in seen.iter_mut() {
-                *x = fast_exp(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            seen.iter_mut().for_each(|x| *x *= inv);
+            softmax_in_place(seen);
             hidden.iter_mut().for_each(|x| *x = 0.0);
         }
         Ok(())
@@ -1253,13 +1327,13 @@ mod fused {
             items
                 .into_par_iter()
                 .enumerate()
-                .try_for_each_init(scratch, |s, (i, item)| f(i, item, s))
+                .try_for_each_init(scratch, |s, (i, item)| simd(|| f(i, item, s)))
         } else {
             let mut s = scratch();
             items
                 .into_iter()
                 .enumerate()
-                .try_for_each(|(i, item)| f(i, item, &mut s))
+                .try_for_each(|(i, item)| simd(|| f(i, item, &mut s)))
         }
     }
 
@@ -1708,7 +1782,17 @@ mod fused {
 
 #[cfg(test)]
 mod tests {
-    use super::fused::{fast_exp, fast_tanh};
+    use super::fused::{fast_exp, fast_tanh, lane_sum};
+
+    #[test]
+    fn lane_sums_cover_every_value_whatever_the_length() {
+        // Lengths around the 16 lanes, with a tail and without; integers sum exactly.
+        for len in [0usize, 1, 15, 16, 17, 60, 128, 131] {
+            let xs: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 2.0).collect();
+            let expected: f32 = xs.iter().sum();
+            assert_eq!(lane_sum(&xs), expected, "length {len}");
+        }
+    }
 
     #[test]
     fn fast_exp_and_tanh_are_accurate() {
