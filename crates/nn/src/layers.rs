@@ -101,10 +101,16 @@ impl Module for Linear {
         } else {
             x.reshape((lead.iter().product::<usize>(), in_dim))?
         };
-        let y = rows2d.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
-            Some(b) => add_row_vector(&y, b)?,
-            None => y,
+            Some(b) if fused_cpu(&rows2d) && fused_cpu(&self.weight) && fused_cpu(b) => {
+                rows2d.contiguous()?.apply_op3(
+                    &self.weight.contiguous()?,
+                    &b.contiguous()?,
+                    fused::LinearRows,
+                )?
+            }
+            Some(b) => add_row_vector(&rows2d.matmul(&self.weight.t()?)?, b)?,
+            None => rows2d.matmul(&self.weight.t()?)?,
         };
         if lead.len() == 1 {
             return Ok(y);
@@ -871,6 +877,85 @@ mod fused {
         }
     }
 
+    /// `y = x w^T + b` for token rows `x [rows, in]`, a weight `w [out, in]` and a bias `[out]`:
+    /// one gemm adding into rows that start as the bias, where candle's matmul followed by
+    /// [`AddRow`] zeroed, wrote and re-read the output. Backward: `dx = dy w`, `dw = dy^T x`
+    /// (straight into the weight's layout; candle's `x.matmul(w.t())` made `x^T dy` and swept
+    /// its transpose once more) and `db` the column sums of `dy`, each only for an argument
+    /// that carries a gradient (a frozen weight costs no `dw`).
+    pub(super) struct LinearRows;
+
+    impl CustomOp3 for LinearRows {
+        fn name(&self) -> &'static str {
+            "beatlab-linear"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            let x = data(s1, l1, self.name())?;
+            let w = data(s2, l2, self.name())?;
+            let (rows, fan_in) = l1.shape().dims2()?;
+            let (fan_out, w_in) = l2.shape().dims2()?;
+            let b = data(s3, l3, self.name())?;
+            if w_in != fan_in || b.len() != fan_out {
+                candle_core::bail!(
+                    "{}: rows of {fan_in}, weight {:?}, bias {:?}",
+                    self.name(),
+                    l2.dims(),
+                    l3.dims()
+                );
+            }
+            let mut y = Vec::with_capacity(rows * fan_out);
+            for _ in 0..rows {
+                y.extend_from_slice(b);
+            }
+            if rows > 0 && fan_in > 0 {
+                let product = Product {
+                    scale: 1.0,
+                    accumulate: true,
+                    threads: rayon::current_num_threads(),
+                };
+                gemm_views(
+                    (rows, fan_out, fan_in),
+                    (&mut y, View::rows(0, fan_out)),
+                    (x, View::rows(0, fan_in)),
+                    (w, View::rows(0, fan_in).t()),
+                    product,
+                )?;
+            }
+            Ok((CpuStorage::F32(y), Shape::from((rows, fan_out))))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            b: &Tensor,
+            _y: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let dy = dy.contiguous()?;
+            // Detached operands: the gradients need no graph of their own.
+            let dx = x.track_op().then(|| dy.matmul(&w.detach())).transpose()?;
+            let dw = w
+                .track_op()
+                .then(|| dy.t()?.matmul(&x.detach()))
+                .transpose()?;
+            let db = b
+                .track_op()
+                .then(|| dy.apply_op1_no_bwd(&ColumnSums))
+                .transpose()?;
+            Ok((dx, dw, db))
+        }
+    }
+
     /// `x * w` per row; backward `(dy * w, column sums of dy * x)`.
     pub(super) struct MulRow;
 
@@ -1182,11 +1267,10 @@ mod fused {
     }
 
     /// `dst = scale * lhs * rhs` for an `m x k` times `k x n` product, every matrix a strided
-    /// view. Bounds are checked here, so the unsafe call only ever touches the three slices;
-    /// `dst` cannot alias the inputs (it is borrowed mutably).
+    /// view, on the calling thread (the attention kernels run one per head on the pool).
     #[allow(clippy::too_many_arguments)]
     fn matmul(
-        (m, n, k): (usize, usize, usize),
+        sizes: (usize, usize, usize),
         dst: &mut [f32],
         dv: View,
         lhs: &[f32],
@@ -1195,12 +1279,44 @@ mod fused {
         rv: View,
         scale: f32,
     ) -> Result<()> {
+        let product = Product {
+            scale,
+            accumulate: false,
+            threads: 1,
+        };
+        gemm_views(sizes, (dst, dv), (lhs, lv), (rhs, rv), product)
+    }
+
+    /// How [`gemm_views`] combines and runs a product.
+    #[derive(Clone, Copy, Debug)]
+    struct Product {
+        scale: f32,
+        /// `dst += scale * lhs * rhs` instead of `dst = scale * lhs * rhs`.
+        accumulate: bool,
+        /// Threads of the current rayon pool gemm may use (1: the calling thread only).
+        threads: usize,
+    }
+
+    /// One gemm over strided views. Bounds are checked here, so the unsafe call only ever
+    /// touches the three slices; `dst` cannot alias the inputs (it is borrowed mutably).
+    fn gemm_views(
+        (m, n, k): (usize, usize, usize),
+        (dst, dv): (&mut [f32], View),
+        (lhs, lv): (&[f32], View),
+        (rhs, rv): (&[f32], View),
+        product: Product,
+    ) -> Result<()> {
         if m == 0 || n == 0 || k == 0 {
-            candle_core::bail!("attention kernel: empty product {m}x{k} by {k}x{n}");
+            candle_core::bail!("fused kernel: empty product {m}x{k} by {k}x{n}");
         }
         if dv.end(m, n) > dst.len() || lv.end(m, k) > lhs.len() || rv.end(k, n) > rhs.len() {
-            candle_core::bail!("attention kernel: view outside its buffer");
+            candle_core::bail!("fused kernel: view outside its buffer");
         }
+        let parallelism = if product.threads > 1 {
+            gemm::Parallelism::Rayon(product.threads)
+        } else {
+            gemm::Parallelism::None
+        };
         // SAFETY: the three views were just checked to lie inside their slices, and `dst` is a
         // unique borrow distinct from `lhs` and `rhs`.
         unsafe {
@@ -1211,19 +1327,19 @@ mod fused {
                 dst.as_mut_ptr().add(dv.off),
                 dv.cs as isize,
                 dv.rs as isize,
-                false,
+                product.accumulate,
                 lhs.as_ptr().add(lv.off),
                 lv.cs as isize,
                 lv.rs as isize,
                 rhs.as_ptr().add(rv.off),
                 rv.cs as isize,
                 rv.rs as isize,
-                0.0,
-                scale,
+                if product.accumulate { 1.0 } else { 0.0 },
+                product.scale,
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                parallelism,
             );
         }
         Ok(())

@@ -294,6 +294,7 @@ fn parallel_cases() -> Vec<(&'static str, Vec<Tensor>, Box<Op>)> {
     let (pb, pt, ph, pd) = (6, 7, 3, 4);
     let packed = randn(&[pb, pt, 3 * ph * pd], 35);
     let bias = randn(&[ph, pt, pt], 36);
+    let (weight, weight_bias) = (randn(&[24, 96], 37), randn(&[24], 38));
     vec![
         (
             "layer norm",
@@ -315,6 +316,15 @@ fn parallel_cases() -> Vec<(&'static str, Vec<Tensor>, Box<Op>)> {
             "bias add",
             vec![x.clone(), v.clone()],
             Box::new(|x| add_row_vector(&x[0], &x[1]).unwrap()),
+        ),
+        (
+            "linear",
+            vec![x.clone(), weight, weight_bias],
+            Box::new(|x| {
+                Linear::from_tensors(x[1].clone(), Some(x[2].clone()))
+                    .forward(&x[0])
+                    .unwrap()
+            }),
         ),
         (
             "gain",
@@ -486,6 +496,30 @@ fn linear_handles_any_rank_and_layout() {
         .collect();
     assert_close(&flat(&y), &expected, 1e-5, "linear");
     assert_eq!(lin.forward(&randn(&[6], 9)).unwrap().dims(), [4]);
+}
+
+#[test]
+fn a_frozen_linear_layer_passes_gradients_to_its_input_only() {
+    // The fused layer computes no weight gradient for a weight that is not trained (a LoRA
+    // base, a frozen backbone): the input still gets `dy W`.
+    let w = randn(&[5, 8], 40);
+    let b = randn(&[5], 41);
+    let frozen = Linear::from_tensors(w.clone(), Some(b.clone()));
+    let x = Var::from_tensor(&randn(&[4, 8], 42)).unwrap();
+    let grads = frozen
+        .forward(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
+    // d sum(x W^T + b) / dx = column sums of W, on every row.
+    let column_sums = flat(&w.sum(0).unwrap());
+    let dx = flat(grads.get(x.as_tensor()).unwrap());
+    for row in dx.chunks(8) {
+        assert_close(row, &column_sums, 1e-6, "input gradient");
+    }
 }
 
 #[test]
