@@ -653,7 +653,7 @@ mod fused {
     /// `f(first_row, chunk)` over chunks of whole rows (`n` values each) of `out`, in parallel
     /// when `out` is big enough. Every row is computed by the same code whatever the chunking,
     /// so the results do not depend on the thread count.
-    fn for_row_chunks(out: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    fn for_row_chunks<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync) {
         let rows = out.len() / n;
         let per = rows_per_task(rows, n);
         if per >= rows || !parallel() {
@@ -666,11 +666,36 @@ mod fused {
     }
 
     /// A new `[rows, n]` buffer filled row chunk by row chunk by `f(first_row, chunk)` (see
-    /// [`for_row_chunks`]).
+    /// [`for_row_chunks`]); `f` finds zeros.
     fn map_rows(len: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-        // Zeroed allocation: for large buffers fresh pages from the kernel, no memset.
-        let mut out = vec![0f32; len];
-        for_row_chunks(&mut out, n, f);
+        map_rows_from(&vec![0f32; n], len, f)
+    }
+
+    /// Like [`map_rows`], every row starting as a copy of `row`. Each task writes its own
+    /// chunk before `f` reads it, so the buffer is not first zeroed as a whole on the calling
+    /// thread (with the binary's malloc settings buffers come from the heap, and that serial
+    /// `memset`, or a bias copied row by row, was 6 % of a Beat forward pass).
+    fn map_rows_from(row: &[f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let n = row.len();
+        if n == 0 {
+            // No row to copy (then `len` is 0 for any `[rows, 0]` buffer).
+            return vec![0f32; len];
+        }
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        for_row_chunks(&mut out.spare_capacity_mut()[..len], n, |r0, chunk| {
+            for dst in chunk.chunks_mut(n) {
+                for (d, &v) in dst.iter_mut().zip(row) {
+                    d.write(v);
+                }
+            }
+            // SAFETY: the loop above wrote every element of `chunk` (its rows cover it, a
+            // shorter last row included), and `MaybeUninit<f32>` has the layout of `f32`.
+            let chunk = unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            f(r0, chunk)
+        });
+        // SAFETY: `for_row_chunks` hands every element of `out[..len]` to the closure exactly
+        // once (in one call or in disjoint chunks), and the closure initialised all of them.
+        unsafe { out.set_len(len) };
         out
     }
 
@@ -912,10 +937,7 @@ mod fused {
                     l3.dims()
                 );
             }
-            let mut y = Vec::with_capacity(rows * fan_out);
-            for _ in 0..rows {
-                y.extend_from_slice(b);
-            }
+            let mut y = map_rows_from(b, rows * fan_out, |_, _| {});
             if rows > 0 && fan_in > 0 {
                 let product = Product {
                     scale: 1.0,
