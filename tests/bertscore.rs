@@ -4,61 +4,36 @@
 //! folder or missing weights are bad input (exit 2) naming the field and the missing file.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use beatlab::registry::{Registry, RunStatus};
+
+mod common;
+use common::{TOY_MULTIMODAL, beatlab, stderr};
 
 #[path = "../crates/lm/tests/common/tiny_bert.rs"]
 mod tiny_bert;
 
-/// A toy multimodal run that only evaluates (the model stays as initialised).
-const SPEC: &str = r#"
+/// A toy multimodal run that only evaluates (the model stays as initialised), scoring with the
+/// encoder folder `encoder`.
+fn spec(encoder: &str) -> String {
+    format!(
+        r#"
 [experiment]
 name = "bert"
-
-[data]
-source = "synthetic"
-synthetic_records = 40
-synthetic_duration_s = 4.0
-val_fraction = 0.2
-test_fraction = 0.2
-
-[beat]
-input_len = 250
-predict_len = 125
-width = 32
-head_dim = 8
-heads = 4
-depth = 1
-decoder_depth = 1
-codebook_size = 32
-
-[vision]
-image_size = 32
-
-[backbone]
-hidden_size = 32
-heads = 4
-vocab_size = 400
-max_seq_len = 192
-
-[instructions]
-closed_qa_per_record = 1
-open_qa_per_record = 1
-comparison_per_record = 1
-reports_per_record = 1
-predictions_per_record = 1
-
+{TOY_MULTIMODAL}
 [eval]
 max_items = 3
 max_new_tokens = 6
-bertscore_encoder = "ENCODER"
+bertscore_encoder = "{encoder}"
 
 [[stage]]
 name = "eval"
 kind = "eval"
 batch = 8
-"#;
+"#
+    )
+}
 
 const VOCAB: &str = "[PAD] [UNK] [CLS] [SEP] [MASK] the rhythm is sinus normal ecg atrial \
                      fibrillation heart rate bpm left bundle branch block st elevation qt \
@@ -79,22 +54,8 @@ fn write_encoder(dir: &Path, weights: bool) {
 }
 
 fn run(dir: &Path, encoder: &str) -> Output {
-    std::fs::write(
-        dir.join("bert.toml"),
-        SPEC.replace("ENCODER", &encoder.replace('\\', "/")),
-    )
-    .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_beatlab"))
-        .current_dir(dir)
-        .env("BEATLAB_REGISTRY", dir.join("reg.db"))
-        .env("BEATLAB_RUNS_DIR", dir.join("runs"))
-        .args(["run", "bert.toml", "--quiet"])
-        .output()
-        .unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    std::fs::write(dir.join("bert.toml"), spec(&encoder.replace('\\', "/"))).unwrap();
+    beatlab(dir, &["run", "bert.toml", "--quiet"])
 }
 
 #[test]

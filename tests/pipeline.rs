@@ -5,50 +5,24 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use beatlab::registry::{Registry, RunStatus};
 
-const TINY: &str = r#"
+mod common;
+use common::{TOY_MULTIMODAL, beatlab, stderr};
+
+/// The toy pipeline: Beat, warm-up, joint LoRA training and evaluation.
+fn tiny() -> String {
+    format!(
+        r#"
 [experiment]
 name = "pipe"
 
-[data]
-source = "synthetic"
-synthetic_records = 40
-synthetic_duration_s = 4.0
-val_fraction = 0.2
-test_fraction = 0.2
-
-[beat]
-input_len = 250
-predict_len = 125
-width = 32
-head_dim = 8
-heads = 4
-depth = 1
-decoder_depth = 1
-codebook_size = 32
-
-[vision]
-image_size = 32
-
-[backbone]
-hidden_size = 32
-heads = 4
-vocab_size = 400
-max_seq_len = 192
-
+{TOY_MULTIMODAL}
 [backbone.lora]
 rank = 4
 alpha = 8
-
-[instructions]
-closed_qa_per_record = 1
-open_qa_per_record = 1
-comparison_per_record = 1
-reports_per_record = 1
-predictions_per_record = 1
 
 [eval]
 max_items = 4
@@ -78,20 +52,8 @@ steps = 6
 name = "eval"
 kind = "eval"
 batch = 8
-"#;
-
-fn beatlab(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beatlab"))
-        .current_dir(dir)
-        .env("BEATLAB_REGISTRY", dir.join("reg.db"))
-        .env("BEATLAB_RUNS_DIR", dir.join("runs"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+"#
+    )
 }
 
 fn run_spec(dir: &Path, spec: &str, extra: &[&str]) -> Output {
@@ -104,7 +66,7 @@ fn run_spec(dir: &Path, spec: &str, extra: &[&str]) -> Output {
 #[test]
 fn three_stages_train_and_evaluate_with_generations_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_spec(dir.path(), TINY, &[]);
+    let out = run_spec(dir.path(), &tiny(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reg = Registry::open_existing(&dir.path().join("reg.db"))
         .unwrap()
@@ -156,7 +118,7 @@ fn a_disabled_beat_stage_leaves_the_seeded_random_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_spec(
         dir.path(),
-        TINY,
+        &tiny(),
         &[
             "--set",
             "stage.beat.enabled=false",
@@ -214,7 +176,7 @@ fn a_real_layout_checkpoint_folder_is_a_backbone_and_its_faults_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("qwen2-tiny");
     let tensors = write_real_layout(&weights);
-    let spec = TINY.replace(
+    let spec = tiny().replace(
         "[backbone]\nhidden_size = 32",
         &format!(
             "[backbone]\nmodel = \"qwen2\"\nweights = \"{}\"\nhidden_size = 32",

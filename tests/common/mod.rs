@@ -1,0 +1,59 @@
+//! What the binary's multimodal end-to-end tests share: a toy-sized model on simulated records,
+//! and running `beatlab` in a test's own folder.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The data, model and instruction sections of a toy multimodal spec (40 simulated records of
+/// 4 s, Beat width 32, 32-pixel images, a 32-wide backbone); a test adds its `[experiment]`,
+/// `[eval]` and stages. `[backbone]` starts with `hidden_size`, which tests may replace to
+/// point the backbone at a checkpoint folder.
+pub const TOY_MULTIMODAL: &str = r#"
+[data]
+source = "synthetic"
+synthetic_records = 40
+synthetic_duration_s = 4.0
+val_fraction = 0.2
+test_fraction = 0.2
+
+[beat]
+input_len = 250
+predict_len = 125
+width = 32
+head_dim = 8
+heads = 4
+depth = 1
+decoder_depth = 1
+codebook_size = 32
+
+[vision]
+image_size = 32
+
+[backbone]
+hidden_size = 32
+heads = 4
+vocab_size = 400
+max_seq_len = 192
+
+[instructions]
+closed_qa_per_record = 1
+open_qa_per_record = 1
+comparison_per_record = 1
+reports_per_record = 1
+predictions_per_record = 1
+"#;
+
+/// Runs the binary in `dir` with its registry and run folders there.
+pub fn beatlab(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_beatlab"))
+        .current_dir(dir)
+        .env("BEATLAB_REGISTRY", dir.join("reg.db"))
+        .env("BEATLAB_RUNS_DIR", dir.join("runs"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
