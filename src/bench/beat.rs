@@ -281,7 +281,7 @@ pub fn paper_config() -> BeatConfig {
 }
 
 /// The device as the PyTorch peer names it.
-fn torch_device(device: &Device) -> String {
+pub(super) fn torch_device(device: &Device) -> String {
     match device.location() {
         DeviceLocation::Cpu => "cpu".into(),
         DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
@@ -321,7 +321,7 @@ fn windows(
 }
 
 /// Our side: the model, its optimiser and a fixed batch, stepped like a training loop.
-struct Trainer {
+pub(super) struct Trainer {
     beat: Beat,
     vars: Vec<(String, candle_core::Var)>,
     opt: AdamW,
@@ -331,7 +331,7 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(options: &BeatOptions, cfg: &BeatConfig) -> Result<Self, BenchError> {
+    pub(super) fn new(options: &BeatOptions, cfg: &BeatConfig) -> Result<Self, BenchError> {
         let store = ParamStore::new(options.seed);
         let beat = Beat::new(cfg.clone(), &store, DType::F32, &options.device)?;
         let vars = store.vars();
@@ -360,7 +360,7 @@ impl Trainer {
 
     /// One step; returns the milliseconds of forward, backward, clip + AdamW, codebook EMA,
     /// and the loss.
-    fn step(&mut self) -> Result<([f64; 4], f32), BenchError> {
+    pub(super) fn step(&mut self) -> Result<([f64; 4], f32), BenchError> {
         let mut marks = [std::time::Instant::now(); 5];
         let out = self.beat.forward(
             &self.batch,

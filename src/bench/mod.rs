@@ -17,6 +17,7 @@
 //! processes held the cores. Speed is only ever measured here, never asserted by a test.
 
 pub mod beat;
+pub mod parity;
 pub mod registry;
 pub mod sim;
 pub mod wfdb;

@@ -179,6 +179,12 @@ pub enum Command {
     ///
     /// Example: beatlab bench all --json > bench.json
     Bench(BenchArgs),
+    /// Train one Beat cell (the paper configuration) for a fixed number of steps on the CPU and
+    /// on DEVICE from the same weights and windows, and compare the losses step by step; exit
+    /// code 1 when the last step's relative difference is not under the tolerance.
+    ///
+    /// Example: scripts/run-on-gpu.sh parity --device cuda
+    Parity(ParityArgs),
     /// Print the spec reference (every field, its type, default and meaning) as Markdown.
     ///
     /// Example: beatlab reference > docs/spec.md
@@ -254,6 +260,29 @@ impl From<RunStatusArg> for RunStatus {
             RunStatusArg::Stale => RunStatus::Stale,
         }
     }
+}
+
+/// `beatlab parity` options.
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    /// The device compared with the CPU: cuda, cuda:N (or cpu, a self-check).
+    #[arg(long, default_value = "cuda", value_parser = clap::value_parser!(DeviceChoice))]
+    pub device: DeviceChoice,
+    /// Training steps on each side.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Windows per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Seeds the weights and the windows.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Largest relative difference of the last step's loss that counts as agreement (f32).
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f64,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `beatlab bench` options.

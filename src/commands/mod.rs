@@ -89,6 +89,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
             captions,
         }) => build_instructions(g, &spec, &output, captions),
         Command::Bench(args) => bench(&args),
+        Command::Parity(args) => parity(&args),
         Command::Reference => {
             print!("{}", beatlab::spec::reference::markdown());
             Ok(Exit::Done)
@@ -646,6 +647,36 @@ fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool
         println!("  {kind:<28} {split:<10} {n}");
     }
     Ok(Exit::Done)
+}
+
+fn parity(args: &args::ParityArgs) -> Result<Exit> {
+    use beatlab::bench::parity::{self, ParityOptions};
+    if args.steps == 0 || args.batch == 0 {
+        return Err(bad(anyhow::anyhow!(
+            "--steps and --batch must be at least 1 (got {} and {})",
+            args.steps,
+            args.batch
+        )));
+    }
+    let options = ParityOptions {
+        device: device::resolve(args.device).map_err(bad)?.device,
+        steps: args.steps,
+        batch: args.batch,
+        seed: args.seed,
+        tolerance: args.tolerance,
+        ..ParityOptions::default()
+    };
+    let report = parity::run(&options, &mut |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.agrees {
+        Exit::Done
+    } else {
+        Exit::RunFailed
+    })
 }
 
 fn bench(args: &args::BenchArgs) -> Result<Exit> {
