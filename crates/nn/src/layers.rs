@@ -938,7 +938,8 @@ mod fused {
                 );
             }
             let mut y = map_rows_from(b, rows * fan_out, |_, _| {});
-            if rows > 0 && fan_in > 0 {
+            // An empty product leaves the bias (x W^T is 0 for an input of no columns).
+            if rows > 0 && fan_in > 0 && fan_out > 0 {
                 let product = Product {
                     scale: 1.0,
                     accumulate: true,
