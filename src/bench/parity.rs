@@ -144,17 +144,26 @@ impl fmt::Display for ParityReport {
             .enumerate()
         {
             if step % 10 == 0 || step == last {
-                writeln!(f, "  {step:>4}  {a:<10.6}  {b:<10.6}  {d:.2e}")?;
+                writeln!(f, "  {step:>4}  {a:<10.6}  {b:<10.6}  {}", sci(*d))?;
             }
         }
         writeln!(
             f,
-            "  last step: relative difference {:.2e} (largest over the steps {:.2e}); tolerance {:.0e}: {}",
-            self.final_relative_difference,
-            self.max_relative_difference,
+            "  last step: relative difference {} (largest over the steps {}); tolerance {:.0e}: {}",
+            sci(self.final_relative_difference),
+            sci(self.max_relative_difference),
             self.tolerance,
             if self.agrees { "agree" } else { "DISAGREE" }
         )
+    }
+}
+
+/// `0` for an exact zero, else two significant figures with an exponent.
+fn sci(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else {
+        format!("{x:.1e}")
     }
 }
 
