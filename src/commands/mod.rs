@@ -658,6 +658,12 @@ fn parity(args: &args::ParityArgs) -> Result<Exit> {
             args.batch
         )));
     }
+    if !(args.tolerance.is_finite() && args.tolerance > 0.0) {
+        return Err(bad(anyhow::anyhow!(
+            "--tolerance must be a positive number (got {})",
+            args.tolerance
+        )));
+    }
     let options = ParityOptions {
         device: device::resolve(args.device).map_err(bad)?.device,
         steps: args.steps,
