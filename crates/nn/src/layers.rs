@@ -699,6 +699,32 @@ mod fused {
         out
     }
 
+    /// `f(a_row, b_row, out_row)` over the rows (`n` values each) of two same-sized inputs into
+    /// a new buffer (see [`map_rows`]); the gradient kernels that read an activation and its
+    /// gradient side by side.
+    #[inline(always)]
+    fn map_row_pairs(
+        op: &str,
+        (a, b): (&[f32], &[f32]),
+        n: usize,
+        f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+    ) -> Result<Vec<f32>> {
+        if a.len() != b.len() {
+            candle_core::bail!("{op}: inputs of different sizes");
+        }
+        Ok(map_rows(a.len(), n, |r0, out| {
+            let range = r0 * n..r0 * n + out.len();
+            let (a, b) = (&a[range.clone()], &b[range]);
+            for ((ar, br), or) in a
+                .chunks_exact(n)
+                .zip(b.chunks_exact(n))
+                .zip(out.chunks_exact_mut(n))
+            {
+                f(ar, br, or);
+            }
+        }))
+    }
+
     /// Per-column reductions over all rows of a `[rows, n]` layout: `f(first_col, sums)` adds
     /// the rows' values of columns `first_col..first_col + sums.len()` into `sums`, rows in
     /// order. Parallel over column blocks, so every column is still summed by one thread in row
@@ -1115,23 +1141,12 @@ mod fused {
             let y = data(s1, l1, self.name())?;
             let dy = data(s2, l2, self.name())?;
             let n = last_dim(l1, self.name())?;
-            if dy.len() != y.len() {
-                candle_core::bail!("{}: inputs of different sizes", self.name());
-            }
-            let dx = map_rows(y.len(), n, |r0, out| {
-                let range = r0 * n..r0 * n + out.len();
-                let (y, dy) = (&y[range.clone()], &dy[range]);
-                for ((yr, gr), or) in y
-                    .chunks_exact(n)
-                    .zip(dy.chunks_exact(n))
-                    .zip(out.chunks_exact_mut(n))
-                {
-                    let dot = lane_dot(yr, gr);
-                    for ((o, &a), &g) in or.iter_mut().zip(yr).zip(gr) {
-                        *o = a * (g - dot);
-                    }
+            let dx = map_row_pairs(self.name(), (y, dy), n, |yr, gr, or| {
+                let dot = lane_dot(yr, gr);
+                for ((o, &a), &g) in or.iter_mut().zip(yr).zip(gr) {
+                    *o = a * (g - dot);
                 }
-            });
+            })?;
             Ok((CpuStorage::F32(dx), l1.shape().clone()))
         }
     }
@@ -1224,33 +1239,22 @@ mod fused {
                 eps: self.eps,
                 remove_mean: self.remove_mean,
             };
-            if dy.len() != x.len() {
-                candle_core::bail!("{}: inputs of different sizes", self.name());
-            }
-            let dx = map_rows(x.len(), n, |r0, out| {
-                let range = r0 * n..r0 * n + out.len();
-                let (x, dy) = (&x[range.clone()], &dy[range]);
-                for ((xr, gr), or) in x
-                    .chunks_exact(n)
-                    .zip(dy.chunks_exact(n))
-                    .zip(out.chunks_exact_mut(n))
-                {
-                    let (mean, inv_std) = norm.stats(xr);
-                    let sum_g = lane_sum(gr);
-                    // sum(dy * y) = r * (sum(dy * x) - mean * sum(dy)).
-                    let sum_gy = inv_std * (lane_dot(gr, xr) - mean * sum_g);
-                    let mean_g = if self.remove_mean {
-                        sum_g / n as f32
-                    } else {
-                        0.0
-                    };
-                    let mean_gy = sum_gy / n as f32;
-                    for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gr) {
-                        let y = (v - mean) * inv_std;
-                        *o = inv_std * (g - mean_g - y * mean_gy);
-                    }
+            let dx = map_row_pairs(self.name(), (x, dy), n, |xr, gr, or| {
+                let (mean, inv_std) = norm.stats(xr);
+                let sum_g = lane_sum(gr);
+                // sum(dy * y) = r * (sum(dy * x) - mean * sum(dy)).
+                let sum_gy = inv_std * (lane_dot(gr, xr) - mean * sum_g);
+                let mean_g = if self.remove_mean {
+                    sum_g / n as f32
+                } else {
+                    0.0
+                };
+                let mean_gy = sum_gy / n as f32;
+                for ((o, &v), &g) in or.iter_mut().zip(xr).zip(gr) {
+                    let y = (v - mean) * inv_std;
+                    *o = inv_std * (g - mean_g - y * mean_gy);
                 }
-            });
+            })?;
             Ok((CpuStorage::F32(dx), l1.shape().clone()))
         }
     }
