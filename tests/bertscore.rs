@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::process::Output;
 
-use beatlab::registry::{Registry, RunStatus};
+use beatlab::registry::RunStatus;
 
 mod common;
-use common::{TOY_MULTIMODAL, beatlab, stderr};
+use common::{TOY_MULTIMODAL, beatlab, only_run, stderr};
 
 #[path = "../crates/lm/tests/common/tiny_bert.rs"]
 mod tiny_bert;
@@ -65,10 +65,7 @@ fn an_encoder_folder_adds_bertscore_to_open_qa_and_reports() {
     write_encoder(&encoder, true);
     let out = run(dir.path(), &encoder.display().to_string());
     assert!(out.status.success(), "{}", stderr(&out));
-    let reg = Registry::open_existing(&dir.path().join("reg.db"))
-        .unwrap()
-        .unwrap();
-    let run = reg.runs(None, None).unwrap().remove(0);
+    let (reg, run) = only_run(dir.path());
     assert_eq!(run.status, RunStatus::Finished);
     let s = reg.summaries(&run.id).unwrap();
     for task in ["open_qa", "report"] {

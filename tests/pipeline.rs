@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 
-use beatlab::registry::{Registry, RunStatus};
+use beatlab::registry::RunStatus;
 
 mod common;
-use common::{TOY_MULTIMODAL, beatlab, stderr};
+use common::{TOY_MULTIMODAL, beatlab, only_run, stderr};
 
 /// The toy pipeline: Beat, warm-up, joint LoRA training and evaluation.
 fn tiny() -> String {
@@ -68,10 +68,7 @@ fn three_stages_train_and_evaluate_with_generations_kept() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_spec(dir.path(), &tiny(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let reg = Registry::open_existing(&dir.path().join("reg.db"))
-        .unwrap()
-        .unwrap();
-    let run = reg.runs(None, None).unwrap().remove(0);
+    let (reg, run) = only_run(dir.path());
     assert_eq!(run.status, RunStatus::Finished);
     let s = reg.summaries(&run.id).unwrap();
     for key in [
@@ -127,10 +124,7 @@ fn a_disabled_beat_stage_leaves_the_seeded_random_tokenizer() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let reg = Registry::open_existing(&dir.path().join("reg.db"))
-        .unwrap()
-        .unwrap();
-    let run = reg.runs(None, None).unwrap().remove(0);
+    let (reg, run) = only_run(dir.path());
     assert!(
         reg.checkpoints(&run.id)
             .unwrap()

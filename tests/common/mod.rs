@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use beatlab::registry::{Registry, RunRow};
+
 /// The data, model and instruction sections of a toy multimodal spec (40 simulated records of
 /// 4 s, Beat width 32, 32-pixel images, a 32-wide backbone); a test adds its `[experiment]`,
 /// `[eval]` and stages. `[backbone]` starts with `hidden_size`, which tests may replace to
@@ -43,11 +45,16 @@ reports_per_record = 1
 predictions_per_record = 1
 "#;
 
+/// The registry file [`beatlab`] keeps in `dir`.
+fn registry_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("reg.db")
+}
+
 /// Runs the binary in `dir` with its registry and run folders there.
 pub fn beatlab(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_beatlab"))
         .current_dir(dir)
-        .env("BEATLAB_REGISTRY", dir.join("reg.db"))
+        .env("BEATLAB_REGISTRY", registry_path(dir))
         .env("BEATLAB_RUNS_DIR", dir.join("runs"))
         .args(args)
         .output()
@@ -56,4 +63,13 @@ pub fn beatlab(dir: &Path, args: &[&str]) -> Output {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The registry a [`beatlab`] call in `dir` wrote, and its first run (tests run one cell).
+pub fn only_run(dir: &Path) -> (Registry, RunRow) {
+    let reg = Registry::open_existing(&registry_path(dir))
+        .unwrap()
+        .expect("a registry in the test folder");
+    let run = reg.runs(None, None).unwrap().remove(0);
+    (reg, run)
 }
