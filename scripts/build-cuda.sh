@@ -178,7 +178,8 @@ jobs=()
 say "cargo build --release --features cuda into $target_dir (sm_$compute_cap; the first build"
 say "  compiles candle's CUDA kernels with nvcc: 30-40 minutes on 2 busy cores)"
 cargo_started=$SECONDS
-cargo build --release --locked -p beatlab --bin beatlab --features cuda "${jobs[@]}" ||
+cargo build --release --locked -p beatlab --bin beatlab -p beatlab-bench \
+    --features beatlab/cuda,beatlab-bench/cuda "${jobs[@]}" ||
     die "cargo build --features cuda failed"
 cargo_seconds=$((SECONDS - cargo_started))
 
@@ -191,19 +192,27 @@ binary=$target_dir/release/beatlab
 # to ~11 MiB. Symbols stay, so panics on the GPU machine still name their functions.
 # run-on-gpu.sh unpacks it on first use.
 dist_dir=$target_dir/dist
-packed=$dist_dir/beatlab.xz
 mkdir -p "$dist_dir"
-if [[ -f $packed && $packed -nt $binary ]]; then
-    say "packed copy up to date: $packed"
-else
-    say "packing $packed (strip debug info, xz; about a minute)"
-    objcopy --strip-debug "$binary" "$dist_dir/beatlab.stripped.tmp" || die "objcopy --strip-debug failed"
-    xz -6 -T0 -c "$dist_dir/beatlab.stripped.tmp" >"$packed.tmp" || die "xz failed"
-    rm "$dist_dir/beatlab.stripped.tmp"
-    mv "$packed.tmp" "$packed"
+# Packs target/cuda/release/NAME into dist/NAME.xz unless the archive is newer.
+pack() {
+    local name=$1 from=$target_dir/release/$1 to=$dist_dir/$1.xz
+    [[ -x $from ]] || die "the build reported success but $from is missing"
+    if [[ -f $to && $to -nt $from ]]; then
+        say "packed copy up to date: $to"
+        return 0
+    fi
+    say "packing $to (strip debug info, xz; about a minute)"
+    objcopy --strip-debug "$from" "$dist_dir/$name.stripped.tmp" || die "objcopy --strip-debug failed"
+    xz -6 -T0 -c "$dist_dir/$name.stripped.tmp" >"$to.tmp" || die "xz failed"
+    rm "$dist_dir/$name.stripped.tmp"
+    mv "$to.tmp" "$to"
     # An unpacked copy from an older build must not outlive its archive.
-    rm -f "$dist_dir/beatlab"
-fi
+    rm -f "$dist_dir/$name"
+}
+# beatlab-bench is `beatlab bench` (run-on-gpu.sh unpacks it beside beatlab).
+pack beatlab
+pack beatlab-bench
+packed=$dist_dir/beatlab.xz
 
 size_mib() { echo "$(($(stat -c %s "$1") / 1024 / 1024)) MiB"; }
 needed=$(readelf -d "$binary" 2>/dev/null | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ' || true)
@@ -222,7 +231,7 @@ build-cuda: done in $((SECONDS - started_at)) s (cargo: $cargo_seconds s)
 Run it on a GPU machine (NVIDIA driver >= 580, i.e. CUDA 13.0; no Rust needed there). The driver
 provides libcuda.so.1; cuBLAS, cuRAND and the CUDA runtime come from the image's PyTorch nvidia/*
 packages, which scripts/run-on-gpu.sh finds and puts on LD_LIBRARY_PATH:
-  device tool: carry ["$rel_packed"], then run
+  device tool: carry ["$rel_packed", "${rel_packed%beatlab.xz}beatlab-bench.xz"], then run
     scripts/run-on-gpu.sh --check
     scripts/run-on-gpu.sh run experiments/<spec>.toml --device cuda
   by hand:     copy beatlab.xz and scripts/run-on-gpu.sh into one folder there, then

@@ -66,6 +66,11 @@ fi
 [[ -n $bin ]] || die "no beatlab binary: carry target/cuda/dist/beatlab.xz (from scripts/build-cuda.sh), put beatlab or beatlab.xz beside this script, or name it with BEATLAB_BIN"
 [[ -f $bin ]] || die "$bin does not exist"
 if [[ $bin == *.xz ]]; then
+    # `beatlab bench` runs beatlab-bench from beside beatlab: unpack it there too.
+    bench_packed=$(dirname "$bin")/beatlab-bench.xz
+    if [[ -f $bench_packed ]]; then
+        unpack "$bench_packed" >/dev/null || exit 127
+    fi
     bin=$(unpack "$bin") || exit 127
 fi
 [[ -x $bin ]] || die "$bin is not executable"

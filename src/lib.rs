@@ -4,9 +4,9 @@
 //! checkpoint in SQLite; the [`runner`] trains each cell's stages; [`table`] renders the
 //! published ablation tables from the registry.
 
-pub mod bench;
 pub mod data;
 pub mod device;
+pub mod parity;
 pub mod registry;
 pub mod runner;
 pub mod spec;

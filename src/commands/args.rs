@@ -175,10 +175,17 @@ pub enum Command {
     Data(DataCommand),
     /// Speed against peers in one invocation, with ratios: Beat training (PyTorch), registry
     /// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2).
-    /// `scripts/bench.sh` sets up the peers' Python environment.
+    /// `scripts/bench.sh` sets up the peers' Python environment. The benchmarks are their own
+    /// binary, `beatlab-bench` (built beside this one by scripts/bench.sh, or `cargo build
+    /// --release -p beatlab-bench`); this command runs it with the arguments given.
     ///
     /// Example: beatlab bench all --json > bench.json
-    Bench(BenchArgs),
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for beatlab-bench (`beatlab bench --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Train one Beat cell (the paper configuration) for a fixed number of steps on the CPU and
     /// on DEVICE from the same weights and windows, and compare the losses step by step; exit
     /// code 1 when the last step's relative difference is not under the tolerance.
@@ -283,46 +290,4 @@ pub struct ParityArgs {
     /// Print the report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `beatlab bench` options.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// beat, registry, wfdb, sim or all.
-    #[arg(default_value = "all", value_parser = clap::value_parser!(beatlab::bench::Which))]
-    pub which: beatlab::bench::Which,
-    /// Print the report as JSON on standard output.
-    #[arg(long)]
-    pub json: bool,
-    /// Measure ours only (no peer, no ratio).
-    #[arg(long)]
-    pub no_peer: bool,
-    /// Python interpreter for the peers (default: bench/.venv/bin/python, else python3).
-    #[arg(long)]
-    pub python: Option<PathBuf>,
-    /// Where Beat trains: cpu, cuda or cuda:N (the PyTorch peer uses the same).
-    #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(DeviceChoice))]
-    pub device: DeviceChoice,
-    /// Beat: windows per step.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Timed rounds (median reported) for every benchmark; defaults: beat 5, registry 3, wfdb 5,
-    /// sim 5.
-    #[arg(long)]
-    pub rounds: Option<usize>,
-    /// Beat: training steps per timed round.
-    #[arg(long, default_value_t = 2)]
-    pub steps: usize,
-    /// Beat: untimed warm-up steps.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
-    /// Registry: metric steps per run (runs x keys x steps points).
-    #[arg(long, default_value_t = 2000)]
-    pub metric_steps: usize,
-    /// Registry: points per write (the runner's Tracker flushes every 512).
-    #[arg(long, default_value_t = 512)]
-    pub metric_batch: usize,
-    /// WFDB: the records' root (default: BEATLAB_ECG_DATA or ../shared/data/ecg).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
 }

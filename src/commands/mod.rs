@@ -88,7 +88,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
             output,
             captions,
         }) => build_instructions(g, &spec, &output, captions),
-        Command::Bench(args) => bench(&args),
+        Command::Bench { args } => bench(&args),
         Command::Parity(args) => parity(&args),
         Command::Reference => {
             print!("{}", beatlab::spec::reference::markdown());
@@ -650,7 +650,7 @@ fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool
 }
 
 fn parity(args: &args::ParityArgs) -> Result<Exit> {
-    use beatlab::bench::parity::{self, ParityOptions};
+    use beatlab::parity::{self, ParityOptions};
     if args.steps == 0 || args.batch == 0 {
         return Err(bad(anyhow::anyhow!(
             "--steps and --batch must be at least 1 (got {} and {})",
@@ -685,44 +685,28 @@ fn parity(args: &args::ParityArgs) -> Result<Exit> {
     })
 }
 
-fn bench(args: &args::BenchArgs) -> Result<Exit> {
-    use beatlab::bench::{BenchOptions, Peer};
-    // The peers live in `bench/` of the checkout: the current folder when run from one,
-    // else the checkout this binary was built from.
-    let repo = if Path::new("bench/beat_torch.py").is_file() {
-        PathBuf::from(".")
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-    };
-    let mut options = BenchOptions::for_repo(&repo);
-    if args.no_peer {
-        options.peer = None;
-    } else if let Some(python) = &args.python {
-        options.peer = Some(Peer {
-            python: python.clone(),
-            dir: repo.join("bench"),
-        });
+/// Runs the `beatlab-bench` binary found beside this one (or on the `PATH`) with `args`, and
+/// exits as it does.
+fn bench(args: &[std::ffi::OsString]) -> Result<Exit> {
+    const BENCH: &str = "beatlab-bench";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(BENCH)))
+        .filter(|path| path.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(BENCH));
+    let status = std::process::Command::new(&program)
+        .args(args)
+        .status()
+        .map_err(|e| {
+            bad(anyhow::anyhow!(
+                "cannot run {}: {e}; the benchmarks are their own binary: build it with \
+                 `cargo build --release -p beatlab-bench` (scripts/bench.sh does)",
+                program.display()
+            ))
+        })?;
+    match status.code() {
+        Some(0) => Ok(Exit::Done),
+        Some(2) => Err(bad(anyhow::anyhow!("{BENCH}: bad arguments (see above)"))),
+        _ => Err(anyhow::anyhow!("{BENCH} failed ({status})")),
     }
-    options.beat.device = device::resolve(args.device).map_err(bad)?.device;
-    options.beat.batch = args.batch;
-    options.beat.steps = args.steps;
-    options.beat.warmup = args.warmup;
-    options.registry.steps = args.metric_steps;
-    options.registry.batch = args.metric_batch;
-    if let Some(rounds) = args.rounds {
-        options.beat.rounds = rounds;
-        options.registry.rounds = rounds;
-        options.wfdb.rounds = rounds;
-        options.sim.rounds = rounds;
-    }
-    if let Some(data) = &args.data {
-        options.wfdb.root = data.clone();
-    }
-    let report = beatlab::bench::run(args.which, &options, &mut |line| eprintln!("{line}"))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{report}");
-    }
-    Ok(Exit::Done)
 }

@@ -49,6 +49,15 @@ pub enum StageError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Beat could not be built or run.
+    #[error(transparent)]
+    Beat(#[from] beatlab_nn::BeatError),
+    /// The optimiser rejected its settings or its saved state.
+    #[error("optimiser: {0}")]
+    Optim(#[from] beatlab_nn::optim::OptimError),
+    /// A model's training state could not be gathered or restored.
+    #[error(transparent)]
+    ModelState(#[from] beatlab_nn::checkpoint::CheckpointError),
     /// The stage's data could not be loaded or prepared.
     #[error("data: {0}")]
     Data(String),

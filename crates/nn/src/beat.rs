@@ -187,6 +187,21 @@ impl Default for BeatConfig {
     }
 }
 
+impl BeatConfig {
+    /// The paper's configuration exactly: [`BeatConfig::default`] with the training aids that
+    /// depart from the paper set to the paper's values (no locality bias, output heads
+    /// initialised like the public code, no VQ-loss warm-up). The benchmark and `beatlab parity`
+    /// train this cell, whose layers the PyTorch peer mirrors.
+    pub fn paper() -> Self {
+        Self {
+            locality_slope: None,
+            zero_init_output_heads: false,
+            vq_warmup_steps: 0,
+            ..Self::default()
+        }
+    }
+}
+
 /// Sizes derived from a valid [`BeatConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BeatDims {

@@ -432,3 +432,23 @@ fn zero_output_heads_start_silent_and_open_up_after_one_step() {
         .collect();
     assert!(silent.is_empty(), "no gradient after one step: {silent:?}");
 }
+
+/// The paper's configuration differs from the default only in the training aids that depart
+/// from the paper, each at the paper's value.
+#[test]
+fn the_paper_config_turns_off_the_training_aids_only() {
+    let paper = BeatConfig::paper();
+    assert_eq!(paper.locality_slope, None);
+    assert!(!paper.zero_init_output_heads);
+    assert_eq!(paper.vq_warmup_steps, 0);
+    let default = BeatConfig::default();
+    assert_eq!(
+        BeatConfig {
+            locality_slope: default.locality_slope,
+            zero_init_output_heads: default.zero_init_output_heads,
+            vq_warmup_steps: default.vq_warmup_steps,
+            ..paper
+        },
+        default
+    );
+}

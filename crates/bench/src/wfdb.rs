@@ -258,7 +258,7 @@ mod tests {
     use super::*;
 
     fn data_root() -> PathBuf {
-        default_data_root(Path::new(env!("CARGO_MANIFEST_DIR")))
+        default_data_root(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
     }
 
     /// The shared data set as its README describes it: 200 LUDB + 70 PTB-XL + 50 CinC headers.

@@ -9,11 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use beatlab_nn::optim::{AdamW, AdamWConfig, clip_grad_norm};
-use beatlab_nn::{Beat, BeatConfig, ConfigError, Mode, ParamStore};
-use candle_core::{DType, Device, DeviceLocation, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use beatlab::parity::{PAPER_LR, device_name as torch_device, paper_training, sine_windows};
+use beatlab::stages::beat::{BeatTraining, PhaseTimes};
+use beatlab_nn::{BeatConfig, ConfigError};
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use super::{BenchError, Comparison, Peer, PeerRound, Timer, alternate, finish_peer};
@@ -253,136 +252,36 @@ pub fn matmul_peak_gflops(device: &Device, size: usize, reps: usize) -> Result<f
     Ok(best)
 }
 
-/// Settings of the nn crate's training aids that depart from the paper, with the paper's
-/// value (see `BeatConfig`'s docs): they change how Beat learns, not its layers, except the
-/// attention score bias, which the PyTorch peer does not have.
-fn paper_settings() -> [(&'static str, serde_json::Value); 3] {
-    [
-        ("locality_slope", serde_json::Value::Null),
-        ("zero_init_output_heads", serde_json::json!(false)),
-        ("vq_warmup_steps", serde_json::json!(0)),
-    ]
-}
-
-/// The paper configuration: `BeatConfig::default()` with the training aids that exist in this
-/// version of the nn crate set to their paper values. Going through the serialised form keeps
-/// the benchmark building whether or not a given aid exists.
-pub fn paper_config() -> BeatConfig {
-    let default = BeatConfig::default();
-    let Ok(serde_json::Value::Object(mut fields)) = serde_json::to_value(&default) else {
-        return default;
-    };
-    for (name, paper_value) in paper_settings() {
-        if let Some(value) = fields.get_mut(name) {
-            *value = paper_value;
-        }
-    }
-    serde_json::from_value(serde_json::Value::Object(fields)).unwrap_or(default)
-}
-
-/// The device as the PyTorch peer names it.
-pub(super) fn torch_device(device: &Device) -> String {
-    match device.location() {
-        DeviceLocation::Cpu => "cpu".into(),
-        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        DeviceLocation::Metal { .. } => "mps".into(),
-    }
-}
-
-/// Training windows `[batch, leads, input_len + predict_len]`: sums of a few sines with random
-/// frequencies and phases per window and lead, from a seeded generator.
-fn windows(
-    cfg: &BeatConfig,
-    batch: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<Tensor, BenchError> {
-    let len = cfg.input_len + cfg.predict_len;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut values = Vec::with_capacity(batch * cfg.leads * len);
-    for _ in 0..batch * cfg.leads {
-        let waves: Vec<(f32, f32, f32)> = (0..3)
-            .map(|_| {
-                (
-                    rng.random_range(0.005f32..0.04) * std::f32::consts::TAU,
-                    rng.random_range(0f32..std::f32::consts::TAU),
-                    rng.random_range(0.2f32..1.0),
-                )
-            })
-            .collect();
-        values.extend((0..len).map(|t| {
-            waves
-                .iter()
-                .map(|&(freq, phase, amp)| amp * (freq * t as f32 + phase).sin())
-                .sum::<f32>()
-        }));
-    }
-    Ok(Tensor::from_vec(values, (batch, cfg.leads, len), device)?)
-}
-
-/// Our side: the model, its optimiser and a fixed batch, stepped like a training loop.
+/// Our side: the product's Beat training (the `beat` stage's step, with the paper's optimiser)
+/// and a fixed batch, stepped like a training loop.
 pub(super) struct Trainer {
-    beat: Beat,
-    vars: Vec<(String, candle_core::Var)>,
-    opt: AdamW,
+    training: BeatTraining,
     batch: Tensor,
-    device: Device,
     steps_done: u64,
 }
 
 impl Trainer {
     pub(super) fn new(options: &BeatOptions, cfg: &BeatConfig) -> Result<Self, BenchError> {
-        let store = ParamStore::new(options.seed);
-        let beat = Beat::new(cfg.clone(), &store, DType::F32, &options.device)?;
-        let vars = store.vars();
-        let opt = AdamW::new(
-            vars.clone(),
-            // The paper's optimiser: AdamW at 1e-4 without weight decay.
-            AdamWConfig {
-                lr: 1e-4,
-                weight_decay: 0.0,
-                ..AdamWConfig::default()
-            },
-        )?;
         Ok(Self {
-            beat,
-            vars,
-            opt,
-            batch: windows(cfg, options.batch, options.seed, &options.device)?,
-            device: options.device.clone(),
+            training: paper_training(cfg, options.seed, &options.device)?,
+            batch: sine_windows(cfg, options.batch, options.seed, &options.device)?,
             steps_done: 0,
         })
     }
 
     fn params(&self) -> usize {
-        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+        self.training.num_params()
     }
 
     /// One step; returns the milliseconds of forward, backward, clip + AdamW, codebook EMA,
     /// and the loss.
     pub(super) fn step(&mut self) -> Result<([f64; 4], f32), BenchError> {
-        let mut marks = [std::time::Instant::now(); 5];
-        let out = self.beat.forward(
-            &self.batch,
-            Mode::Train {
-                step: self.steps_done,
-            },
-        )?;
-        let loss = out.loss.to_scalar::<f32>()?;
-        marks[1] = std::time::Instant::now();
-        let mut grads = out.loss.backward()?;
-        self.device.synchronize()?;
-        marks[2] = std::time::Instant::now();
-        clip_grad_norm(&mut grads, &self.vars, 1.0)?;
-        self.opt.step(&grads)?;
-        self.device.synchronize()?;
-        marks[3] = std::time::Instant::now();
-        self.beat.update_codebooks(&out)?;
-        self.device.synchronize()?;
-        marks[4] = std::time::Instant::now();
+        let mut phases = PhaseTimes::default();
+        let losses =
+            self.training
+                .step(&self.batch, self.steps_done, PAPER_LR, Some(&mut phases))?;
         self.steps_done += 1;
-        let ms = |i: usize| (marks[i + 1] - marks[i]).as_secs_f64() * 1e3;
-        Ok(([ms(0), ms(1), ms(2), ms(3)], loss))
+        Ok((phases.as_array(), losses.loss as f32))
     }
 }
 
@@ -412,7 +311,7 @@ pub fn run(
     peer: Option<&Peer>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Comparison, BenchError> {
-    let cfg = paper_config();
+    let cfg = BeatConfig::paper();
     let threads = candle_core::utils::get_num_threads();
     let flops = train_step_flops(&cfg, options.batch).map_err(beatlab_nn::BeatError::from)?;
     let steps = options.steps.max(1);
@@ -609,6 +508,9 @@ pub fn run(
 mod tests {
     use super::*;
 
+    use beatlab_nn::{Beat, ParamStore};
+    use candle_core::DType;
+
     fn built_params(cfg: &BeatConfig) -> usize {
         let store = ParamStore::new(0);
         Beat::new(cfg.clone(), &store, DType::F32, &Device::Cpu).unwrap();
@@ -670,25 +572,6 @@ mod tests {
     }
 
     #[test]
-    fn the_paper_config_turns_off_the_training_aids_that_exist() {
-        let paper = serde_json::to_value(paper_config()).unwrap();
-        let default = serde_json::to_value(BeatConfig::default()).unwrap();
-        for (name, paper_value) in paper_settings() {
-            if default.get(name).is_some() {
-                assert_eq!(paper[name], paper_value, "{name}");
-            }
-        }
-        // Nothing else moves: the layers are the default ones.
-        let mut rest = paper.as_object().unwrap().clone();
-        let mut rest_default = default.as_object().unwrap().clone();
-        for (name, _) in paper_settings() {
-            rest.remove(name);
-            rest_default.remove(name);
-        }
-        assert_eq!(rest, rest_default);
-    }
-
-    #[test]
     fn an_invalid_config_is_an_error_not_a_count() {
         let cfg = BeatConfig {
             input_len: 1001,
@@ -697,31 +580,5 @@ mod tests {
         let err = train_step_flops(&cfg, 32).unwrap_err();
         assert_eq!(err.field, "input_len");
         assert_eq!(param_count(&cfg).unwrap_err().field, "input_len");
-    }
-
-    #[test]
-    fn windows_are_seeded_and_shaped_like_training_windows() {
-        let cfg = BeatConfig::default();
-        let a = windows(&cfg, 2, 7, &Device::Cpu).unwrap();
-        let b = windows(&cfg, 2, 7, &Device::Cpu).unwrap();
-        let c = windows(&cfg, 2, 8, &Device::Cpu).unwrap();
-        assert_eq!(a.dims(), &[2, 12, 1500]);
-        let diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert_eq!(diff(&a, &b), 0.0);
-        assert!(diff(&a, &c) > 0.1);
-    }
-
-    #[test]
-    fn the_peer_is_told_the_device_by_torch_name() {
-        assert_eq!(torch_device(&Device::Cpu), "cpu");
     }
 }

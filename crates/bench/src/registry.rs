@@ -1,5 +1,5 @@
 //! Registry write throughput: metric points per second through
-//! [`Registry::log_metrics`](crate::registry::Registry::log_metrics), batched as the runner's
+//! [`Registry::log_metrics`](beatlab::registry::Registry::log_metrics), batched as the runner's
 //! `Tracker` batches them, against MLflow's SQLite tracking store (`MlflowClient.log_batch`,
 //! `bench/registry_mlflow.py`) on the same runs, keys and steps.
 //!
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{BenchError, Comparison, Peer, PeerRound, Timer, alternate, finish_peer};
-use crate::registry::{CellOffer, ClaimPolicy, MetricPoint, Registry};
+use beatlab::registry::{CellOffer, ClaimPolicy, MetricPoint, Registry};
 
 /// Knobs of the registry benchmark. `Default`: 4 runs x 8 keys x 2000 steps (64,000 points)
 /// in batches of 512, 3 rounds.
@@ -132,7 +132,7 @@ fn log_all(
     for run_id in run_ids {
         let mut pending = Vec::with_capacity(batch);
         for step in 0..options.steps {
-            let time = crate::registry::now();
+            let time = beatlab::registry::now();
             for (k, key) in keys.iter().enumerate() {
                 pending.push(MetricPoint {
                     key: key.clone(),

@@ -1,11 +1,13 @@
-//! `beatlab bench`: speed against peers, measured in one invocation and printed as a ratio.
+//! The benchmarks of `beatlab bench` (the `beatlab-bench` binary): speed against peers,
+//! measured in one invocation and printed as a ratio. They live outside the product library:
+//! the peers are Python scripts in the checkout's `bench/`, which the shipped binary never needs.
 //!
 //! Each benchmark measures our implementation, then runs its Python peer (a script in `bench/`,
 //! run by the interpreter of `bench/.venv`) on the same work, and reports both figures and
 //! `ours / peer`:
 //! - [`beat`]: Beat training windows per second at the paper configuration, against PyTorch,
 //!   with achieved FLOP/s over the machine's measured matrix-product peak;
-//! - [`registry`]: metric points written per second by [`crate::registry::Registry`], against
+//! - [`registry`]: metric points written per second by [`beatlab::registry::Registry`], against
 //!   MLflow's SQLite tracking store;
 //! - [`wfdb`]: WFDB records decoded per second, against the Python `wfdb` package;
 //! - [`sim`]: 12-lead records simulated per second by the built-in ECG simulator, against
@@ -17,7 +19,6 @@
 //! processes held the cores. Speed is only ever measured here, never asserted by a test.
 
 pub mod beat;
-pub mod parity;
 pub mod registry;
 pub mod sim;
 pub mod wfdb;
@@ -37,6 +38,9 @@ pub enum BenchError {
     /// The Beat model could not be built or run.
     #[error("Beat benchmark: {0}")]
     Beat(#[from] beatlab_nn::BeatError),
+    /// The product's Beat training step failed.
+    #[error("Beat benchmark: {0}")]
+    Training(#[from] beatlab::runner::StageError),
     /// A tensor operation failed (matrix-product peak, window generation, backward pass).
     #[error("tensor operation: {0}")]
     Candle(#[from] candle_core::Error),
@@ -45,7 +49,7 @@ pub enum BenchError {
     Optim(#[from] beatlab_nn::optim::OptimError),
     /// The registry under test failed.
     #[error("registry benchmark: {0}")]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] beatlab::registry::RegistryError),
     /// A record of the data set failed to decode or verify.
     #[error("WFDB benchmark: {0}")]
     Data(#[from] beatlab_ecg::DataError),
@@ -455,7 +459,7 @@ impl MachineInfo {
             .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| "unknown".into());
-        let dirty = option_env!("BEATLAB_GIT_DIRTY") == Some("true");
+        let (rev, dirty) = beatlab::runner::code_revision();
         Self {
             cpu_model: cpu_model().unwrap_or_else(|| "unknown".into()),
             logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -463,11 +467,7 @@ impl MachineInfo {
             date,
             load_before: load_average(),
             load_after: None,
-            git_rev: format!(
-                "{}{}",
-                option_env!("BEATLAB_GIT_REV").unwrap_or("unknown"),
-                if dirty { "-dirty" } else { "" }
-            ),
+            git_rev: format!("{}{}", rev, if dirty { "-dirty" } else { "" }),
             build: if cfg!(debug_assertions) {
                 "debug"
             } else {

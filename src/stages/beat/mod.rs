@@ -1,7 +1,7 @@
 //! The `beat` stage: trains the Beat tokenizer on preprocessed 12-lead windows (paper §1.1).
 //!
-//! Each step: forward in training mode, backward, global-norm clipping, AdamW, then the EMA
-//! codebook update. The training order of every epoch is a permutation seeded by
+//! Each step ([`BeatTraining::step`]): forward in training mode, backward, global-norm clipping,
+//! AdamW, then the EMA codebook update. The training order of every epoch is a permutation seeded by
 //! `(experiment.seed, epoch)` and dropout masks are seeded by the step, so a run is a function of
 //! its spec and a checkpoint taken mid-epoch resumes onto exactly the same trajectory.
 //!
@@ -9,17 +9,21 @@
 //! perplexity per quantizer level (over the split, not one batch as the public code did), and
 //! the reconstruction error per lead. The final evaluation becomes the run's summaries.
 
+mod evaluate;
+mod step;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use beatlab_ecg::STANDARD_LEADS;
-use beatlab_ecg::dataset::{Dataset, WindowSet};
-use beatlab_nn::ParamStore;
-use beatlab_nn::beat::{Beat, BeatConfig, Mode};
-use beatlab_nn::checkpoint::{restore_training_state, training_state};
-use beatlab_nn::metrics::{CodeUsage, LeadErrors};
-use beatlab_nn::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use beatlab_ecg::dataset::Dataset;
+use beatlab_nn::beat::BeatConfig;
+use beatlab_nn::optim::AdamWConfig;
 use candle_core::{DType, Device, Tensor};
+
+use evaluate::batch_tensor;
+pub use evaluate::{Evaluation, evaluate};
+pub use step::{BeatTraining, PhaseTimes, StepLosses, TrainingSetup};
 
 use super::trainer::{self, LoopEnd, Trainee};
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
@@ -69,119 +73,10 @@ pub fn dtype(spec: &Spec, device: &Device) -> Result<DType, StageError> {
     }
 }
 
-/// Validation results over a whole split.
-#[derive(Debug, Clone, Default)]
-pub struct Evaluation {
-    pub windows: usize,
-    pub loss: f64,
-    pub recon: f64,
-    pub pred: f64,
-    pub vq: f64,
-    /// Per level: used codes / codebook size, in percent.
-    pub code_pct: Vec<f64>,
-    pub perplexity: Vec<f64>,
-    /// Reconstruction MSE per lead (standard order).
-    pub lead_mse: Vec<f64>,
-}
-
-impl Evaluation {
-    /// `(key, value)` pairs as logged and summarised (`<split>/loss`, `<split>/code_pct_l1`, ...).
-    pub fn entries(&self, split: &str) -> Vec<(String, f64)> {
-        let mut out = vec![
-            (format!("{split}/loss"), self.loss),
-            (format!("{split}/loss_recon"), self.recon),
-            (format!("{split}/loss_pred"), self.pred),
-            (format!("{split}/loss_vq"), self.vq),
-        ];
-        for (l, (pct, ppl)) in self.code_pct.iter().zip(&self.perplexity).enumerate() {
-            out.push((format!("{split}/code_pct_l{}", l + 1), *pct));
-            out.push((format!("{split}/perplexity_l{}", l + 1), *ppl));
-        }
-        if !self.code_pct.is_empty() {
-            let mean = self.code_pct.iter().sum::<f64>() / self.code_pct.len() as f64;
-            out.push((format!("{split}/code_pct"), mean));
-        }
-        for (lead, mse) in STANDARD_LEADS.iter().zip(&self.lead_mse) {
-            out.push((format!("{split}/recon_mse_{lead}"), *mse));
-        }
-        out
-    }
-}
-
-/// Stacks windows `indices` of a split into a `[B, 12, window_len]` tensor.
-fn batch_tensor(
-    set: &WindowSet,
-    indices: &[usize],
-    window_len: usize,
-    dtype: DType,
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    let size = STANDARD_LEADS.len() * window_len;
-    let mut data = Vec::with_capacity(indices.len() * size);
-    for &i in indices {
-        data.extend_from_slice(set.window(i, window_len));
-    }
-    Tensor::from_vec(
-        data,
-        (indices.len(), STANDARD_LEADS.len(), window_len),
-        &Device::Cpu,
-    )?
-    .to_dtype(dtype)?
-    .to_device(device)
-}
-
-fn scalar(t: &Tensor) -> candle_core::Result<f64> {
-    Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?))
-}
-
-/// Evaluates Beat over a whole split.
-pub fn evaluate(
-    model: &Beat,
-    set: &WindowSet,
-    window_len: usize,
-    batch: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Evaluation, StageError> {
-    let cfg = model.config();
-    let mut usage = CodeUsage::new(cfg.dvq_levels, cfg.codebook_size);
-    let mut leads = LeadErrors::new(cfg.leads);
-    let (mut loss, mut recon, mut pred, mut vq) = (0.0, 0.0, 0.0, 0.0);
-    let all: Vec<usize> = (0..set.len()).collect();
-    for chunk in all.chunks(batch.max(1)) {
-        let x = batch_tensor(set, chunk, window_len, dtype, device)?;
-        let out = model
-            .forward(&x, Mode::Eval)
-            .map_err(|e| StageError::Invalid(e.to_string()))?;
-        let n = chunk.len() as f64;
-        loss += scalar(&out.loss)? * n;
-        recon += scalar(&out.recon_loss)? * n;
-        pred += scalar(&out.pred_loss)? * n;
-        vq += scalar(&out.vq_loss)? * n;
-        usage.add(&out.codes)?;
-        leads.add(&out.reconstruction, &x.narrow(2, 0, cfg.input_len)?)?;
-    }
-    let n = set.len().max(1) as f64;
-    Ok(Evaluation {
-        windows: set.len(),
-        loss: loss / n,
-        recon: recon / n,
-        pred: pred / n,
-        vq: vq / n,
-        code_pct: (0..cfg.dvq_levels).map(|l| usage.code_percent(l)).collect(),
-        perplexity: (0..cfg.dvq_levels).map(|l| usage.perplexity(l)).collect(),
-        lead_mse: leads.mse_per_lead(),
-    })
-}
-
-/// Beat, its optimiser and its data, as the shared training loop sees them.
+/// Beat's training and its data, as the shared training loop sees them.
 struct BeatTrainee<'a> {
-    model: Beat,
-    store: ParamStore,
-    vars: Vec<(String, candle_core::Var)>,
-    opt: AdamW,
+    training: BeatTraining,
     data: &'a Dataset,
-    grad_clip: f64,
     batch: usize,
     dtype: DType,
     device: Device,
@@ -194,7 +89,6 @@ impl Trainee for BeatTrainee<'_> {
         step: u64,
         lr: f64,
     ) -> Result<Vec<(&'static str, f64)>, StageError> {
-        self.opt.set_lr(lr);
         let x = batch_tensor(
             &self.data.train,
             indices,
@@ -202,39 +96,12 @@ impl Trainee for BeatTrainee<'_> {
             self.dtype,
             &self.device,
         )?;
-        let out = self
-            .model
-            .forward(&x, Mode::Train { step })
-            .map_err(|e| StageError::Invalid(e.to_string()))?;
-        let loss = scalar(&out.loss)?;
-        let mut metrics = vec![
-            ("loss", loss),
-            ("loss_recon", scalar(&out.recon_loss)?),
-            ("loss_pred", scalar(&out.pred_loss)?),
-            ("loss_vq", scalar(&out.vq_loss)?),
-        ];
-        if !loss.is_finite() {
-            return Ok(metrics);
-        }
-        let mut grads = out.loss.backward()?;
-        if self.grad_clip > 0.0 {
-            let norm = clip_grad_norm(&mut grads, &self.vars, self.grad_clip)?;
-            if norm.is_finite() {
-                metrics.push(("grad_norm", norm));
-            }
-        }
-        self.opt
-            .step(&grads)
-            .map_err(|e| StageError::Invalid(e.to_string()))?;
-        self.model
-            .update_codebooks(&out)
-            .map_err(|e| StageError::Invalid(e.to_string()))?;
-        Ok(metrics)
+        Ok(self.training.step(&x, step, lr, None)?.metrics())
     }
 
     fn evaluate(&mut self) -> Result<(Vec<(String, f64)>, String), StageError> {
         let eval = evaluate(
-            &self.model,
+            self.training.model(),
             &self.data.val,
             self.data.window_len(),
             self.batch,
@@ -257,12 +124,11 @@ impl Trainee for BeatTrainee<'_> {
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
-        training_state(&self.store, Some(&self.opt)).map_err(|e| StageError::Invalid(e.to_string()))
+        self.training.state()
     }
 
     fn restore(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), StageError> {
-        restore_training_state(state, &self.store, Some(&mut self.opt))
-            .map_err(|e| StageError::Invalid(e.to_string()))
+        self.training.restore(state)
     }
 }
 
@@ -301,27 +167,22 @@ impl Stage for BeatStage {
             started.elapsed().as_secs_f64()
         ));
 
-        let store = ParamStore::new(spec.experiment.seed);
-        let model = Beat::new(beat_config(spec), &store, dtype, &device)
-            .map_err(|e| StageError::Invalid(e.to_string()))?;
-        let vars = store.vars();
-        let opt = AdamW::new(
-            vars.clone(),
-            AdamWConfig {
+        let training = BeatTraining::new(TrainingSetup {
+            config: beat_config(spec),
+            seed: spec.experiment.seed,
+            optimizer: AdamWConfig {
                 lr: stage.lr,
                 weight_decay: stage.weight_decay,
                 ..AdamWConfig::default()
             },
-        )
-        .map_err(|e| StageError::Invalid(e.to_string()))?;
-        ctx.log(&format!("{} parameters", store.num_params()));
-        let mut trainee = BeatTrainee {
-            model,
-            store,
-            vars,
-            opt,
-            data: &data,
             grad_clip: stage.grad_clip,
+            dtype,
+            device: device.clone(),
+        })?;
+        ctx.log(&format!("{} parameters", training.num_params()));
+        let mut trainee = BeatTrainee {
+            training,
+            data: &data,
             batch: stage.batch as usize,
             dtype,
             device: device.clone(),
@@ -343,7 +204,7 @@ impl Stage for BeatStage {
         let window_len = data.window_len();
         if !data.test.is_empty() {
             let test = evaluate(
-                &trainee.model,
+                trainee.training.model(),
                 &data.test,
                 window_len,
                 trainee.batch,
@@ -354,7 +215,7 @@ impl Stage for BeatStage {
         }
         summary.push(("train/steps".into(), at.step as f64));
         summary.push(("train/epochs".into(), at.epoch as f64));
-        summary.push(("params".into(), trainee.store.num_params() as f64));
+        summary.push(("params".into(), trainee.training.num_params() as f64));
         summary.push(("data/train_windows".into(), data.train.len() as f64));
         summary.push(("data/val_windows".into(), data.val.len() as f64));
         let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -362,8 +223,7 @@ impl Stage for BeatStage {
 
         // The final checkpoint holds the model (parameters and codebooks), not the optimiser:
         // later stages load it, nothing resumes from it.
-        let final_state =
-            training_state(&trainee.store, None).map_err(|e| StageError::Invalid(e.to_string()))?;
+        let final_state = trainee.training.model_state()?;
         ctx.finish(
             at.step as i64,
             at.epoch as i64,

@@ -3,17 +3,22 @@
 //! made on the host from the seed), with every step's loss on both sides and their relative
 //! differences checked against the precision's tolerance (f32: under 1e-3 after 50 steps).
 //!
-//! `beatlab parity --device cuda` runs it on a GPU machine (through `scripts/run-on-gpu.sh`);
-//! with `--device cpu` both sides are the CPU, a self-check of the procedure.
+//! Each side trains with [`BeatTraining::step`], the step the `beat` stage trains with, so parity
+//! certifies the product's own loop. `beatlab parity --device cuda` runs it on a GPU machine
+//! (through `scripts/run-on-gpu.sh`); with `--device cpu` both sides are the CPU, a self-check of
+//! the procedure.
 
 use std::fmt;
 
 use beatlab_nn::beat::BeatConfig;
-use candle_core::Device;
+use beatlab_nn::optim::AdamWConfig;
+use candle_core::{DType, Device, DeviceLocation, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::BenchError;
-use super::beat::{BeatOptions, Trainer, paper_config, torch_device};
+use crate::runner::StageError;
+use crate::stages::beat::{BeatTraining, TrainingSetup};
 
 /// Knobs of a parity run. `Default`: the paper configuration, 50 steps of 32 windows, seed 0,
 /// f32 tolerance 1e-3.
@@ -36,7 +41,7 @@ impl Default for ParityOptions {
     fn default() -> Self {
         Self {
             device: Device::Cpu,
-            config: paper_config(),
+            config: BeatConfig::paper(),
             steps: 50,
             batch: 32,
             seed: 0,
@@ -66,22 +71,44 @@ pub struct ParityReport {
     pub agrees: bool,
 }
 
+/// The paper's optimiser (AdamW at 1e-4 without weight decay) and gradient clipping at 1.0, for
+/// `config` on `device` with parameters seeded by `seed`.
+pub fn paper_training(
+    config: &BeatConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<BeatTraining, StageError> {
+    BeatTraining::new(TrainingSetup {
+        config: config.clone(),
+        seed,
+        optimizer: AdamWConfig {
+            lr: PAPER_LR,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+        grad_clip: 1.0,
+        dtype: DType::F32,
+        device: device.clone(),
+    })
+}
+
+/// The paper's Beat learning rate.
+pub const PAPER_LR: f64 = 1e-4;
+
 /// Trains the cell on the CPU, then on `options.device`, and compares the losses.
 pub fn run(
     options: &ParityOptions,
     progress: &mut dyn FnMut(&str),
-) -> Result<ParityReport, BenchError> {
-    let device = torch_device(&options.device);
-    let losses = |on: &Device| -> Result<Vec<f32>, BenchError> {
-        let beat = BeatOptions {
-            device: on.clone(),
-            batch: options.batch,
-            seed: options.seed,
-            ..BeatOptions::default()
-        };
-        let mut trainer = Trainer::new(&beat, &options.config)?;
-        (0..options.steps)
-            .map(|_| trainer.step().map(|(_, loss)| loss))
+) -> Result<ParityReport, StageError> {
+    let device = device_name(&options.device);
+    let losses = |on: &Device| -> Result<Vec<f32>, StageError> {
+        let mut training = paper_training(&options.config, options.seed, on)?;
+        let windows = sine_windows(&options.config, options.batch, options.seed, on)?;
+        (0..options.steps as u64)
+            .map(|step| {
+                let losses = training.step(&windows, step, PAPER_LR, None)?;
+                Ok(losses.loss as f32)
+            })
             .collect()
     };
     let steps = options.steps;
@@ -109,6 +136,47 @@ pub fn run(
         final_relative_difference,
         max_relative_difference,
     })
+}
+
+/// Training windows `[batch, leads, input_len + predict_len]`: sums of a few sines with random
+/// frequencies and phases per window and lead, from a seeded generator (made on the host, so
+/// every device gets the same values).
+pub fn sine_windows(
+    cfg: &BeatConfig,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let len = cfg.input_len + cfg.predict_len;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(batch * cfg.leads * len);
+    for _ in 0..batch * cfg.leads {
+        let waves: Vec<(f32, f32, f32)> = (0..3)
+            .map(|_| {
+                (
+                    rng.random_range(0.005f32..0.04) * std::f32::consts::TAU,
+                    rng.random_range(0f32..std::f32::consts::TAU),
+                    rng.random_range(0.2f32..1.0),
+                )
+            })
+            .collect();
+        values.extend((0..len).map(|t| {
+            waves
+                .iter()
+                .map(|&(freq, phase, amp)| amp * (freq * t as f32 + phase).sin())
+                .sum::<f32>()
+        }));
+    }
+    Tensor::from_vec(values, (batch, cfg.leads, len), &Device::Cpu)?.to_device(device)
+}
+
+/// The device as PyTorch names it (`cpu`, `cuda:N`).
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        DeviceLocation::Cpu => "cpu".into(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { .. } => "mps".into(),
+    }
 }
 
 /// `|a - b| / |a|`; infinite when only one side is finite or `a` is 0 and `b` is not.
@@ -184,7 +252,7 @@ mod tests {
             codebook_size: 16,
             input_len: 100,
             predict_len: 50,
-            ..paper_config()
+            ..BeatConfig::paper()
         };
         let options = ParityOptions {
             config,
@@ -205,6 +273,32 @@ mod tests {
         assert_eq!(lines.len(), 2);
         let text = report.to_string();
         assert!(text.contains("tolerance 1e-3: agree"), "{text}");
+    }
+
+    #[test]
+    fn windows_are_seeded_and_shaped_like_training_windows() {
+        let cfg = BeatConfig::default();
+        let a = sine_windows(&cfg, 2, 7, &Device::Cpu).unwrap();
+        let b = sine_windows(&cfg, 2, 7, &Device::Cpu).unwrap();
+        let c = sine_windows(&cfg, 2, 8, &Device::Cpu).unwrap();
+        assert_eq!(a.dims(), &[2, 12, 1500]);
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(diff(&a, &b), 0.0);
+        assert!(diff(&a, &c) > 0.1);
+    }
+
+    #[test]
+    fn the_device_is_named_as_pytorch_names_it() {
+        assert_eq!(device_name(&Device::Cpu), "cpu");
     }
 
     #[test]
