@@ -410,10 +410,132 @@ fn tables_show_seed_statistics_missing_cells_and_paper_deltas() {
     "#]]
     .assert_eq(&t.render(Format::Md));
     expect![[r#"
+        # Demo
         codebook,VQ loss,DVQ loss,paper,Δ
         256,—,2.26 ± 0.00,,
         512,1.51 ± 0.00,0.90 ± 0.14,0.76,+0.14
+        # 2 of 8 cells have no finished run (—).
+        # Paper: a paper
+        # Paper claim: DVQ is better.
     "#]]
     .assert_eq(&t.render(Format::Csv));
-    assert!(t.render(Format::Latex).contains("0.90 $\\pm$ 0.14"));
+    expect![[r#"
+        \begin{table}[t]
+        \centering
+        \caption{Demo}
+        \begin{tabular}{lrrrr}
+        \toprule
+        codebook & VQ loss & DVQ loss & paper & $\Delta$ \\
+        \midrule
+        256 & -- & 2.26 $\pm$ 0.00 &  &  \\
+        512 & 1.51 $\pm$ 0.00 & 0.90 $\pm$ 0.14 & 0.76 & +0.14 \\
+        \bottomrule
+        \end{tabular}
+        \par\smallskip
+        {\footnotesize
+        2 of 8 cells have no finished run (--).\par
+        Paper: a paper\par
+        Paper claim: DVQ is better.\par
+        }
+        \end{table}
+    "#]]
+    .assert_eq(&t.render(Format::Latex));
+    expect![[r#"
+        <table class="beatlab-table">
+        <caption>Demo</caption>
+        <thead><tr><th scope="col">codebook</th><th scope="col">VQ loss</th><th scope="col">DVQ loss</th><th scope="col">paper</th><th scope="col">Δ</th></tr></thead>
+        <tbody>
+        <tr><th scope="row">256</th><td class="missing">—</td><td class="num" data-mean="2.2560000000000002" data-std="0" data-n="2" title="n = 2">2.26 ± 0.00</td><td></td><td></td></tr>
+        <tr><th scope="row">512</th><td class="num" data-mean="1.512" data-std="0" data-n="2" title="n = 2">1.51 ± 0.00</td><td class="num" data-mean="0.9" data-std="0.14142135623730948" data-n="2" title="n = 2">0.90 ± 0.14</td><td class="num paper" data-value="0.76">0.76</td><td class="num delta pos" data-value="0.14" style="background:rgba(33,102,172,0.47)">+0.14</td></tr>
+        </tbody>
+        <tfoot><tr><td colspan="5">2 of 8 cells have no finished run (—).<br>Paper: a paper<br>Paper claim: DVQ is better.</td></tr></tfoot>
+        </table>
+    "#]].assert_eq(&t.render(Format::Html));
+}
+
+/// Labels and claims holding every character that means something in Markdown, LaTeX, CSV or
+/// HTML, and a swept axis (`beat.patch_size`) that is neither a row nor a column.
+const AWKWARD_SPEC: &str = r#"
+[experiment]
+name = "awkward"
+
+[[stage]]
+name = "beat"
+kind = "beat"
+
+[beat]
+input_len = 1000
+predict_len = 500
+
+[sweep]
+beat.codebook_size = [256, 512]
+beat.dvq_levels = [1, 2]
+beat.patch_size = [25, 50]
+
+[table]
+title = "50% of {codes} & more_"
+rows = ["beat.codebook_size"]
+columns = ["beat.dvq_levels"]
+metrics = ["beat/val/loss"]
+
+[table.labels]
+"beat.codebook_size" = "codebook | size_*"
+"beat.dvq_levels=1" = "<VQ>"
+"beat/val/loss" = "loss $x^2$ #1 ~ \\ `a` \"q\""
+
+[paper]
+claims = ["DVQ | 2 levels is *better*, 100% & [sure]."]
+"#;
+
+#[test]
+fn every_format_escapes_its_special_characters_and_names_averaged_axes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = spec::load_str("awkward.toml", AWKWARD_SPEC, &Overrides::default())
+        .unwrap()
+        .plan()
+        .unwrap();
+    let reg = Registry::open(&dir.path().join("reg.db")).unwrap();
+    finish_cells(&reg, &plan, dir.path(), |cb, levels, _| {
+        Some(f64::from(cb) / 1000.0 + f64::from(levels))
+    });
+    let t = table::build(&plan, Some(&reg)).unwrap();
+    let averaged = "Averaged over beat.patch_size (25, 50)";
+    for format in [Format::Md, Format::Csv, Format::Latex, Format::Html] {
+        // Markdown and LaTeX escape the `_` of the key.
+        let text = t.render(format).replace('\\', "");
+        assert!(text.contains(averaged), "{format:?}: {text}");
+    }
+    let md = t.render(Format::Md);
+    // Every table line has exactly the pipes of its 3 columns (4), none from a label.
+    for line in md.lines().filter(|l| l.starts_with('|')) {
+        let unescaped = line
+            .match_indices('|')
+            .filter(|(i, _)| !line[..*i].ends_with('\\'));
+        assert_eq!(unescaped.count(), 4, "{line}");
+    }
+    assert!(md.contains("codebook \\| size\\_\\*"), "{md}");
+    assert!(
+        md.contains("DVQ \\| 2 levels is \\*better\\*, 100% \\& \\[sure\\]."),
+        "{md}"
+    );
+    let latex = t.render(Format::Latex);
+    assert!(
+        latex.contains("\\caption{50\\% of \\{codes\\} \\& more\\_}"),
+        "{latex}"
+    );
+    assert!(latex.contains("codebook \\textbar{} size\\_*"), "{latex}");
+    assert!(
+        latex
+            .contains("loss \\$x\\textasciicircum{}2\\$ \\#1 \\textasciitilde{} \\textbackslash{}"),
+        "{latex}"
+    );
+    assert!(latex.contains("100\\% \\& [sure]"), "{latex}");
+    let html = t.render(Format::Html);
+    assert!(html.contains("&lt;VQ&gt; loss"), "{html}");
+    assert!(html.contains("&quot;q&quot;"), "{html}");
+    let csv = t.render(Format::Csv);
+    assert!(
+        csv.contains(",\"<VQ> loss $x^2$ #1 ~ \\ `a` \"\"q\"\"\","),
+        "{csv}"
+    );
 }
