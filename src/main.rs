@@ -3,6 +3,7 @@
 
 mod commands;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,11 +11,24 @@ use clap::Parser;
 fn main() -> ExitCode {
     tune_cpu_runtime();
     let cli = commands::args::Cli::parse();
-    match commands::run(cli) {
+    let result = commands::run(cli).and_then(|exit| {
+        // Buffered output that fails only now is reported like any other failed write.
+        std::io::stdout().flush().map_err(commands::StdoutError)?;
+        Ok(exit)
+    });
+    match result {
         Ok(commands::Exit::Done) => ExitCode::SUCCESS,
         Ok(commands::Exit::RunFailed) => ExitCode::from(1),
+        // The reader stopped reading (`| head`): what it wanted was written; stop quietly.
+        Err(e)
+            if e.downcast_ref::<commands::StdoutError>()
+                .is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            // A closed standard error must not turn the failure into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {}", chain(&e));
             let bad_input = e.chain().any(|c| {
                 c.downcast_ref::<commands::BadInput>().is_some()
                     || c.downcast_ref::<beatlab::spec::SpecError>().is_some()

@@ -1,5 +1,34 @@
 //! The `beatlab` commands: resolve arguments (read specs, open the registry, pick the device),
 //! call the library, print results. Errors travel up to `main`, which prints them once.
+//!
+//! Standard output may be closed by its reader (`beatlab show RUN | head -1`) or full
+//! (`> /dev/full`): `print!` and `println!` are redefined here so that a failed write returns a
+//! [`StdoutError`] from the command instead of panicking like the standard macros, and
+//! `eprintln!` so that progress lines on a closed standard error are dropped, never fatal.
+
+/// `print!` that returns [`StdoutError`] from the enclosing command when standard output fails.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        ::std::io::Write::write_fmt(&mut ::std::io::stdout(), format_args!($($arg)*))
+            .map_err($crate::commands::StdoutError)?
+    };
+}
+
+/// `println!` that returns [`StdoutError`] from the enclosing command when standard output fails.
+macro_rules! println {
+    () => { print!("\n") };
+    ($($arg:tt)*) => { print!("{}\n", format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that drops the line when standard error cannot be written.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        let _ = ::std::io::Write::write_fmt(
+            &mut ::std::io::stderr(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
 
 pub mod args;
 
@@ -25,6 +54,11 @@ pub struct BadInput(#[from] pub anyhow::Error);
 fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
     BadInput(e.into()).into()
 }
+
+/// Standard output could not be written: its reader closed it, or it is full.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output: {0}")]
+pub struct StdoutError(pub std::io::Error);
 
 /// What the process should exit with.
 pub enum Exit {
@@ -590,6 +624,7 @@ fn data_render(
     px_per_mm: f32,
 ) -> Result<Exit> {
     use beatlab_heartcare::render::{RenderConfig, draw_paper};
+    check_output(output)?;
     let rec = beatlab_ecg::wfdb::read_record(record).map_err(bad)?;
     // The page is written at its drawn size (`px_per_mm`); the output size only matters when
     // resizing for a vision encoder.
@@ -601,8 +636,7 @@ fn data_render(
     config.duration_s = config.duration_s.min(rec.duration_s() as f32);
     let paper = draw_paper(&rec, &config).map_err(bad)?;
     let png = paper.image.encode_png()?;
-    beatlab::runner::checkpoint::write_atomically(output, &png)
-        .with_context(|| format!("writing {}", output.display()))?;
+    write_output(output, &png)?;
     eprintln!(
         "{}: {} leads, {:.1} s at {} Hz -> {} ({} x {} px)",
         rec.id,
@@ -619,6 +653,7 @@ fn data_render(
 fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool) -> Result<Exit> {
     let (loaded, plan) = load_plan(&args.file, args.sets.clone())?;
     loaded.check_runtime(&plan).map_err(bad)?;
+    check_output(output)?;
     let spec = &plan.cells[0].spec;
     let corpus = beatlab::stages::multimodal::Corpus::load(spec, &g.runs_dir.join(".cache"))?;
     let mut items = corpus.items.clone();
@@ -635,8 +670,7 @@ fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool
             .map_or("—".to_string(), |s| format!("{s:?}").to_lowercase());
         *counts.entry((item.item_type.clone(), split)).or_default() += 1;
     }
-    beatlab::runner::checkpoint::write_atomically(output, text.as_bytes())
-        .with_context(|| format!("writing {}", output.display()))?;
+    write_output(output, text.as_bytes())?;
     println!(
         "{} items from {} records -> {}",
         items.len(),
@@ -647,6 +681,22 @@ fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool
         println!("  {kind:<28} {split:<10} {n}");
     }
     Ok(Exit::Done)
+}
+
+/// An output path the user named must be one beatlab may write (checked before any work).
+fn check_output(output: &Path) -> Result<()> {
+    beatlab_fsio::check_output(output)
+        .map_err(|e| bad(anyhow::Error::new(e).context(format!("output {}", output.display()))))
+}
+
+/// Writes an output the user named as a shell redirection would (see [`beatlab_fsio::write_output`]);
+/// a target it refuses is bad input.
+fn write_output(output: &Path, bytes: &[u8]) -> Result<()> {
+    beatlab_fsio::write_output(output, bytes).map_err(|e| {
+        let refused = beatlab_fsio::not_regular(&e).is_some();
+        let e = anyhow::Error::new(e).context(format!("writing {}", output.display()));
+        if refused { bad(e) } else { e }
+    })
 }
 
 fn parity(args: &args::ParityArgs) -> Result<Exit> {

@@ -7,7 +7,6 @@
 //! recomputes the sha256 and refuses a file that does not match the registry.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -115,7 +114,7 @@ impl CheckpointStore {
                     message: e.to_string(),
                 })?;
         std::fs::create_dir_all(&self.dir).map_err(io)?;
-        write_atomically(&path, &bytes).map_err(io)?;
+        beatlab_fsio::write_atomically(&path, &bytes).map_err(io)?;
         self.registry.record_checkpoint(&CheckpointRow {
             run_id: self.run_id.clone(),
             stage: stage.to_string(),
@@ -227,23 +226,4 @@ pub fn load(row: &CheckpointRow, device: &Device) -> Result<Checkpoint, Checkpoi
         meta,
         path,
     })
-}
-
-/// Writes `bytes` to `path` so that readers see the old content or the new, never a mix: a
-/// temporary sibling is written and fsynced, renamed over `path`, and the directory fsynced so
-/// the rename itself survives a crash.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }

@@ -266,7 +266,7 @@ fn prepare_run_dir(dir: &Path, spec: &Spec) -> Result<(), RunnerError> {
     std::fs::create_dir_all(dir).map_err(err)?;
     let spec_path = dir.join("spec.toml");
     if !spec_path.exists() {
-        checkpoint::write_atomically(&spec_path, crate::spec::to_toml_string(spec).as_bytes())
+        beatlab_fsio::write_atomically(&spec_path, crate::spec::to_toml_string(spec).as_bytes())
             .map_err(err)?;
     }
     Ok(())

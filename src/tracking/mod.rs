@@ -6,7 +6,7 @@
 
 pub mod tensorboard;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -49,7 +49,8 @@ impl Console {
         if self.interactive {
             let _ = self.multi.println(text);
         } else {
-            eprintln!("{text}");
+            // A closed standard error must not stop a run.
+            let _ = writeln!(std::io::stderr(), "{text}");
         }
     }
 
@@ -120,11 +121,8 @@ impl Tracker {
             move |source| TrackError::Io { what, source }
         };
         let log_path = run_dir.join("log.txt");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io(&log_path.display().to_string()))?;
+        let log =
+            beatlab_fsio::open_append(&log_path).map_err(io(&log_path.display().to_string()))?;
         let tb = EventWriter::create(&run_dir.join("tb")).map_err(io("TensorBoard events"))?;
         Ok(Self {
             registry,

@@ -122,19 +122,21 @@ impl EventWriter {
         let wall = crate::registry::now();
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let mut n = 0;
-        let path = loop {
+        // A new file of a name not taken yet; a link or device in the way is refused.
+        let (path, file) = loop {
             let p = dir.join(format!(
                 "events.out.tfevents.{}.{host}.{}.{n}",
                 wall as u64,
                 std::process::id()
             ));
-            if !p.exists() {
-                break p;
+            match beatlab_fsio::create_new(&p) {
+                Ok(f) => break (p, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => return Err(e),
             }
-            n += 1;
         };
         let mut w = Self {
-            out: BufWriter::new(File::create(&path)?),
+            out: BufWriter::new(file),
             path,
         };
         w.write_event(Event {

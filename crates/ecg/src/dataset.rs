@@ -18,7 +18,7 @@
 
 use std::convert::Infallible;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -384,21 +384,6 @@ fn f32_bytes(data: &[f32]) -> Vec<u8> {
     out
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    // Directory fsync makes the rename itself durable; not every platform allows opening a
-    // directory, and there is nothing more to do where it does not.
-    match fs::File::open(path) {
-        Ok(f) => f.sync_all().or(Ok(())),
-        Err(_) => Ok(()),
-    }
-}
-
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique_suffix() -> String {
@@ -449,7 +434,7 @@ fn write_and_publish(
             Err(_) if !replace && target.is_dir() => return Ok(target.clone()),
             Err(e) => return Err(io_err(&target)(e)),
         }
-        sync_dir(cache_dir).map_err(io_err(cache_dir))?;
+        beatlab_fsio::sync_dir(cache_dir).map_err(io_err(cache_dir))?;
         Ok(target.clone())
     });
     // Our temporary copy is gone after a successful rename; otherwise it is surplus.
@@ -465,7 +450,7 @@ fn write_entry(dir: &Path, key: &str, ds: &Dataset) -> Result<(), CacheError<Inf
         let file = format!("{}.f32", split.name());
         let bytes = f32_bytes(&set.data);
         let path = dir.join(&file);
-        write_synced(&path, &bytes).map_err(io_err(&path))?;
+        beatlab_fsio::write_atomically(&path, &bytes).map_err(io_err(&path))?;
         splits.push(SplitManifest {
             file,
             bytes: bytes.len() as u64,
@@ -495,8 +480,8 @@ fn write_entry(dir: &Path, key: &str, ds: &Dataset) -> Result<(), CacheError<Inf
         source: io::Error::other(e),
     })?;
     let path = dir.join(MANIFEST);
-    write_synced(&path, &json).map_err(io_err(&path))?;
-    sync_dir(dir).map_err(io_err(dir))
+    beatlab_fsio::write_atomically(&path, &json).map_err(io_err(&path))?;
+    beatlab_fsio::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Why a cache entry was not loaded.

@@ -15,7 +15,6 @@
 //! the source's or the simulator's true values, else measured from wave annotations (LUDB).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use beatlab_ecg::{Record, Superclass, WaveKind};
@@ -520,17 +519,17 @@ pub fn write_jsonl(path: impl AsRef<Path>, items: &[Item]) -> Result<(), ItemErr
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut out = std::io::BufWriter::new(file);
+    let mut text = String::new();
     for item in items {
         let line = serde_json::to_string(item).map_err(|e| ItemError::Json {
             path: path.to_path_buf(),
             line: 0,
             message: e.to_string(),
         })?;
-        writeln!(out, "{line}").map_err(io)?;
+        text.push_str(&line);
+        text.push('\n');
     }
-    out.flush().map_err(io)
+    beatlab_fsio::write_atomically(path, text.as_bytes()).map_err(io)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -315,7 +315,7 @@ impl EcgImage {
     pub fn write_png(&self, path: impl AsRef<Path>) -> Result<(), RenderError> {
         let path = path.as_ref();
         let bytes = self.encode_png()?;
-        std::fs::write(path, bytes).map_err(|source| RenderError::Io {
+        beatlab_fsio::write_atomically(path, &bytes).map_err(|source| RenderError::Io {
             path: path.to_path_buf(),
             source,
         })

@@ -2,12 +2,11 @@
 //! a fully fine-tuned tiny model), and a Hugging Face-layout model folder (`config.json`,
 //! `model.safetensors`, `tokenizer.json`) that [`crate::hub`] and Hugging Face tools load.
 //!
-//! Files are written to a temporary name in the same directory, fsynced and renamed, so a crash
-//! never leaves a half-written checkpoint under the final name.
+//! Files are written with [`beatlab_fsio::write_atomically`] (temporary sibling, fsync, rename,
+//! folder fsync), so a crash never leaves a half-written checkpoint under the final name.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use beatlab_nn::ParamStore;
 use candle_core::{Device, Tensor};
@@ -38,15 +37,11 @@ pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(
         .iter()
         .map(|(k, v)| (k.clone(), v.detach()))
         .collect();
-    let tmp = temp_path(path);
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| LmError::Safetensors {
-        path: tmp.clone(),
+    let bytes = safetensors::serialize(&map, None).map_err(|e| LmError::Safetensors {
+        path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| LmError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| LmError::io(path, e))
+    beatlab_fsio::write_atomically(path, &bytes).map_err(|e| LmError::io(path, e))
 }
 
 /// Read every tensor of a safetensors file onto the CPU.
@@ -75,20 +70,11 @@ pub fn save_pretrained(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| LmError::io(dir, e))?;
     let config_path = dir.join("config.json");
-    std::fs::write(&config_path, config.to_json_string()?)
+    beatlab_fsio::write_atomically(&config_path, config.to_json_string()?.as_bytes())
         .map_err(|e| LmError::io(&config_path, e))?;
     save_tensors(tensors, &dir.join(WEIGHTS_FILE))?;
     if let Some(tok) = tokenizer {
         tok.save(&dir.join("tokenizer.json"))?;
     }
     Ok(())
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
 }

@@ -177,9 +177,11 @@ impl LmTokenizer {
 
     /// Write `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner
-            .save(path, false)
-            .map_err(tok_err(format!("saving {}", path.display())))
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(tok_err(format!("saving {}", path.display())))?;
+        beatlab_fsio::write_atomically(path, json.as_bytes()).map_err(|e| LmError::io(path, e))
     }
 
     /// Ids of `text`. Special-token text inside it maps to the special ids; no BOS/EOS or other

@@ -236,7 +236,7 @@ impl Stage for EvalStage {
         let path = ctx
             .run_dir
             .join(format!("generations-{}.jsonl", ctx.stage.name));
-        crate::runner::checkpoint::write_atomically(&path, jsonl.as_bytes())
+        beatlab_fsio::write_atomically(&path, jsonl.as_bytes())
             .map_err(|e| StageError::Invalid(format!("{}: {e}", path.display())))?;
         ctx.finish(
             0,
