@@ -163,7 +163,7 @@ pub fn load_str(name: &str, text: &str, overrides: &Overrides) -> Result<Loaded,
         source,
     })?;
     let path = dir.join(name);
-    std::fs::write(&path, text).map_err(|source| SpecError::Read {
+    beatlab_fsio::write_atomically(&path, text.as_bytes()).map_err(|source| SpecError::Read {
         path: path.clone(),
         source,
     })?;

@@ -181,10 +181,12 @@ pub fn run(
                 .iter()
                 .map(|h| format!("{}\n", h.display()))
                 .collect();
-            std::fs::write(&listing, list).map_err(|source| BenchError::Io {
-                action: "write",
-                path: listing.clone(),
-                source,
+            beatlab_fsio::write_atomically(&listing, list.as_bytes()).map_err(|source| {
+                BenchError::Io {
+                    action: "write",
+                    path: listing.clone(),
+                    source,
+                }
             })?;
             let args = ["--records".to_string(), listing.display().to_string()];
             let started = peer.start::<WfdbHello>("wfdb_read.py", &args);
