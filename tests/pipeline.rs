@@ -90,6 +90,16 @@ fn three_stages_train_and_evaluate_with_generations_kept() {
         assert!(v.is_finite(), "{key} = {v}");
     }
     assert!((0.0..=1.0).contains(&s["eval/accuracy"]));
+    // Every summary a stage recorded is one its kind declares (what `[table] metrics` may name).
+    let spec_text = std::fs::read_to_string(Path::new(&run.run_dir).join("spec.toml")).unwrap();
+    let spec: beatlab::spec::Spec = toml::from_str(&spec_text).unwrap();
+    let declared = beatlab::stages::catalog::table_metrics(&spec);
+    for key in s.keys() {
+        assert!(
+            declared.contains(key),
+            "`{key}` is recorded but not declared"
+        );
+    }
     // Every evaluated item's generation is kept, one JSON object per line.
     let gens =
         std::fs::read_to_string(Path::new(&run.run_dir).join("generations-eval.jsonl")).unwrap();

@@ -668,7 +668,9 @@ fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool
         let split = item
             .split
             .map_or("—".to_string(), |s| format!("{s:?}").to_lowercase());
-        *counts.entry((item.item_type.clone(), split)).or_default() += 1;
+        *counts
+            .entry((item.item_type.to_string(), split))
+            .or_default() += 1;
     }
     write_output(output, text.as_bytes())?;
     println!(

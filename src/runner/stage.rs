@@ -239,6 +239,11 @@ impl StageRegistry {
         self.factories.insert(kind.as_str(), Arc::new(factory));
     }
 
+    /// Whether an implementation of `kind` is registered.
+    pub fn has(&self, kind: StageKind) -> bool {
+        self.factories.contains_key(kind.as_str())
+    }
+
     pub fn create(&self, spec: &Spec, stage: &StageSpec) -> Result<Box<dyn Stage>, StageError> {
         match self.factories.get(stage.kind.as_str()) {
             Some(f) => f.create(spec, stage),

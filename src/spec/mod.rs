@@ -7,6 +7,7 @@
 //! normalised numbers, no comments) whose sha256 identifies the cell in the registry.
 
 pub mod diag;
+pub mod metrics;
 pub mod reference;
 pub mod schema;
 pub mod sections;
@@ -55,27 +56,6 @@ spec_section! {
         paper: PaperSpec = PaperSpec::default(),
     }
 }
-
-/// Parts a stage can train (`[[stage]] train = [...]`).
-pub const TRAINABLE_PARTS: &[&str] = &[
-    "beat",
-    "projector",
-    "projector.signal",
-    "projector.image",
-    "lora",
-    "backbone",
-    "vision",
-];
-
-/// Task types of the instruction data (`[[stage]] tasks = [...]`).
-pub const TASK_KINDS: &[&str] = &[
-    "caption",
-    "closed_qa",
-    "open_qa",
-    "comparison_qa",
-    "report",
-    "prediction",
-];
 
 /// Module names LoRA adapters can target.
 pub const LORA_TARGETS: &[&str] = &[
@@ -285,11 +265,7 @@ fn fill_stage_defaults(tree: &mut Node) {
             .get("kind")
             .and_then(|k| k.value.as_str())
             .unwrap_or(StageKind::Beat.as_str());
-        let Some(kind) = StageKind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .map(kind_from_index)
-        else {
+        let Ok(kind) = kind.parse::<StageKind>() else {
             continue; // reported by validation
         };
         if let Some(t) = stage.value.as_table_mut() {
@@ -299,15 +275,6 @@ fn fill_stage_defaults(tree: &mut Node) {
             }
         }
     }
-}
-
-fn kind_from_index(i: usize) -> StageKind {
-    [
-        StageKind::Beat,
-        StageKind::Warmup,
-        StageKind::Joint,
-        StageKind::Eval,
-    ][i]
 }
 
 /// Applies environment and `--set` overrides; returns the keys they set (which pin sweep axes).
@@ -583,6 +550,9 @@ impl Loaded {
                 canonical,
                 hash,
             });
+        }
+        if diags.is_empty() {
+            diags = metrics::check_table_metrics(&self.spec, &cells, &self.tree);
         }
         if !diags.is_empty() {
             return Err(SpecError::Invalid { diagnostics: diags });

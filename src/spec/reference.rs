@@ -81,14 +81,7 @@ fn section_markdown(section: &SectionSchema, out: &mut String) {
 }
 
 fn kind_dependent(field: &str) -> bool {
-    [
-        StageKind::Beat,
-        StageKind::Warmup,
-        StageKind::Joint,
-        StageKind::Eval,
-    ]
-    .iter()
-    .any(|k| {
+    StageKind::ALL.iter().any(|k| {
         StageSpec::kind_defaults(*k)
             .iter()
             .any(|(f, _)| *f == field)
@@ -98,19 +91,17 @@ fn kind_dependent(field: &str) -> bool {
 fn stage_kinds_markdown(out: &mut String) {
     out.push_str("Stage defaults by `kind` (a stage's own fields override them):\n\n");
     out.push_str("| kind | defaults |\n|---|---|\n");
-    for kind in [
-        StageKind::Beat,
-        StageKind::Warmup,
-        StageKind::Joint,
-        StageKind::Eval,
-    ] {
+    for &kind in StageKind::ALL {
         let items: Vec<String> = StageSpec::kind_defaults(kind)
             .iter()
             .map(|(k, v)| format!("`{k} = {}`", show_default(v)))
             .collect();
         out.push_str(&format!("| `{}` | {} |\n", kind.as_str(), items.join(", ")));
     }
-    out.push('\n');
+    out.push_str(&format!(
+        "\nParts a stage can train (`train`): {}.\n\n",
+        super::schema::quote_list(&beatlab_mm::Part::spec_names())
+    ));
 }
 
 fn show_default(v: &toml::Value) -> String {

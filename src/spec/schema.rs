@@ -192,6 +192,11 @@ impl SchemaType for String {
         Ty::Str
     }
 }
+impl SchemaType for beatlab_heartcare::instruct::Task {
+    fn ty() -> Ty {
+        Ty::Choice(&beatlab_heartcare::instruct::Task::NAMES)
+    }
+}
 impl<T: SchemaType> SchemaType for Vec<T> {
     fn ty() -> Ty {
         Ty::List(Box::new(T::ty()))
@@ -329,7 +334,10 @@ macro_rules! spec_choice {
         }
 
         impl $name {
-            pub const ALL: &'static [&'static str] = &[$($text),*];
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            /// Every value's spelling in specs, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($text),*];
 
             pub fn as_str(self) -> &'static str {
                 match self { $( $name::$variant => $text, )* }
@@ -342,14 +350,39 @@ macro_rules! spec_choice {
             }
         }
 
+        impl std::str::FromStr for $name {
+            type Err = $crate::spec::schema::UnknownChoice;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| $crate::spec::schema::UnknownChoice {
+                        found: s.to_string(),
+                        expected: Self::NAMES,
+                    })
+            }
+        }
+
         impl $crate::spec::schema::SchemaType for $name {
             fn ty() -> $crate::spec::schema::Ty {
-                $crate::spec::schema::Ty::Choice(Self::ALL)
+                $crate::spec::schema::Ty::Choice(Self::NAMES)
             }
         }
     };
 }
 pub(crate) use spec_choice;
+
+/// A string that names none of a choice's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown value `{found}`: expected {}", quote_list(expected))]
+pub struct UnknownChoice {
+    /// The string given.
+    pub found: String,
+    /// The values' spellings.
+    pub expected: &'static [&'static str],
+}
 
 /// Joins doc-comment lines into one paragraph (the leading space rustdoc keeps is dropped).
 pub fn join_doc(lines: &[&str]) -> String {

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use beatlab_heartcare::instruct::Task;
+
 use super::schema::{spec_choice, spec_section};
 
 spec_section! {
@@ -364,82 +366,21 @@ spec_section! {
         checkpoint_every_steps: u32 = 0,
         /// Evaluate on the validation split every this many epochs.
         eval_every: u32 = 1 => range(1, 100_000),
-        /// Parts trained by this stage (`beat`, `projector`, `projector.signal`,
-        /// `projector.image`, `lora`, `backbone`, `vision`).
+        /// Parts trained by this stage (the part names are listed under the stage kinds
+        /// below).
         train: Vec<String> = Vec::new(),
-        /// Task types in the stage's data mix (`caption`, `closed_qa`, `open_qa`,
-        /// `comparison_qa`, `report`, `prediction`).
-        tasks: Vec<String> = Vec::new(),
+        /// Task types in the stage's data mix.
+        tasks: Vec<Task> = Vec::new(),
         /// Share of the stage's items used (paper warm-up: about a fifth).
         data_fraction: f64 = 1.0 => range(0, 1),
     }
 }
 
 impl StageSpec {
-    /// Defaults that depend on the stage kind, applied before the file's own values.
+    /// Defaults that depend on the stage kind, applied before the file's own values (declared
+    /// with the kind, in `stages::catalog`).
     pub fn kind_defaults(kind: StageKind) -> Vec<(&'static str, toml::Value)> {
-        use toml::Value as V;
-        let strings = |xs: &[&str]| V::Array(xs.iter().map(|x| V::String((*x).into())).collect());
-        match kind {
-            // Paper §1.1: AdamW lr 1e-4, cosine T_max 100 per epoch, 50 epochs, batch 32,
-            // clip 1.0, a checkpoint every 5 epochs.
-            StageKind::Beat => vec![
-                ("epochs", V::Integer(50)),
-                ("lr", V::Float(1e-4)),
-                ("schedule", V::String("cosine".into())),
-                ("t_max", V::Integer(100)),
-                ("batch", V::Integer(32)),
-                ("grad_clip", V::Float(1.0)),
-                ("checkpoint_every", V::Integer(5)),
-                ("train", strings(&["beat"])),
-            ],
-            // Paper §1.3: backbone frozen, projectors on captioning, lr 2e-4, batch 16, about a
-            // fifth of the data.
-            StageKind::Warmup => vec![
-                ("epochs", V::Integer(1)),
-                ("lr", V::Float(2e-4)),
-                ("schedule", V::String("cosine".into())),
-                ("batch", V::Integer(16)),
-                ("checkpoint_every", V::Integer(1)),
-                ("train", strings(&["projector"])),
-                ("tasks", strings(&["caption"])),
-                ("data_fraction", V::Float(0.2)),
-            ],
-            // Paper §1.3: LoRA + projectors on the full instruction set, lr 2e-5, linear
-            // schedule with warm-up.
-            StageKind::Joint => vec![
-                ("epochs", V::Integer(1)),
-                ("lr", V::Float(2e-5)),
-                ("schedule", V::String("linear".into())),
-                ("warmup_steps", V::Integer(10)),
-                ("batch", V::Integer(16)),
-                ("checkpoint_every", V::Integer(1)),
-                ("train", strings(&["projector", "lora"])),
-                (
-                    "tasks",
-                    strings(&[
-                        "closed_qa",
-                        "open_qa",
-                        "comparison_qa",
-                        "report",
-                        "prediction",
-                    ]),
-                ),
-            ],
-            StageKind::Eval => vec![
-                ("epochs", V::Integer(0)),
-                (
-                    "tasks",
-                    strings(&[
-                        "closed_qa",
-                        "open_qa",
-                        "comparison_qa",
-                        "report",
-                        "prediction",
-                    ]),
-                ),
-            ],
-        }
+        (crate::stages::catalog::declaration(kind).defaults)()
     }
 
     /// The stages a spec without `[[stage]]` runs: the paper's three-stage pipeline and its

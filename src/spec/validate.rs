@@ -5,7 +5,7 @@ use super::diag::{Diagnostic, did_you_mean};
 use super::schema::{SectionSchema, Ty};
 use super::sections::{BackboneModel, DataSource, StageKind, VisionModel};
 use super::tree::{Node, Origin, Value, lookup};
-use super::{LORA_TARGETS, Spec, TASK_KINDS, TRAINABLE_PARTS};
+use super::{LORA_TARGETS, Spec};
 
 /// Checks a table against a section schema. Invalid entries are reported and removed, so that
 /// the rest of the spec can still be typed and checked in the same pass.
@@ -410,10 +410,9 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
         r.members(
             &format!("{path}.train"),
             &stage.train,
-            TRAINABLE_PARTS,
+            &beatlab_mm::Part::spec_names(),
             "part",
         );
-        r.members(&format!("{path}.tasks"), &stage.tasks, TASK_KINDS, "task");
         if stage.lr_min > stage.lr {
             r.stage_err(
                 i,

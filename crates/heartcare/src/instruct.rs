@@ -29,18 +29,51 @@ use crate::metrics::{ChoiceOption, format_options, parse_options};
 // ---------------------------------------------------------------------------------------------
 // The item format
 
-/// What an item asks for.
+/// What an item asks for. Its name ([`Task::name`]: `closed_qa`, `report`, ...) is the one
+/// spelling specs (`[[stage]] tasks`), metric keys (`eval/closed_qa/acc`) and serialised values
+/// use; [`Task::type_suffix`] is the Heartcare item format's own (`DiagnosisClosedQA`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Task {
+    #[serde(rename = "closed_qa")]
     ClosedQa,
+    #[serde(rename = "open_qa")]
     OpenQa,
+    #[serde(rename = "comparison_qa")]
     ComparisonQa,
+    #[serde(rename = "report")]
     ReportGeneration,
+    #[serde(rename = "prediction")]
     SignalPrediction,
+    #[serde(rename = "caption")]
     Caption,
 }
 
 impl Task {
+    /// Every task, the captioning set last.
+    pub const ALL: [Task; 6] = [
+        Task::ClosedQa,
+        Task::OpenQa,
+        Task::ComparisonQa,
+        Task::ReportGeneration,
+        Task::SignalPrediction,
+        Task::Caption,
+    ];
+
+    /// Every task's name, in [`Task::ALL`]'s order.
+    pub const NAMES: [&'static str; 6] = [
+        "closed_qa",
+        "open_qa",
+        "comparison_qa",
+        "report",
+        "prediction",
+        "caption",
+    ];
+
+    /// The task's name in specs, metric keys and files.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
     /// The suffix used in Heartcare `type` strings.
     pub fn type_suffix(self) -> &'static str {
         match self {
@@ -51,6 +84,28 @@ impl Task {
             Task::SignalPrediction => "SignalPrediction",
             Task::Caption => "Caption",
         }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A task name that is none of [`Task::NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown task `{0}`: expected one of {names}", names = Task::NAMES.join(", "))]
+pub struct UnknownTask(pub String);
+
+impl std::str::FromStr for Task {
+    type Err = UnknownTask;
+
+    fn from_str(s: &str) -> Result<Self, UnknownTask> {
+        Task::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| UnknownTask(s.to_string()))
     }
 }
 
@@ -138,7 +193,7 @@ impl Default for PredictionWindow {
 pub struct Item {
     /// `<Dimension><Task>` (e.g. "DiagnosisClosedQA"), or whatever a user's file says.
     #[serde(rename = "type")]
-    pub item_type: String,
+    pub item_type: ItemType,
     pub question: String,
     pub answer: String,
     /// The ECGs the question is about (record ids for built items).
@@ -168,12 +223,12 @@ impl Item {
     /// The task, from the `type` string ("DiagnosisClosedQA" -> closed QA; spellings such as
     /// "closed_qa" or "close-QA" are accepted). `None` for types this crate does not know.
     pub fn task(&self) -> Option<Task> {
-        parse_type(&self.item_type).0
+        self.item_type.task
     }
 
     /// The dimension: the explicit field, else the `type` string's prefix.
     pub fn dimension(&self) -> Option<Dimension> {
-        self.dimension.or(parse_type(&self.item_type).1)
+        self.dimension.or(self.item_type.dimension)
     }
 
     /// The options of a multiple-choice item: the `options` field, else parsed from the
@@ -202,6 +257,60 @@ impl Item {
                 _ => None,
             }
         })
+    }
+}
+
+/// An item's `type` string with the task and dimension read from it once.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ItemType {
+    text: String,
+    task: Option<Task>,
+    dimension: Option<Dimension>,
+}
+
+impl ItemType {
+    /// Reads a `type` string ("DiagnosisClosedQA"; spellings such as "closed_qa" or "close-QA"
+    /// are accepted); a type this crate does not know keeps its text with no task.
+    pub fn parse(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let (task, dimension) = parse_type(&text);
+        Self {
+            text,
+            task,
+            dimension,
+        }
+    }
+
+    /// The Heartcare spelling of a task, with its dimension's prefix when it has one.
+    pub fn of(dimension: Option<Dimension>, task: Task) -> Self {
+        let prefix = dimension.map_or("", Dimension::type_prefix);
+        Self {
+            text: format!("{prefix}{}", task.type_suffix()),
+            task: Some(task),
+            dimension,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for ItemType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq<&str> for ItemType {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl Serialize for ItemType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
     }
 }
 
@@ -360,7 +469,7 @@ fn item_from_value(value: &Value) -> Result<Item, FieldProblem> {
     let Value::Object(object) = value else {
         unreachable!("checked by the caller")
     };
-    let item_type = required_string(object, "type")?;
+    let item_type = ItemType::parse(required_string(object, "type")?);
     let question = required_string(object, "question")?;
     let answer = required_string(object, "answer")?;
     let filename = string_list(
@@ -1758,7 +1867,7 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
             format!("{}#{kind}{counter}", f.record_id)
         };
         let base = |form: InputForm| Item {
-            item_type: String::new(),
+            item_type: ItemType::default(),
             question: String::new(),
             answer: String::new(),
             filename: vec![f.record_id.clone(); form.labels().len()],
@@ -1787,7 +1896,7 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
             for draft in choose_drafts(&mut rng, drafts, count, &config.dimensions) {
                 let form = *config.inputs.choose(&mut rng).expect("validated non-empty");
                 let mut item = base(form);
-                item.item_type = format!("{}{}", draft.dimension.type_prefix(), task.type_suffix());
+                item.item_type = ItemType::of(Some(draft.dimension), task);
                 item.dimension = Some(draft.dimension);
                 let stem = format!("{}{}", intro(&mut rng, form, f), draft.stem);
                 match &draft.options {
@@ -1867,11 +1976,7 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
                 format_options(&lettered(&options.0))
             );
             items.push(Item {
-                item_type: format!(
-                    "{}{}",
-                    draft.dimension.type_prefix(),
-                    Task::ComparisonQa.type_suffix()
-                ),
+                item_type: ItemType::of(Some(draft.dimension), Task::ComparisonQa),
                 question,
                 answer,
                 filename: vec![f.record_id.clone(), g.record_id.clone()],
@@ -1897,7 +2002,7 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
             }
             let form = *config.inputs.choose(&mut rng).expect("validated non-empty");
             let mut item = base(form);
-            item.item_type = Task::ReportGeneration.type_suffix().into();
+            item.item_type = ItemType::of(None, Task::ReportGeneration);
             let template = pick(
                 &mut rng,
                 &[
@@ -1920,7 +2025,7 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
         if f.duration_s + 1e-9 >= needed {
             for _ in 0..config.predictions_per_record {
                 let mut item = base(InputForm::Signal);
-                item.item_type = Task::SignalPrediction.type_suffix().into();
+                item.item_type = ItemType::of(None, Task::SignalPrediction);
                 let template = pick(
                     &mut rng,
                     &[
@@ -2057,7 +2162,7 @@ pub fn build_captions(records: &[Record], config: &BuildConfig) -> Result<Vec<It
         )
         .replace("{m}", form.phrase());
         items.push(Item {
-            item_type: Task::Caption.type_suffix().into(),
+            item_type: ItemType::of(None, Task::Caption),
             question,
             answer,
             filename: vec![f.record_id.clone(); form.labels().len()],

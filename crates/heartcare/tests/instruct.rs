@@ -613,3 +613,29 @@ fn bad_configs_and_duplicate_records_are_errors() {
         Err(BuildError::DuplicateRecord(id)) if id == "sim/000"
     ));
 }
+
+/// One spelling per task: names parse back, serialise as themselves, and the Heartcare type
+/// string of a built item reads back as its task.
+#[test]
+fn task_names_round_trip_through_parsing_and_serde() {
+    use beatlab_heartcare::instruct::{ItemType, Task};
+    for task in Task::ALL {
+        assert_eq!(task.name().parse::<Task>().unwrap(), task);
+        assert_eq!(
+            serde_json::to_string(&task).unwrap(),
+            format!("\"{}\"", task.name())
+        );
+        assert_eq!(ItemType::of(None, task).as_str(), task.type_suffix());
+        assert_eq!(
+            ItemType::parse(task.type_suffix()).as_str(),
+            task.type_suffix()
+        );
+    }
+    assert!(
+        "vqa"
+            .parse::<Task>()
+            .unwrap_err()
+            .to_string()
+            .contains("closed_qa")
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use beatlab_heartcare::instruct::{Item, Modality};
+use beatlab_heartcare::instruct::{Item, ItemType, Modality};
 use beatlab_lm::presets::tiny_siglip;
 use beatlab_lm::{BackbonePreset, LmTokenizer, LoraConfig};
 use beatlab_mm::{
@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .enumerate()
         .map(|(k, a)| Item {
-            item_type: "DiagnosisOpenQA".into(),
+            item_type: ItemType::parse("DiagnosisOpenQA"),
             question: QUESTION.into(),
             answer: a.to_string(),
             filename: vec![format!("ecg{k}"); 2],

@@ -20,7 +20,7 @@ pub use model::{
     BackboneSource, CodeVocab, Example, ForwardOutput, HeartcareConfig, HeartcareModel,
     MissingModality, ModelSpec, Prepared, SignalInput, StepStats, VisionSource, lora_targets_for,
 };
-pub use parts::Part;
+pub use parts::{PROJECTORS, Part};
 pub use projector::{ImageProjector, SignalProjector};
 pub use sequence::{
     Batch, Block, BlockContent, ChatTokens, Row, Splice, block_order, collate, layout_row,

@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use crate::error::MmError;
 
+/// The name that selects both projectors in a `train` list.
+pub const PROJECTORS: &str = "projector";
+
 /// One separately trainable, separately saved part of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Part {
@@ -49,12 +52,20 @@ impl Part {
         }
     }
 
+    /// The names a stage's `train` list accepts: every part's, and `projector` for both
+    /// projectors.
+    pub fn spec_names() -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Part::ALL.iter().map(|p| p.name()).collect();
+        names.insert(0, PROJECTORS);
+        names
+    }
+
     /// Parse a list of part names; `projector` stands for both projectors. Duplicates are fine.
     pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<BTreeSet<Part>, MmError> {
         let mut parts = BTreeSet::new();
         for name in names {
             let name = name.as_ref();
-            if name == "projector" {
+            if name == PROJECTORS {
                 parts.insert(Part::SignalProjector);
                 parts.insert(Part::ImageProjector);
             } else {

@@ -25,9 +25,61 @@ use evaluate::batch_tensor;
 pub use evaluate::{Evaluation, evaluate};
 pub use step::{BeatTraining, PhaseTimes, StepLosses, TrainingSetup};
 
+use beatlab_mm::Part;
+use toml::Value;
+
+use super::catalog::{StageDeclaration, strings};
 use super::trainer::{self, LoopEnd, Trainee};
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
-use crate::spec::{Precision, Spec};
+use crate::spec::{Precision, Spec, StageKind, StageSpec};
+
+/// The `beat` kind: paper §1.1's schedule (AdamW lr 1e-4, cosine with T_max 100 stepped per
+/// epoch, 50 epochs, batch 32, clip 1.0, a checkpoint every 5 epochs), training Beat.
+pub const DECLARATION: StageDeclaration = StageDeclaration {
+    kind: StageKind::Beat,
+    defaults: || {
+        vec![
+            ("epochs", Value::Integer(50)),
+            ("lr", Value::Float(1e-4)),
+            ("schedule", Value::String("cosine".into())),
+            ("t_max", Value::Integer(100)),
+            ("batch", Value::Integer(32)),
+            ("grad_clip", Value::Float(1.0)),
+            ("checkpoint_every", Value::Integer(5)),
+            ("train", strings(&[Part::Beat.name()])),
+        ]
+    },
+    summaries: summary_keys,
+    create: |_, _| Ok(Box::new(BeatStage)),
+};
+
+/// Every summary key the stage records: validation and test evaluations at the spec's number of
+/// quantizer levels, and the run's sizes.
+fn summary_keys(spec: &Spec, _: &StageSpec) -> Vec<String> {
+    let levels = spec.beat.dvq_levels as usize;
+    let shape = Evaluation {
+        code_pct: vec![0.0; levels],
+        perplexity: vec![0.0; levels],
+        lead_mse: vec![0.0; STANDARD_LEADS.len()],
+        ..Evaluation::default()
+    };
+    let mut keys: Vec<String> = ["val", "test"]
+        .into_iter()
+        .flat_map(|split| shape.entries(split))
+        .map(|(key, _)| key)
+        .collect();
+    keys.extend(SIZE_KEYS.map(String::from));
+    keys
+}
+
+/// The run-size summaries, recorded after training.
+const SIZE_KEYS: [&str; 5] = [
+    "train/steps",
+    "train/epochs",
+    "params",
+    "data/train_windows",
+    "data/val_windows",
+];
 
 /// The Beat configuration of a spec.
 pub fn beat_config(spec: &Spec) -> BeatConfig {
@@ -213,11 +265,14 @@ impl Stage for BeatStage {
             )?;
             summary.extend(test.entries("test"));
         }
-        summary.push(("train/steps".into(), at.step as f64));
-        summary.push(("train/epochs".into(), at.epoch as f64));
-        summary.push(("params".into(), trainee.training.num_params() as f64));
-        summary.push(("data/train_windows".into(), data.train.len() as f64));
-        summary.push(("data/val_windows".into(), data.val.len() as f64));
+        let sizes = [
+            at.step as f64,
+            at.epoch as f64,
+            trainee.training.num_params() as f64,
+            data.train.len() as f64,
+            data.val.len() as f64,
+        ];
+        summary.extend(SIZE_KEYS.iter().map(|k| k.to_string()).zip(sizes));
         let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         ctx.summaries(&refs)?;
 

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use beatlab_heartcare::instruct::{Item, Modality, Split, Task};
+use beatlab_heartcare::instruct::{Dimension, Item, Modality, Split, Task};
 use beatlab_heartcare::metrics::{self, Smoothing};
 use beatlab_lm::bert::{BertScore, BertScorer};
 use beatlab_lm::tokenizer::Special;
@@ -23,9 +23,78 @@ use beatlab_mm::{EcgInput, Example, HeartcareModel};
 use beatlab_nn::beat::Mode;
 use candle_core::{DType, Tensor};
 
-use super::{Corpus, Inputs, build_model, mm_err, restore_earlier, task_name, tokenizer};
+use super::train::INSTRUCTION_TASKS;
+use super::{Corpus, Inputs, build_model, mm_err, restore_earlier, tokenizer};
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
-use crate::spec::ChoiceScoring;
+use crate::spec::{ChoiceScoring, Spec, StageKind, StageSpec};
+use crate::stages::catalog::{StageDeclaration, strings};
+use toml::Value;
+
+/// The `eval` kind: Heartcare-Bench metrics on the test split of the instruction tasks.
+pub const DECLARATION: StageDeclaration = StageDeclaration {
+    kind: StageKind::Eval,
+    defaults: || {
+        vec![
+            ("epochs", Value::Integer(0)),
+            ("tasks", strings(&INSTRUCTION_TASKS.map(Task::name))),
+        ]
+    },
+    summaries: summary_keys,
+    create: |_, _| Ok(Box::new(EvalStage)),
+};
+
+/// The per-item metrics of a task, each recorded as `<task>/<metric>`, and per question
+/// dimension and per input modality group with a `_<dimension>` or `_<group>` suffix.
+fn item_metrics(task: Task) -> &'static [&'static str] {
+    const BERTSCORE: [&str; 3] = ["bertscore_f1", "bertscore_precision", "bertscore_recall"];
+    match task {
+        Task::ClosedQa | Task::ComparisonQa => &["acc", "acc_generated"],
+        Task::OpenQa => &[
+            "rouge_l",
+            "token_f1",
+            BERTSCORE[0],
+            BERTSCORE[1],
+            BERTSCORE[2],
+        ],
+        Task::ReportGeneration => &["rouge_l", BERTSCORE[0], BERTSCORE[1], BERTSCORE[2]],
+        Task::SignalPrediction => &["token_acc"],
+        Task::Caption => &[],
+    }
+}
+
+/// The modality groups of [`modality_group`].
+const MODALITY_GROUPS: [&str; 3] = ["signal", "image", "cross"];
+
+/// Every summary key the stage can record for the stage's tasks.
+fn summary_keys(_: &Spec, stage: &StageSpec) -> Vec<String> {
+    let mut suffixes = vec![String::new()];
+    suffixes.extend(
+        Dimension::ALL
+            .iter()
+            .map(|d| format!("_{}", dimension_key(*d))),
+    );
+    suffixes.extend(MODALITY_GROUPS.iter().map(|g| format!("_{g}")));
+    let mut keys: Vec<String> = stage
+        .tasks
+        .iter()
+        .flat_map(|&task| {
+            let suffixes = &suffixes;
+            item_metrics(task).iter().flat_map(move |metric| {
+                suffixes
+                    .iter()
+                    .map(move |sfx| format!("{}/{metric}{sfx}", task.name()))
+            })
+        })
+        .collect();
+    if stage.tasks.contains(&Task::ReportGeneration) {
+        keys.extend((1..=4).map(|n| format!("report/bleu{n}")));
+    }
+    if stage.tasks.contains(&Task::SignalPrediction) {
+        keys.push("prediction/mse".into());
+    }
+    keys.extend(["accuracy", "items"].map(String::from));
+    keys
+}
 
 /// The `eval` stage.
 pub struct EvalStage;
@@ -61,7 +130,12 @@ fn modality_group(item: &Item) -> &'static str {
 }
 
 fn dimension_name(item: &Item) -> Option<String> {
-    item.dimension().map(|d| format!("{d:?}").to_lowercase())
+    item.dimension().map(dimension_key)
+}
+
+/// A dimension as metric keys spell it (`diagnosis`, `waveform`, `rhythm`, `misc`).
+fn dimension_key(d: Dimension) -> String {
+    format!("{d:?}").to_lowercase()
 }
 
 /// One line of the generations file.
@@ -112,7 +186,7 @@ impl Stage for EvalStage {
             let mut per_task: BTreeMap<&'static str, usize> = BTreeMap::new();
             items.retain(|i| {
                 let n = per_task
-                    .entry(i.task().map_or("other", task_name))
+                    .entry(i.task().map_or("other", Task::name))
                     .or_default();
                 *n += 1;
                 *n <= cap
@@ -127,7 +201,7 @@ impl Stage for EvalStage {
         ctx.log(&format!(
             "{} test items ({}); inputs ready in {:.1} s",
             items.len(),
-            ctx.stage.tasks.join(", "),
+            super::task_list(&ctx.stage.tasks),
             started.elapsed().as_secs_f64()
         ));
 
@@ -346,14 +420,14 @@ fn score_item<'a>(
     reports: &mut Vec<(String, String)>,
 ) -> Result<Record<'a>, StageError> {
     let task = item.task();
-    let name = task.map_or("other", task_name);
+    let name = task.map_or("other", Task::name);
     let dim = dimension_name(item);
     let group = modality_group(item);
     let options = item.choice_options();
     let correct = item.correct_letter();
     let mut line = Record {
         id: item.id.as_deref(),
-        item_type: &item.item_type,
+        item_type: item.item_type.as_str(),
         dimension: dim.clone(),
         label: &item.label,
         filename: &item.filename,

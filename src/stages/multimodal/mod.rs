@@ -112,8 +112,7 @@ impl Corpus {
     }
 
     /// Items of a split whose task is in `tasks` (`caption` selects the captioning set).
-    pub fn select(&self, split: Split, tasks: &[String]) -> Vec<Item> {
-        let wanted: Vec<Task> = tasks.iter().filter_map(|t| task_of(t)).collect();
+    pub fn select(&self, split: Split, wanted: &[Task]) -> Vec<Item> {
         let mut out: Vec<Item> = Vec::new();
         if wanted.contains(&Task::Caption) {
             out.extend(
@@ -144,29 +143,13 @@ impl Corpus {
     }
 }
 
-/// Maps a spec task name to the builder's task.
-pub fn task_of(name: &str) -> Option<Task> {
-    Some(match name {
-        "caption" => Task::Caption,
-        "closed_qa" => Task::ClosedQa,
-        "open_qa" => Task::OpenQa,
-        "comparison_qa" => Task::ComparisonQa,
-        "report" => Task::ReportGeneration,
-        "prediction" => Task::SignalPrediction,
-        _ => return None,
-    })
-}
-
-/// The spec name of a task.
-pub fn task_name(task: Task) -> &'static str {
-    match task {
-        Task::Caption => "caption",
-        Task::ClosedQa => "closed_qa",
-        Task::OpenQa => "open_qa",
-        Task::ComparisonQa => "comparison_qa",
-        Task::ReportGeneration => "report",
-        Task::SignalPrediction => "prediction",
-    }
+/// Task names, comma-separated, for messages.
+pub fn task_list(tasks: &[Task]) -> String {
+    tasks
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A deterministic share of `items` (`fraction` of them, at least one when any).

@@ -8,16 +8,19 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use beatlab_heartcare::instruct::{Item, Split};
-use beatlab_mm::{EcgInput, Example, HeartcareModel, Part};
+use beatlab_heartcare::instruct::{Item, Split, Task};
+use beatlab_mm::{EcgInput, Example, HeartcareModel, PROJECTORS, Part};
 use beatlab_nn::optim::{AdamW, AdamWConfig};
 use candle_core::Tensor;
+use toml::Value;
 
 use super::{
     Corpus, Inputs, build_model, mm_err, parts_state, restore_earlier, restore_parts, subsample,
     tokenizer,
 };
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
+use crate::spec::{Spec, StageKind, StageSpec};
+use crate::stages::catalog::{StageDeclaration, strings};
 use crate::stages::trainer::{self, LoopEnd, Trainee};
 
 /// Prefix of the optimiser's tensors in a checkpoint (the model's are `<part>/<key>`).
@@ -79,10 +82,7 @@ impl Trainee for InstructTrainee<'_> {
             tokens += out.target_tokens;
         }
         let loss = total / tokens.max(1) as f64;
-        Ok((
-            vec![("val/loss".into(), loss)],
-            format!("val loss {loss:.4}"),
-        ))
+        Ok((vec![(VAL_LOSS.into(), loss)], format!("val loss {loss:.4}")))
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
@@ -122,6 +122,73 @@ fn with_inputs(
         .collect()
 }
 
+/// The instruction tasks of the paper's joint stage and evaluation (all but captioning).
+pub(crate) const INSTRUCTION_TASKS: [Task; 5] = [
+    Task::ClosedQa,
+    Task::OpenQa,
+    Task::ComparisonQa,
+    Task::ReportGeneration,
+    Task::SignalPrediction,
+];
+
+/// The `warmup` kind: paper §1.3's projector warm-up (backbone frozen, projectors on captioning,
+/// lr 2e-4, batch 16, about a fifth of the data).
+pub const WARMUP: StageDeclaration = StageDeclaration {
+    kind: StageKind::Warmup,
+    defaults: || {
+        vec![
+            ("epochs", Value::Integer(1)),
+            ("lr", Value::Float(2e-4)),
+            ("schedule", Value::String("cosine".into())),
+            ("batch", Value::Integer(16)),
+            ("checkpoint_every", Value::Integer(1)),
+            ("train", strings(&[PROJECTORS])),
+            ("tasks", strings(&[Task::Caption.name()])),
+            ("data_fraction", Value::Float(0.2)),
+        ]
+    },
+    summaries: summary_keys,
+    create: |_, _| Ok(Box::new(InstructStage)),
+};
+
+/// The `joint` kind: paper §1.3's joint stage (LoRA and projectors on the full instruction set,
+/// lr 2e-5, linear schedule with warm-up).
+pub const JOINT: StageDeclaration = StageDeclaration {
+    kind: StageKind::Joint,
+    defaults: || {
+        vec![
+            ("epochs", Value::Integer(1)),
+            ("lr", Value::Float(2e-5)),
+            ("schedule", Value::String("linear".into())),
+            ("warmup_steps", Value::Integer(10)),
+            ("batch", Value::Integer(16)),
+            ("checkpoint_every", Value::Integer(1)),
+            ("train", strings(&[PROJECTORS, Part::Lora.name()])),
+            ("tasks", strings(&INSTRUCTION_TASKS.map(Task::name))),
+        ]
+    },
+    summaries: summary_keys,
+    create: |_, _| Ok(Box::new(InstructStage)),
+};
+
+/// The run-size summaries a training stage records after its final validation.
+const SIZE_KEYS: [&str; 4] = [
+    "train/steps",
+    "trainable_params",
+    "data/train_items",
+    "data/val_items",
+];
+
+fn summary_keys(_: &Spec, _: &StageSpec) -> Vec<String> {
+    std::iter::once(VAL_LOSS)
+        .chain(SIZE_KEYS)
+        .map(String::from)
+        .collect()
+}
+
+/// The validation loss key.
+const VAL_LOSS: &str = "val/loss";
+
 /// The `warmup` and `joint` stages.
 pub struct InstructStage;
 
@@ -144,8 +211,8 @@ impl Stage for InstructStage {
         );
         if train_items.is_empty() {
             return Err(StageError::Data(format!(
-                "no training items for tasks {:?} in {} records",
-                stage.tasks,
+                "no training items for tasks {} in {} records",
+                super::task_list(&stage.tasks),
                 corpus.records.len()
             )));
         }
@@ -161,7 +228,7 @@ impl Stage for InstructStage {
             "{} train / {} val items ({}), training {}; data ready in {:.1} s",
             train.len(),
             val.len(),
-            stage.tasks.join(", "),
+            super::task_list(&stage.tasks),
             parts
                 .iter()
                 .map(|p| p.name())
@@ -198,10 +265,13 @@ impl Stage for InstructStage {
             Some(entries) => entries,
             None => trainee.evaluate()?.0,
         };
-        summary.push(("train/steps".into(), at.step as f64));
-        summary.push(("trainable_params".into(), params as f64));
-        summary.push(("data/train_items".into(), train.len() as f64));
-        summary.push(("data/val_items".into(), val.len() as f64));
+        let sizes = [
+            at.step as f64,
+            params as f64,
+            train.len() as f64,
+            val.len() as f64,
+        ];
+        summary.extend(SIZE_KEYS.iter().map(|k| k.to_string()).zip(sizes));
         let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         ctx.summaries(&refs)?;
         let final_state = parts_state(&trainee.model, &parts)?;

@@ -1,7 +1,7 @@
 //! Shared fixtures: a tiny tokenizer, a tiny Beat, seeded random ECG inputs and item builders.
 #![allow(dead_code)]
 
-use beatlab_heartcare::instruct::{Item, Modality};
+use beatlab_heartcare::instruct::{Item, ItemType, Modality};
 use beatlab_lm::presets::tiny_siglip;
 use beatlab_lm::{BackbonePreset, LmTokenizer, LoraConfig};
 use beatlab_mm::{
@@ -179,7 +179,7 @@ pub fn pixels(seed: u64, tiles: bool) -> EcgInput {
 /// An item over ECGs `files` (name, modality), with no optional fields.
 pub fn item(id: &str, question: &str, answer: &str, files: &[(&str, Modality)]) -> Item {
     Item {
-        item_type: "DiagnosisOpenQA".into(),
+        item_type: ItemType::parse("DiagnosisOpenQA"),
         question: question.into(),
         answer: answer.into(),
         filename: files.iter().map(|(f, _)| f.to_string()).collect(),
