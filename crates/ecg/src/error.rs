@@ -30,7 +30,38 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    /// One field of a WFDB header line could not be parsed.
+    /// A file was not opened because it is not a regular file or is larger than its reader's
+    /// bound (a header that is a symlink to `/dev/zero`, a FIFO, a 10 GB "annotation" file).
+    #[error("{}: refused: {reason}", path.display())]
+    FileRefused { path: PathBuf, reason: String },
+
+    /// A WFDB header names a signal file the reader will not open: outside the record's folder
+    /// (absolute, `..`, a symlink pointing out) or not a regular file (a device, a FIFO).
+    #[error(
+        "record {record}: lead {lead} (header line {line}): signal file `{name}` refused: {reason}"
+    )]
+    SignalFileRefused {
+        record: String,
+        lead: String,
+        line: usize,
+        name: String,
+        reason: String,
+    },
+
+    /// A record's samples would exceed the memory bound of a read.
+    #[error(
+        "record {record}: header {}: {samples} samples over all signals, more than the limit of \
+         {limit} samples one record may hold",
+        path.display()
+    )]
+    RecordTooLarge {
+        record: String,
+        path: PathBuf,
+        samples: u64,
+        limit: u64,
+    },
+
+    /// One field of a WFDB header line could not be parsed or lies outside its sane range.
     #[error(
         "record {record}: header {} line {line}: field `{field}`: expected {expected}, found `{found}`",
         path.display()
@@ -151,9 +182,10 @@ impl DataError {
     }
 }
 
-/// Reads a whole file, attaching the path to any error.
+/// Reads a whole regular file of at most [`crate::fsio::MAX_TABLE_BYTES`], attaching the path
+/// to any error.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|e| DataError::io(path, e))
+    crate::fsio::read_regular(path, crate::fsio::MAX_TABLE_BYTES)
 }
 
 /// Reads a whole UTF-8 text file, attaching the path to any error.

@@ -7,6 +7,7 @@ pub mod check;
 pub mod dataset;
 pub mod dsp;
 pub mod error;
+pub mod fsio;
 pub mod ludb;
 pub mod mat;
 pub mod preprocess;

@@ -13,6 +13,10 @@ use crate::error::DataError;
 
 /// Size of the fixed part of a MAT v4 matrix header: five 32-bit integers.
 const FIXED_HEADER_BYTES: usize = 20;
+/// Longest matrix name accepted, including its trailing NUL.
+const MAX_NAME_BYTES: usize = 4096;
+/// Most bytes a matrix header (fixed part and name) can span.
+pub const MAX_HEADER_BYTES: usize = FIXED_HEADER_BYTES + MAX_NAME_BYTES;
 
 /// Element type of a MAT v4 matrix (the `P` digit of the `MOPT` type code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +144,7 @@ pub fn parse_header(bytes: &[u8], record: &str, path: &Path) -> Result<MatV4Head
             "imaginary flag is {imaginary}, expected 0 or 1"
         )));
     }
-    if !(1..=4096).contains(&name_len) {
+    if !(1..=MAX_NAME_BYTES as i32).contains(&name_len) {
         return Err(fail(format!(
             "matrix name length is {name_len}, expected 1 to 4096 (including the trailing NUL)"
         )));
