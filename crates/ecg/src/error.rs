@@ -182,10 +182,10 @@ impl DataError {
     }
 }
 
-/// Reads a whole regular file of at most [`crate::fsio::MAX_TABLE_BYTES`], attaching the path
+/// Reads a whole regular file of at most [`crate::safe_read::MAX_TABLE_BYTES`], attaching the path
 /// to any error.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
-    crate::fsio::read_regular(path, crate::fsio::MAX_TABLE_BYTES)
+    crate::safe_read::read_regular(path, crate::safe_read::MAX_TABLE_BYTES)
 }
 
 /// Reads a whole UTF-8 text file, attaching the path to any error.

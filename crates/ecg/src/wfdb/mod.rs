@@ -18,8 +18,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
-use crate::fsio;
 use crate::record::{Record, RecordMeta, STANDARD_LEADS, SourceKind};
+use crate::safe_read;
 
 pub mod header;
 pub mod signal;
@@ -221,7 +221,7 @@ impl Default for ReadLimits {
 /// Reads and parses a header (`path` to the `.hea`, or the record path without extension).
 pub fn read_header(path: impl AsRef<Path>) -> Result<Header, DataError> {
     let path = header_path(path.as_ref());
-    let bytes = fsio::read_regular(&path, MAX_HEADER_BYTES)?;
+    let bytes = safe_read::read_regular(&path, MAX_HEADER_BYTES)?;
     parse_header(&String::from_utf8_lossy(&bytes), &path)
 }
 

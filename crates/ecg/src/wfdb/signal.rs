@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::header::signal_groups;
 use super::{Header, ReadLimits, SignalSpec};
 use crate::error::DataError;
-use crate::{fsio, mat};
+use crate::{mat, safe_read};
 
 /// Storage layouts this reader decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,18 +102,18 @@ fn check_limit(header: &Header, samples: u64, limits: ReadLimits) -> Result<(), 
 fn open_signal_file(
     header: &Header,
     spec: &SignalSpec,
-) -> Result<(fsio::RegularFile, PathBuf), DataError> {
+) -> Result<(safe_read::RegularFile, PathBuf), DataError> {
     let dir = header.path.parent().unwrap_or(Path::new(""));
     let shown = dir.join(&spec.file_name);
-    let fail = |error: fsio::OpenError| match error {
-        fsio::OpenError::Io(source) => DataError::SignalFile {
+    let fail = |error: safe_read::OpenError| match error {
+        safe_read::OpenError::Io(source) => DataError::SignalFile {
             record: header.record_name.clone(),
             lead: spec.lead.clone(),
             line: spec.line,
             path: shown.clone(),
             source,
         },
-        fsio::OpenError::Refused(refusal) => DataError::SignalFileRefused {
+        safe_read::OpenError::Refused(refusal) => DataError::SignalFileRefused {
             record: header.record_name.clone(),
             lead: spec.lead.clone(),
             line: spec.line,
@@ -121,8 +121,8 @@ fn open_signal_file(
             reason: refusal.to_string(),
         },
     };
-    let real = fsio::resolve_in_folder(dir, &spec.file_name).map_err(fail)?;
-    let opened = fsio::open_regular(&real, u64::MAX).map_err(fail)?;
+    let real = safe_read::resolve_in_folder(dir, &spec.file_name).map_err(fail)?;
+    let opened = safe_read::open_regular(&real, u64::MAX).map_err(fail)?;
     Ok((opened, shown))
 }
 
@@ -153,7 +153,7 @@ fn read_group(
     let mut num_samples = header.num_samples;
     if is_mat_file(&first.file_name) {
         let prefix_len = size.min(mat::MAX_HEADER_BYTES as u64);
-        let prefix = fsio::read_range(&mut opened.file, 0, prefix_len).map_err(io_error)?;
+        let prefix = safe_read::read_range(&mut opened.file, 0, prefix_len).map_err(io_error)?;
         let mat_header = mat::parse_header(&prefix, &header.record_name, &file)?;
         mat::check_matches_wfdb(
             &mat_header,
@@ -200,7 +200,7 @@ fn read_group(
     if needed > available {
         return Err(truncated(offset + needed));
     }
-    let data = fsio::read_range(&mut opened.file, offset, needed).map_err(io_error)?;
+    let data = safe_read::read_range(&mut opened.file, offset, needed).map_err(io_error)?;
     Ok(decode(layout, &data, nsig, num_samples as usize))
 }
 

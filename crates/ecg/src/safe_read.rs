@@ -1,4 +1,5 @@
-//! Bounded reads of regular files: the only way this crate opens a data file.
+//! Bounded reads of regular files: the only way this crate opens a data file (writes go through
+//! `beatlab_fsio`).
 //!
 //! A data folder is untrusted input. A header may name `/dev/zero`, a FIFO or `../../etc/x` as
 //! its signal file, and a `.hea` may itself be a symlink to a device. Every open here therefore
