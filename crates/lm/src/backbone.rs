@@ -284,6 +284,13 @@ impl Backbone {
         }
     }
 
+    /// Starts the LoRA dropout masks of optimiser step `step` (see [`Lora::start_step`]).
+    pub fn start_step(&self, step: u64) {
+        if let Some(lora) = self.decoder.lora() {
+            lora.start_step(step);
+        }
+    }
+
     /// Fold every LoRA update into its base weight and drop the adapters (for inference; the
     /// stores are untouched, so a model rebuilt from them is unmerged).
     pub fn merge_lora(&mut self) -> Result<()> {

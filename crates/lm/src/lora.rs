@@ -8,8 +8,9 @@
 //! optimiser can update in small steps even when the base model runs in bf16); the adapter path
 //! casts its input to f32 and its output back to the model's dtype.
 //!
-//! Dropout on the adapter input uses a host-side ChaCha generator seeded by [`LoraConfig::seed`],
-//! so masks are reproducible (candle cannot seed its own CPU generator).
+//! Dropout on the adapter input uses a host-side ChaCha generator seeded by [`LoraConfig::seed`]
+//! and restarted per optimiser step ([`Lora::start_step`]), so masks are reproducible and a
+//! resumed run draws the same ones (candle cannot seed its own CPU generator).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,6 +150,19 @@ impl Lora {
     /// Switch dropout on (training) or off (evaluation).
     pub fn set_training(&self, training: bool) {
         self.inner.training.store(training, Ordering::Relaxed);
+    }
+
+    /// Starts the dropout masks of optimiser step `step`: the generator restarts at stream
+    /// `step` of the seed, so a step's masks depend on the step alone, and a run resumed from a
+    /// checkpoint draws the masks the uninterrupted run drew.
+    pub fn start_step(&self, step: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.inner.config.seed);
+        rng.set_stream(step);
+        *self
+            .inner
+            .rng
+            .lock()
+            .expect("LoRA dropout generator poisoned") = rng;
     }
 
     /// Whether dropout is active.

@@ -337,6 +337,13 @@ impl SiglipVision {
         }
     }
 
+    /// Starts the LoRA dropout masks of optimiser step `step` (no-op without LoRA).
+    pub fn start_step(&self, step: u64) {
+        if let Some(lora) = &self.lora {
+            lora.start_step(step);
+        }
+    }
+
     /// Encode `[batch, channels, image_size, image_size]` pixels, already normalised as SigLIP's
     /// processor does (see [`normalize_pixels`]).
     pub fn forward(&self, images: &Tensor) -> Result<VisionOutput> {

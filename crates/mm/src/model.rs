@@ -761,6 +761,15 @@ impl HeartcareModel {
         }
     }
 
+    /// Starts optimiser step `step`: dropout masks (LoRA, vision LoRA) are drawn from that
+    /// step's own stream, so a resumed run repeats the uninterrupted run's masks.
+    pub fn start_step(&self, step: u64) {
+        self.backbone.start_step(step);
+        if let Some(v) = &self.vision {
+            v.start_step(step);
+        }
+    }
+
     pub(crate) fn is_training(&self) -> bool {
         self.training.load(Ordering::Relaxed)
     }

@@ -48,10 +48,11 @@ impl Trainee for InstructTrainee<'_> {
     fn step(
         &mut self,
         indices: &[usize],
-        _step: u64,
+        step: u64,
         lr: f64,
     ) -> Result<Vec<(&'static str, f64)>, StageError> {
         self.opt.set_lr(lr);
+        self.model.start_step(step);
         let examples = Self::examples(indices.iter().map(|&i| &self.train[i]));
         let stats = self
             .model
