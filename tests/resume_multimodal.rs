@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use beatlab::registry::{Registry, RunStatus};
 
+// Only the toy spec is shared; the runner here keeps several registries in one folder.
+#[allow(dead_code)]
 mod common;
 use common::TOY_MULTIMODAL;
 
