@@ -92,8 +92,9 @@ fn results(dir: &Path, registry: &str) -> (Vec<String>, RunStatus) {
     (lines, run.status)
 }
 
-/// Runs the spec into `registry`, SIGKILLs it once `stage` has a mid-stage checkpoint, resumes.
-fn kill_in_stage_and_resume(dir: &Path, registry: &str, stage: &str) {
+/// Runs the spec into `registry`, SIGKILLs it once `stage` has a mid-stage checkpoint, and
+/// returns the run id.
+fn kill_in_stage(dir: &Path, registry: &str, stage: &str) -> String {
     let mut child = beatlab(
         dir,
         registry,
@@ -129,7 +130,15 @@ fn kill_in_stage_and_resume(dir: &Path, registry: &str, stage: &str) {
     child.kill().unwrap();
     child.wait().unwrap();
     std::thread::sleep(Duration::from_secs_f64(1.5));
-    ok(&mut beatlab(dir, registry, &["resume", &run_id, "--quiet"]));
+    run_id
+}
+
+/// The run folder of the registry's only run.
+fn run_dir(dir: &Path, registry: &str) -> std::path::PathBuf {
+    let reg = Registry::open_existing(&dir.join(registry))
+        .unwrap()
+        .unwrap();
+    reg.runs(None, None).unwrap().remove(0).run_dir.into()
 }
 
 #[test]
@@ -145,7 +154,17 @@ fn runs_killed_inside_warmup_and_joint_resume_onto_the_same_trajectory() {
     assert_eq!(status, RunStatus::Finished);
     for stage in ["warmup", "joint"] {
         let registry = format!("{stage}.db");
-        kill_in_stage_and_resume(dir.path(), &registry, stage);
+        let run_id = kill_in_stage(dir.path(), &registry, stage);
+        ok(&mut beatlab(
+            dir.path(),
+            &registry,
+            &["resume", &run_id, "--quiet"],
+        ));
+        let log = std::fs::read_to_string(run_dir(dir.path(), &registry).join("log.txt")).unwrap();
+        assert!(
+            log.contains("tokenizer.json (kept from earlier)"),
+            "the resumed attempt reuses the run's tokenizer:\n{log}"
+        );
         let (resumed, status) = results(dir.path(), &registry);
         assert_eq!(status, RunStatus::Finished);
         let first_difference = whole
@@ -159,4 +178,24 @@ fn runs_killed_inside_warmup_and_joint_resume_onto_the_same_trajectory() {
         );
         assert_eq!(whole.len(), resumed.len(), "killed in `{stage}`");
     }
+}
+
+/// A resumed run whose tokenizer file no longer is the one its checkpoints were trained with
+/// fails with the reason instead of training embeddings against other token ids.
+#[test]
+fn a_replaced_tokenizer_is_refused_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.toml"), spec()).unwrap();
+    let run_id = kill_in_stage(dir.path(), "t.db", "joint");
+    let path = run_dir(dir.path(), "t.db").join("tokenizer.json");
+    // The same tokenizer written out differently: other bytes, so another file than recorded.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let out = beatlab(dir.path(), "t.db", &["resume", &run_id, "--quiet"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("written with tokenizer sha256"), "{stderr}");
 }

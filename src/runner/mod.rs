@@ -22,7 +22,8 @@ use crate::spec::{Cell, Plan, Spec};
 use crate::tracking::{Console, Tracker};
 use checkpoint::CheckpointStore;
 pub use stage::{
-    RunControl, Stage, StageContext, StageError, StageOutcome, StageRegistry, StopReason,
+    RunControl, RunResources, Stage, StageContext, StageError, StageOutcome, StageRegistry,
+    StopReason,
 };
 
 /// Settings shared by every worker of a process.
@@ -379,6 +380,7 @@ fn run_stages(
     store: &CheckpointStore,
     control: &RunControl,
 ) -> Result<Option<StopReason>, StageError> {
+    let mut resources = RunResources::default();
     for stage_spec in &spec.stage {
         if let Some(reason) = control.stop_reason() {
             return Ok(Some(reason));
@@ -412,6 +414,7 @@ fn run_stages(
             checkpoints: store,
             registry: &cfg.registry,
             control,
+            resources: &mut resources,
         };
         match stage.run(&mut ctx)? {
             StageOutcome::Completed => {

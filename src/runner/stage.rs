@@ -6,7 +6,8 @@
 //! checkpoints and log lines. It checks [`StageContext::stop_requested`] between steps and
 //! returns [`StageOutcome::Stopped`] (after checkpointing or not) when asked to.
 
-use std::collections::BTreeMap;
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +65,24 @@ pub enum StageError {
     /// The spec asks for something this stage cannot do at run time (e.g. a missing data root).
     #[error("{0}")]
     Invalid(String),
+    /// A checkpoint was written with another tokenizer than the run's: its embedding rows
+    /// belong to other token ids.
+    #[error(
+        "checkpoint {}: written with tokenizer sha256 {recorded}, but the run's tokenizer is {current} \
+         (the run folder's tokenizer.json was replaced or removed and trained again differently)",
+        checkpoint.display()
+    )]
+    TokenizerMismatch {
+        checkpoint: std::path::PathBuf,
+        recorded: String,
+        current: String,
+    },
+    /// A file of the run could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// Training diverged.
     #[error("loss is {value} at step {step}: training diverged (try a lower lr or grad_clip)")]
     Diverged { step: i64, value: f64 },
@@ -106,6 +125,15 @@ pub struct StageContext<'a> {
     pub(crate) checkpoints: &'a CheckpointStore,
     pub(crate) registry: &'a Registry,
     pub(crate) control: &'a RunControl,
+    /// What the stages of this run share (built by the first stage that needs it).
+    pub(crate) resources: &'a mut RunResources,
+}
+
+/// Values built once per run and shared by its stages (the multimodal stages' corpus and
+/// tokenizer), one per type.
+#[derive(Default)]
+pub struct RunResources {
+    by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
 }
 
 impl StageContext<'_> {
@@ -175,6 +203,22 @@ impl StageContext<'_> {
             Some(s) => self.completed_stage(&s.name),
             None => Ok(None),
         }
+    }
+
+    /// The run's `T`, built by `build` the first time a stage of this run asks for it.
+    pub fn resource<T: Any + Send + Sync>(
+        &mut self,
+        build: impl FnOnce(&mut Self) -> Result<T, StageError>,
+    ) -> Result<Arc<T>, StageError> {
+        let id = TypeId::of::<T>();
+        if let Some(found) = self.resources.by_type.get(&id) {
+            return Ok(Arc::clone(found)
+                .downcast::<T>()
+                .expect("resources are stored under their own type"));
+        }
+        let value = Arc::new(build(self)?);
+        self.resources.by_type.insert(id, value.clone());
+        Ok(value)
     }
 
     /// Set when the stage should stop at the next safe point.

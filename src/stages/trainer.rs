@@ -44,6 +44,10 @@ pub trait Trainee {
     ) -> Result<Vec<(&'static str, f64)>, StageError>;
     /// Validation metrics (`val/...` keys) and a short human summary.
     fn evaluate(&mut self) -> Result<(Vec<(String, f64)>, String), StageError>;
+    /// What every checkpoint records beside the loop's progress (e.g. the run's tokenizer).
+    fn checkpoint_meta(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
     /// Everything needed to resume (model and optimiser state).
     fn state(&self) -> Result<BTreeMap<String, Tensor>, StageError>;
     /// Restores [`Trainee::state`]'s output.
@@ -151,12 +155,9 @@ pub fn run(
                 at: Progress|
      -> Result<(), StageError> {
         let state = trainee.state()?;
-        ctx.checkpoint(
-            at.step as i64,
-            at.epoch as i64,
-            &state,
-            &serde_json::json!({ "progress": at }),
-        )
+        let mut meta = trainee.checkpoint_meta();
+        meta.insert("progress".into(), serde_json::json!(at));
+        ctx.checkpoint(at.step as i64, at.epoch as i64, &state, &meta.into())
     };
 
     let bar = ctx.bar(total_steps, "steps");

@@ -175,12 +175,16 @@ impl LmTokenizer {
         Ok(Self { inner, special_ids })
     }
 
+    /// The `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(tok_err("serialising the tokenizer"))
+    }
+
     /// Write `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self
-            .inner
-            .to_string(false)
-            .map_err(tok_err(format!("saving {}", path.display())))?;
+        let json = self.to_json()?;
         beatlab_fsio::write_atomically(path, json.as_bytes()).map_err(|e| LmError::io(path, e))
     }
 

@@ -23,8 +23,9 @@ use beatlab_mm::{EcgInput, Example, HeartcareModel};
 use beatlab_nn::beat::Mode;
 use candle_core::{DType, Tensor};
 
+use super::run_data::RunData;
 use super::train::INSTRUCTION_TASKS;
-use super::{Corpus, Inputs, build_model, mm_err, restore_earlier, tokenizer};
+use super::{Corpus, Inputs, build_model, mm_err, restore_earlier};
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
 use crate::spec::{ChoiceScoring, Spec, StageKind, StageSpec};
 use crate::stages::catalog::{StageDeclaration, strings};
@@ -176,10 +177,10 @@ impl Stage for EvalStage {
                 scorer.config().hidden_size
             ));
         }
-        let corpus = Corpus::load(spec, ctx.cache_dir)?;
-        let tok = tokenizer(spec, &corpus)?;
-        let mut model = build_model(spec, tok, ctx.device, &[])?;
-        restore_earlier(ctx, &mut model)?;
+        let data = RunData::of_run(ctx)?;
+        let corpus = &data.corpus;
+        let mut model = build_model(spec, data.tokenizer(), ctx.device, &[])?;
+        restore_earlier(ctx, &data, &mut model)?;
         let mut items = corpus.select(Split::Test, &ctx.stage.tasks);
         if spec.eval.max_items > 0 {
             let cap = spec.eval.max_items as usize;
@@ -197,7 +198,7 @@ impl Stage for EvalStage {
                 "no test items for the evaluated tasks".into(),
             ));
         }
-        let inputs = Inputs::prepare(spec, &corpus, &model, &items, ctx.device)?;
+        let inputs = Inputs::prepare(spec, corpus, &model, &items, ctx.device)?;
         ctx.log(&format!(
             "{} test items ({}); inputs ready in {:.1} s",
             items.len(),
@@ -263,7 +264,7 @@ impl Stage for EvalStage {
         }
         bar.finish_and_clear();
 
-        if let Some(mse) = prediction_mse(&model, &corpus, &items, ctx.device)? {
+        if let Some(mse) = prediction_mse(&model, corpus, &items, ctx.device)? {
             means.add("prediction/mse".into(), mse);
         }
         let mut summary = means.into_entries();
@@ -312,12 +313,11 @@ impl Stage for EvalStage {
             .join(format!("generations-{}.jsonl", ctx.stage.name));
         beatlab_fsio::write_atomically(&path, jsonl.as_bytes())
             .map_err(|e| StageError::Invalid(format!("{}: {e}", path.display())))?;
-        ctx.finish(
-            0,
-            0,
-            &BTreeMap::new(),
-            &serde_json::json!({ "summary": summary }),
-        )?;
+        ctx.finish(0, 0, &BTreeMap::new(), &{
+            let mut meta = data.checkpoint_meta();
+            meta.insert("summary".into(), serde_json::json!(summary));
+            meta.into()
+        })?;
         let show = |k: &str| {
             summary
                 .iter()

@@ -1,14 +1,16 @@
 //! The multimodal stages (`warmup`, `joint`, `eval`): HeartcareGPT built from the spec, its
 //! instruction data, and the state that passes between stages.
 //!
-//! Every stage rebuilds the same [`Corpus`] from the spec (the cached windows, the records, the
-//! instruction items) and the same model, then restores what earlier stages of the run trained:
+//! The stages of a run share one [`Corpus`] (the cached windows, the records, the instruction
+//! items) and one tokenizer ([`run_data::RunData`], built once per run, the tokenizer kept in
+//! the run folder); each builds the model and restores what earlier stages of the run trained:
 //! Beat from the `beat` stage's final checkpoint (a disabled Beat stage leaves the seeded random
 //! tokenizer, frozen, as in the paper's ablation), and the projectors and LoRA adapters from the
 //! latest completed `warmup` / `joint` stage. Item splits are the dataset's, so nothing a stage
 //! trained on is ever evaluated.
 
 pub mod eval;
+pub mod run_data;
 pub mod train;
 
 use std::collections::{BTreeMap, HashMap};
@@ -161,22 +163,6 @@ pub fn subsample(mut items: Vec<Item>, fraction: f64, seed: u64) -> Vec<Item> {
     let keep = ((items.len() as f64 * fraction).round() as usize).max(1);
     items.truncate(keep);
     items
-}
-
-/// The tokenizer of a run: trained on the corpus for tiny presets, the checkpoint's otherwise.
-pub fn tokenizer(spec: &Spec, corpus: &Corpus) -> Result<Option<LmTokenizer>, StageError> {
-    match spec.backbone.model {
-        BackboneModel::TinyQwen2 | BackboneModel::TinyPhi3 => {
-            let texts = corpus.training_texts();
-            LmTokenizer::train(
-                texts.iter().map(String::as_str),
-                spec.backbone.vocab_size as usize,
-            )
-            .map(Some)
-            .map_err(mm_err)
-        }
-        BackboneModel::Qwen2 | BackboneModel::Phi3 => Ok(None),
-    }
 }
 
 /// Where real weights come from: an existing folder, else a Hugging Face model id (offline
@@ -361,6 +347,7 @@ pub fn build_model(
 /// Restores what earlier stages trained: Beat, then the latest warm-up / joint stage's parts.
 pub fn restore_earlier(
     ctx: &mut StageContext<'_>,
+    data: &run_data::RunData,
     model: &mut HeartcareModel,
 ) -> Result<(), StageError> {
     match ctx.completed_kind(StageKind::Beat)? {
@@ -384,6 +371,7 @@ pub fn restore_earlier(
     if let Some(name) = earlier
         && let Some(ckpt) = ctx.completed_stage(&name)?
     {
+        data.check_checkpoint(&ckpt.meta, &ckpt.path)?;
         let parts = restore_parts(model, &ckpt.tensors)?;
         ctx.log(&format!(
             "restored {} from stage `{name}`",

@@ -14,10 +14,8 @@ use beatlab_nn::optim::{AdamW, AdamWConfig};
 use candle_core::Tensor;
 use toml::Value;
 
-use super::{
-    Corpus, Inputs, build_model, mm_err, parts_state, restore_earlier, restore_parts, subsample,
-    tokenizer,
-};
+use super::run_data::RunData;
+use super::{Inputs, build_model, mm_err, parts_state, restore_earlier, restore_parts, subsample};
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
 use crate::spec::{Spec, StageKind, StageSpec};
 use crate::stages::catalog::{StageDeclaration, strings};
@@ -34,6 +32,8 @@ struct InstructTrainee<'a> {
     val: &'a [(Item, Vec<EcgInput>)],
     grad_clip: Option<f64>,
     batch: usize,
+    /// Recorded in every checkpoint (the run's tokenizer).
+    meta: serde_json::Map<String, serde_json::Value>,
 }
 
 impl InstructTrainee<'_> {
@@ -84,6 +84,10 @@ impl Trainee for InstructTrainee<'_> {
         }
         let loss = total / tokens.max(1) as f64;
         Ok((vec![(VAL_LOSS.into(), loss)], format!("val loss {loss:.4}")))
+    }
+
+    fn checkpoint_meta(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.meta.clone()
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
@@ -190,6 +194,17 @@ fn summary_keys(_: &Spec, _: &StageSpec) -> Vec<String> {
 /// The validation loss key.
 const VAL_LOSS: &str = "val/loss";
 
+/// The final checkpoint's metadata: where training ended, the parts saved, the run's tokenizer.
+fn final_meta(data: &RunData, at: trainer::Progress, parts: &[Part]) -> serde_json::Value {
+    let mut meta = data.checkpoint_meta();
+    meta.insert("progress".into(), serde_json::json!(at));
+    meta.insert(
+        "parts".into(),
+        parts.iter().map(|p| p.name()).collect::<Vec<_>>().into(),
+    );
+    meta.into()
+}
+
 /// The `warmup` and `joint` stages.
 pub struct InstructStage;
 
@@ -198,7 +213,11 @@ impl Stage for InstructStage {
         let spec = ctx.spec;
         let stage = ctx.stage;
         let started = Instant::now();
-        let corpus = Corpus::load(spec, ctx.cache_dir)?;
+        let data = RunData::of_run(ctx)?;
+        let corpus = &data.corpus;
+        if let Some(c) = &ctx.resume {
+            data.check_checkpoint(&c.meta, &c.path)?;
+        }
         let seed = spec.experiment.seed;
         let train_items = subsample(
             corpus.select(Split::Train, &stage.tasks),
@@ -217,12 +236,11 @@ impl Stage for InstructStage {
                 corpus.records.len()
             )));
         }
-        let tok = tokenizer(spec, &corpus)?;
-        let mut model = build_model(spec, tok, ctx.device, &stage.train)?;
-        restore_earlier(ctx, &mut model)?;
+        let mut model = build_model(spec, data.tokenizer(), ctx.device, &stage.train)?;
+        restore_earlier(ctx, &data, &mut model)?;
         let parts: Vec<Part> = model.trainable_parts().iter().copied().collect();
         let all: Vec<Item> = train_items.iter().chain(&val_items).cloned().collect();
-        let inputs = Inputs::prepare(spec, &corpus, &model, &all, ctx.device)?;
+        let inputs = Inputs::prepare(spec, corpus, &model, &all, ctx.device)?;
         let train = with_inputs(train_items, &inputs)?;
         let val = with_inputs(val_items, &inputs)?;
         ctx.log(&format!(
@@ -257,6 +275,7 @@ impl Stage for InstructStage {
             val: &val,
             grad_clip: (stage.grad_clip > 0.0).then_some(stage.grad_clip),
             batch: stage.batch as usize,
+            meta: data.checkpoint_meta(),
         };
         let (at, last_eval) = match trainer::run(ctx, &mut trainee, train.len(), seed)? {
             LoopEnd::Stopped(reason) => return Ok(StageOutcome::Stopped(reason)),
@@ -280,7 +299,7 @@ impl Stage for InstructStage {
             at.step as i64,
             at.epoch as i64,
             &final_state,
-            &serde_json::json!({ "progress": at, "parts": parts.iter().map(|p| p.name()).collect::<Vec<_>>() }),
+            &final_meta(&data, at, &parts),
         )?;
         ctx.log(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
         Ok(StageOutcome::Completed)
