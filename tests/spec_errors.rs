@@ -87,3 +87,90 @@ fn every_diagnostic_names_a_location_and_a_key() {
         }
     }
 }
+
+/// The message of a spec given as text (no `extends`).
+fn error_of_text(text: &str, sets: &[&str]) -> String {
+    let overrides = Overrides {
+        sets: sets.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+    };
+    match spec::load_str("x.toml", text, &overrides).and_then(|l| l.plan().map(|_| ())) {
+        Ok(()) => panic!("accepted: {text:?} with {sets:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_empty_spec_lacks_its_experiment_name() {
+    // Issue #14.8: an empty file and /dev/null were accepted and ran under `runs/<id>`.
+    let e = error_of_text("", &[]);
+    assert!(
+        e.contains("`experiment.name`: missing required key `name` in [experiment]"),
+        "{e}"
+    );
+    let e = spec::load(Path::new("/dev/null"), &Overrides::default())
+        .and_then(|l| l.plan().map(|_| ()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/dev/null:1:1: `experiment.name`: missing required key"),
+        "{e}"
+    );
+    // A spec with other sections but no [experiment] at all.
+    let e = error_of_text("[beat]\ncodebook_size = 64\n", &[]);
+    assert!(
+        e.contains("missing required key `name` in [experiment]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn set_keeps_text_after_a_newline() {
+    // Issue #14.12: `64\nbeat.width=5` was read as 64, the rest dropped without a word.
+    let spec = "[experiment]\nname = \"x\"\n";
+    let e = error_of_text(spec, &["beat.codebook_size=64\nbeat.width=5"]);
+    assert!(
+        e.contains("expected an integer") && e.contains("beat.width=5"),
+        "{e}"
+    );
+    let loaded = spec::load_str(
+        "x.toml",
+        spec,
+        &Overrides {
+            sets: vec!["experiment.description=two\nlines".into()],
+            env: vec![],
+        },
+    )
+    .unwrap();
+    assert_eq!(loaded.spec.experiment.description, "two\nlines");
+}
+
+#[test]
+fn thousands_of_problems_are_counted_after_the_first_ones() {
+    // Issue #14.9: 80,000 unknown keys took 102 s to report (quadratic), and listed them all.
+    let n = 20_000;
+    let mut text = String::from("[experiment]\nname = \"x\"\n[beat]\n");
+    for i in 0..n {
+        text.push_str(&format!("unknown_key_{i} = {i}\n"));
+    }
+    let overrides = Overrides::default();
+    let err = spec::load_str("x.toml", &text, &overrides).unwrap_err();
+    assert_eq!(err.diagnostics().len(), n);
+    let shown = err.to_string();
+    let listed = shown.lines().filter(|l| l.contains("unknown key")).count();
+    assert_eq!(listed, spec::diag::MAX_LISTED);
+    assert!(
+        shown.ends_with(&format!(
+            "... and {} more not listed (fix these first)",
+            n - spec::diag::MAX_LISTED
+        )),
+        "{}",
+        shown.lines().last().unwrap()
+    );
+    // Lines are still right at the end of a long file.
+    assert!(
+        shown.contains("x.toml:4:1: `beat.unknown_key_0`"),
+        "{}",
+        shown.lines().nth(1).unwrap()
+    );
+}

@@ -129,3 +129,20 @@ fn readme_spec_reference_matches_the_schema() {
         );
     }
 }
+
+#[test]
+fn the_window_cache_setting_does_not_change_the_hash() {
+    // Issue #14.16: `data.cache` is where windows come from, not what they are.
+    let plan = |cache: &str| {
+        plan_of(
+            "tests/specs/good/layout_a.toml",
+            &Overrides {
+                sets: vec![format!("data.cache={cache}")],
+                env: vec![],
+            },
+        )
+    };
+    let (on, off) = (plan("true"), plan("false"));
+    assert!(!off.cells[0].spec.data.cache);
+    assert_eq!(on.cells[0].hash, off.cells[0].hash);
+}

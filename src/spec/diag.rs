@@ -96,12 +96,22 @@ pub fn sort(diagnostics: &mut [Diagnostic]) {
     diagnostics.sort_by_cached_key(key);
 }
 
+/// How many problems an error lists; the rest are counted. A file generated wrong can hold
+/// thousands, and the first screenful is what a user fixes first.
+pub const MAX_LISTED: usize = 50;
+
 fn render_all(diagnostics: &[Diagnostic]) -> String {
     let n = diagnostics.len();
     let mut out = format!("{n} problem{} in the spec:", if n == 1 { "" } else { "s" });
-    for d in diagnostics {
+    for d in diagnostics.iter().take(MAX_LISTED) {
         out.push_str("\n  ");
         out.push_str(&d.to_string());
+    }
+    if n > MAX_LISTED {
+        out.push_str(&format!(
+            "\n  ... and {} more not listed (fix these first)",
+            n - MAX_LISTED
+        ));
     }
     out
 }

@@ -571,7 +571,7 @@ impl Loaded {
 
 /// The canonical JSON of the parts of a spec that define its results: sorted keys, numbers as
 /// serde writes them (shortest round-trip form), no presentation fields (`description`,
-/// `extends`, `[table]`, `[paper]`).
+/// `extends`, `[table]`, `[paper]`) and no storage choices (`data.cache`).
 pub fn canonical_json(spec: &Spec) -> String {
     let mut value = serde_json::to_value(spec).expect("specs serialise to JSON");
     if let Some(obj) = value.as_object_mut() {
@@ -580,6 +580,10 @@ pub fn canonical_json(spec: &Spec) -> String {
         if let Some(exp) = obj.get_mut("experiment").and_then(|e| e.as_object_mut()) {
             exp.remove("description");
             exp.remove("extends");
+        }
+        // Whether preprocessed windows are cached changes where they come from, not what they are.
+        if let Some(data) = obj.get_mut("data").and_then(|d| d.as_object_mut()) {
+            data.remove("cache");
         }
     }
     let mut out = String::new();

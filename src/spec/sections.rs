@@ -126,7 +126,8 @@ spec_section! {
         val_fraction: f64 = 0.1 => range(0, 0.9),
         /// Share of patients in the test split (sources without PTB-XL folds).
         test_fraction: f64 = 0.1 => range(0, 0.9),
-        /// Keep preprocessed windows on disk, keyed by a hash of these settings.
+        /// Keep preprocessed windows on disk, keyed by a hash of these settings. Not part of the
+        /// cell hash (cached and fresh windows are the same).
         cache: bool = true,
     }
 }

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
 use toml::de::{DeTable, DeValue};
@@ -19,17 +19,59 @@ pub struct SourceFile {
     /// The path as the user gave it (or as resolved from `extends`), for messages.
     pub path: PathBuf,
     pub text: String,
+    /// Where each line starts and whether it is ASCII, built on the first lookup, so that
+    /// locating many problems costs a binary search each, not a scan of the file each.
+    lines: OnceLock<Vec<LineStart>>,
+}
+
+/// The byte offset a line starts at, and whether its bytes are all ASCII (then a column in
+/// characters is a column in bytes).
+#[derive(Debug, Clone, Copy)]
+struct LineStart {
+    offset: usize,
+    ascii: bool,
 }
 
 impl SourceFile {
+    pub fn new(path: PathBuf, text: String) -> Self {
+        Self {
+            path,
+            text,
+            lines: OnceLock::new(),
+        }
+    }
+
+    fn lines(&self) -> &[LineStart] {
+        self.lines.get_or_init(|| {
+            let mut starts = vec![0];
+            starts.extend(self.text.match_indices('\n').map(|(i, _)| i + 1));
+            let ends = starts[1..].iter().copied().chain([self.text.len()]);
+            starts
+                .iter()
+                .zip(ends)
+                .map(|(&offset, end)| LineStart {
+                    offset,
+                    ascii: self.text.as_bytes()[offset..end].is_ascii(),
+                })
+                .collect()
+        })
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let lines = self.lines();
+        let index = lines.partition_point(|l| l.offset <= offset) - 1;
+        let line = lines[index];
+        let column = if line.ascii {
+            offset - line.offset
+        } else {
+            self.text[line.offset..offset].chars().count()
+        };
+        (index + 1, column + 1)
     }
 }
 
@@ -189,10 +231,7 @@ pub struct SyntaxError {
 
 /// Parses a spec file into a node tree.
 pub fn parse_file(path: &Path, text: String) -> Result<Node, SyntaxError> {
-    let file = Arc::new(SourceFile {
-        path: path.to_path_buf(),
-        text,
-    });
+    let file = Arc::new(SourceFile::new(path.to_path_buf(), text));
     // The parsed table borrows the text; the Arc keeps it alive for the origins.
     let text: &str = &file.text;
     match DeTable::parse(text) {
@@ -290,11 +329,13 @@ fn parse_float(text: &str) -> Option<f64> {
 pub fn parse_override_value(text: &str, origin: &Origin) -> Node {
     let wrapped = format!("v = {text}");
     match toml::from_str::<toml::Table>(&wrapped) {
-        Ok(mut t) => match t.remove("v") {
+        // Only a text that is one TOML value: `1\nbeat.width = 5` is a table of two keys,
+        // and taking its `v` would silently drop the rest.
+        Ok(mut t) if t.len() == 1 => match t.remove("v") {
             Some(v) => Node::from_toml(&v, origin),
             None => Node::new(Value::Str(text.to_string()), origin.clone()),
         },
-        Err(_) => Node::new(Value::Str(text.to_string()), origin.clone()),
+        _ => Node::new(Value::Str(text.to_string()), origin.clone()),
     }
 }
 
@@ -522,5 +563,23 @@ mod tests {
         assert!(
             matches!(parse_override_value("/data/x", &o).value, Value::Str(ref s) if s == "/data/x")
         );
+        // Text after a newline is kept, not dropped (issue #14.12).
+        assert!(
+            matches!(parse_override_value("64\nwidth = 5", &o).value, Value::Str(ref s) if s == "64\nwidth = 5")
+        );
+    }
+
+    #[test]
+    fn lines_and_columns_of_ascii_and_wide_lines() {
+        let f = SourceFile::new("t".into(), "ab\n\u{e9}x = 1\n\nz".into());
+        assert_eq!(f.line_col(0), (1, 1));
+        assert_eq!(f.line_col(2), (1, 3));
+        assert_eq!(f.line_col(3), (2, 1));
+        // `x` follows the two-byte `é`: column 2 in characters.
+        assert_eq!(f.line_col(5), (2, 2));
+        assert_eq!(f.line_col(4), (2, 1), "inside a character: its start");
+        assert_eq!(f.line_col(11), (3, 1));
+        assert_eq!(f.line_col(12), (4, 1));
+        assert_eq!(f.line_col(99), (4, 2));
     }
 }

@@ -3,7 +3,9 @@
 
 use super::diag::{Diagnostic, did_you_mean};
 use super::schema::{SectionSchema, Ty};
-use super::sections::{BackboneModel, DataSource, StageKind, VisionModel};
+use super::sections::{
+    BackboneModel, BeatSpec, DataSource, DataSpec, StageKind, StageSpec, VisionModel,
+};
 use super::tree::{Node, Origin, Value, lookup};
 use super::{LORA_TARGETS, Spec};
 
@@ -36,7 +38,7 @@ pub fn check_section(
         ));
         return;
     };
-    let mut remove = Vec::new();
+    let mut remove = std::collections::HashSet::new();
     for (key, child) in table.iter_mut() {
         let child_path = join(path, key);
         if path.is_empty() && key == "sweep" {
@@ -62,24 +64,45 @@ pub fn check_section(
                 ));
             }
             diags.push(d);
-            remove.push(key.clone());
+            remove.insert(key.clone());
             continue;
         };
         if !check_value(child, &field.ty, &child_path, diags) {
-            remove.push(key.clone());
+            remove.insert(key.clone());
         }
     }
-    for key in remove {
-        table.shift_remove(&key);
+    // One pass: removing keys one by one would shift the table once per key.
+    if !remove.is_empty() {
+        table.retain(|key, _| !remove.contains(key));
     }
-    for field in schema.fields.iter().filter(|f| f.required) {
-        if !table.contains_key(field.name) {
+    let present: Vec<&str> = table.keys().map(String::as_str).collect();
+    missing_required(schema, path, &section_label, &present, &origin, diags);
+}
+
+/// Reports the required keys of `schema` that are not among `present`, and those of its
+/// sub-sections that are absent altogether (an empty spec still lacks `experiment.name`).
+fn missing_required(
+    schema: &SectionSchema,
+    path: &str,
+    section_label: &str,
+    present: &[&str],
+    origin: &Origin,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for field in &schema.fields {
+        if present.contains(&field.name) {
+            continue;
+        }
+        if field.required {
             diags.push(Diagnostic::new(
-                &origin,
+                origin,
                 false,
                 join(path, field.name),
                 format!("missing required key `{}` in {section_label}", field.name),
             ));
+        } else if let Ty::Section(inner) = &field.ty {
+            let sub = join(path, field.name);
+            missing_required(&inner(), &sub, &format!("[{sub}]"), &[], origin, diags);
         }
     }
 }
@@ -287,15 +310,22 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
         tree,
         diags: Vec::new(),
     };
-
     // An absent name is reported as a missing required key by the schema check.
     if !spec.experiment.name.is_empty()
         && let Some(problem) = name_problem(&spec.experiment.name)
     {
         r.err("experiment.name", problem);
     }
+    beat_rules(&mut r, &spec.beat);
+    data_rules(&mut r, &spec.data);
+    stage_rules(&mut r, &spec.stage);
+    model_rules(&mut r, spec);
+    table_rules(&mut r, spec);
+    r.diags
+}
 
-    let b = &spec.beat;
+/// Beat's shapes: lengths in whole patches, heads that divide the width, some query tokens.
+fn beat_rules(r: &mut Rules<'_>, b: &BeatSpec) {
     for (field, len) in [
         ("beat.input_len", b.input_len),
         ("beat.predict_len", b.predict_len),
@@ -331,8 +361,11 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
             );
         }
     }
+}
 
-    let d = &spec.data;
+/// Data: splits that leave training data, a band-pass below Nyquist, real PTB-XL rates, a
+/// root for file sources.
+fn data_rules(r: &mut Rules<'_>, d: &DataSpec) {
     if d.val_fraction + d.test_fraction >= 1.0 {
         r.err(
             "data.test_fraction",
@@ -375,9 +408,12 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
             ),
         );
     }
+}
 
+/// Stages: unique names usable in dotted paths, known parts and tasks, sane rates and lengths.
+fn stage_rules(r: &mut Rules<'_>, stages: &[StageSpec]) {
     let mut seen = std::collections::BTreeMap::new();
-    for (i, stage) in spec.stage.iter().enumerate() {
+    for (i, stage) in stages.iter().enumerate() {
         let name = stage.name.as_str();
         if let Some(first) = seen.insert(name.to_string(), i) {
             r.stage_err(
@@ -406,31 +442,41 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
             );
             continue;
         }
-        let path = format!("stage.{name}");
-        r.members(
-            &format!("{path}.train"),
-            &stage.train,
-            &beatlab_mm::Part::spec_names(),
-            "part",
-        );
-        if stage.lr_min > stage.lr {
-            r.stage_err(
-                i,
-                name,
-                "lr_min",
-                format!("{} is above the stage's lr ({})", stage.lr_min, stage.lr),
-            );
-        }
-        if stage.kind != StageKind::Eval && stage.epochs == 0 && stage.steps == 0 {
-            r.stage_err(
-                i,
-                name,
-                "epochs",
-                "a training stage needs epochs > 0 or steps > 0",
-            );
-        }
+        stage_fields(r, i, stage);
     }
+}
 
+/// The fields of one (well-named) stage.
+fn stage_fields(r: &mut Rules<'_>, i: usize, stage: &StageSpec) {
+    let name = stage.name.as_str();
+    let path = format!("stage.{name}");
+    r.members(
+        &format!("{path}.train"),
+        &stage.train,
+        &beatlab_mm::Part::spec_names(),
+        "part",
+    );
+    if stage.lr_min > stage.lr {
+        r.stage_err(
+            i,
+            name,
+            "lr_min",
+            format!("{} is above the stage's lr ({})", stage.lr_min, stage.lr),
+        );
+    }
+    if stage.kind != StageKind::Eval && stage.epochs == 0 && stage.steps == 0 {
+        r.stage_err(
+            i,
+            name,
+            "epochs",
+            "a training stage needs epochs > 0 or steps > 0",
+        );
+    }
+}
+
+/// Backbone, vision encoder and LoRA: tiny presets that divide into heads, real models with
+/// weights, known LoRA target modules.
+fn model_rules(r: &mut Rules<'_>, spec: &Spec) {
     let bb = &spec.backbone;
     match bb.model {
         BackboneModel::TinyQwen2 | BackboneModel::TinyPhi3 => {
@@ -468,7 +514,10 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
         LORA_TARGETS,
         "module",
     );
+}
 
+/// `[table]` rows and columns and `[paper]` cells name spec fields.
+fn table_rules(r: &mut Rules<'_>, spec: &Spec) {
     for key in &spec.table.rows {
         r.field(spec, "table.rows", key);
     }
@@ -480,7 +529,6 @@ pub fn check_rules(spec: &Spec, tree: &Node) -> Vec<Diagnostic> {
             r.field(spec, "paper.cell", key);
         }
     }
-    r.diags
 }
 
 /// Why a name cannot be used as a folder under `runs/`, if it cannot.
