@@ -16,26 +16,7 @@ fn main() -> ExitCode {
         std::io::stdout().flush().map_err(commands::StdoutError)?;
         Ok(exit)
     });
-    match result {
-        Ok(commands::Exit::Done) => ExitCode::SUCCESS,
-        Ok(commands::Exit::RunFailed) => ExitCode::from(1),
-        // The reader stopped reading (`| head`): what it wanted was written; stop quietly.
-        Err(e)
-            if e.downcast_ref::<commands::StdoutError>()
-                .is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            // A closed standard error must not turn the failure into a panic.
-            let _ = writeln!(std::io::stderr(), "error: {}", chain(&e));
-            let bad_input = e.chain().any(|c| {
-                c.downcast_ref::<commands::BadInput>().is_some()
-                    || c.downcast_ref::<beatlab::spec::SpecError>().is_some()
-            });
-            ExitCode::from(if bad_input { 2 } else { 1 })
-        }
-    }
+    commands::exit::exit_code(result)
 }
 
 /// Process-wide CPU settings that make candle's training steps faster (docs/benchmarks.md, Beat:
@@ -59,21 +40,4 @@ fn tune_cpu_runtime() {
         // SAFETY: no other thread exists yet that could read the environment concurrently.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
-}
-
-/// The error and its causes on one line; a cause whose text the message already holds (many
-/// messages embed their source) is not repeated.
-fn chain(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }

@@ -31,6 +31,7 @@ macro_rules! eprintln {
 }
 
 pub mod args;
+pub mod exit;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -419,10 +419,7 @@ fn run_stages(
         match stage.run(&mut ctx)? {
             StageOutcome::Completed => {
                 if !store.is_complete(&stage_spec.name)? {
-                    return Err(StageError::Invalid(format!(
-                        "stage `{}` returned without its final checkpoint",
-                        stage_spec.name
-                    )));
+                    return Err(StageError::NoFinalCheckpoint(stage_spec.name.clone()));
                 }
             }
             StageOutcome::Stopped(reason) => return Ok(Some(reason)),

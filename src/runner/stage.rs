@@ -59,12 +59,64 @@ pub enum StageError {
     /// A model's training state could not be gathered or restored.
     #[error(transparent)]
     ModelState(#[from] beatlab_nn::checkpoint::CheckpointError),
-    /// The stage's data could not be loaded or prepared.
+    /// The multimodal model could not be built, run, saved or restored.
+    #[error(transparent)]
+    Model(#[from] beatlab_mm::MmError),
+    /// A language-model part (backbone, vision tower, tokenizer, BERTScore encoder) failed.
+    #[error(transparent)]
+    Language(#[from] beatlab_lm::LmError),
+    /// The spec's records could not be loaded or preprocessed.
+    #[error("data: {0}")]
+    Records(#[from] crate::data::DataError),
+    /// The instruction items could not be built from the records.
+    #[error("instruction data: {0}")]
+    Items(#[from] beatlab_heartcare::instruct::BuildError),
+    /// A benchmark metric could not be computed.
+    #[error("metric: {0}")]
+    Metric(#[from] beatlab_heartcare::metrics::MetricError),
+    /// A record's line of a JSON output could not be written.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The stage has nothing to work on (no windows, no items of its tasks, an empty split).
     #[error("data: {0}")]
     Data(String),
-    /// The spec asks for something this stage cannot do at run time (e.g. a missing data root).
+    /// An item refers to a record whose input the stage did not prepare.
+    #[error("record `{record}`: {what}")]
+    MissingInput {
+        record: String,
+        /// What is missing (`no window`, `not loaded`, ...).
+        what: &'static str,
+    },
+    /// `experiment.precision = "bf16"` on the CPU.
+    #[error("experiment.precision = \"bf16\" needs a GPU (use --device cuda, or f32 on the CPU)")]
+    Bf16OnCpu,
+    /// A path in the spec names an environment variable that is not set.
     #[error("{0}")]
-    Invalid(String),
+    Environment(String),
+    /// The BERTScore encoder named by `eval.bertscore_encoder` could not be loaded or run.
+    #[error("eval.bertscore_encoder `{name}`: {source}")]
+    BertScore {
+        name: String,
+        #[source]
+        source: Box<beatlab_lm::LmError>,
+    },
+    /// A checkpoint's state does not fit the stage's model or optimiser.
+    #[error("checkpoint {}: {source}", path.display())]
+    Restore {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<StageError>,
+    },
+    /// A checkpoint's loop progress does not parse.
+    #[error("checkpoint {}: bad progress: {source}", path.display())]
+    BadProgress {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stage reported success without saving its final checkpoint (a bug of the stage).
+    #[error("stage `{0}` returned without its final checkpoint")]
+    NoFinalCheckpoint(String),
     /// A checkpoint was written with another tokenizer than the run's: its embedding rows
     /// belong to other token ids.
     #[error(

@@ -130,15 +130,15 @@ pub fn run(
     };
     if let Some(ckpt) = ctx.resume.take() {
         let state: BTreeMap<String, Tensor> = ckpt.tensors.into_iter().collect();
+        let path = ckpt.path.clone();
         trainee
             .restore(&state)
-            .map_err(|e| StageError::Invalid(format!("checkpoint {}: {e}", ckpt.path.display())))?;
-        at = serde_json::from_value(ckpt.meta["progress"].clone()).map_err(|e| {
-            StageError::Invalid(format!(
-                "checkpoint {}: bad progress: {e}",
-                ckpt.path.display()
-            ))
-        })?;
+            .map_err(|source| StageError::Restore {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        at = serde_json::from_value(ckpt.meta["progress"].clone())
+            .map_err(|source| StageError::BadProgress { path, source })?;
         ctx.resumed_at(at.step as i64 + 1)?;
     }
     ctx.log(&format!(

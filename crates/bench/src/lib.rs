@@ -40,7 +40,7 @@ pub enum BenchError {
     Beat(#[from] beatlab_nn::BeatError),
     /// The product's Beat training step failed.
     #[error("Beat benchmark: {0}")]
-    Training(#[from] beatlab::runner::StageError),
+    Training(Box<beatlab::runner::StageError>),
     /// A tensor operation failed (matrix-product peak, window generation, backward pass).
     #[error("tensor operation: {0}")]
     Candle(#[from] candle_core::Error),
@@ -109,6 +109,12 @@ pub enum BenchError {
         /// What differs, with both values.
         what: String,
     },
+}
+
+impl From<beatlab::runner::StageError> for BenchError {
+    fn from(e: beatlab::runner::StageError) -> Self {
+        Self::Training(Box::new(e))
+    }
 }
 
 /// Which benchmarks to run.

@@ -117,10 +117,7 @@ pub fn beat_config(spec: &Spec) -> BeatConfig {
 pub fn dtype(spec: &Spec, device: &Device) -> Result<DType, StageError> {
     match (spec.experiment.precision, device) {
         (Precision::F32, _) => Ok(DType::F32),
-        (Precision::Bf16, Device::Cpu) => Err(StageError::Invalid(
-            "experiment.precision = \"bf16\" needs a GPU (use --device cuda, or f32 on the CPU)"
-                .into(),
-        )),
+        (Precision::Bf16, Device::Cpu) => Err(StageError::Bf16OnCpu),
         (Precision::Bf16, _) => Ok(DType::BF16),
     }
 }
@@ -194,8 +191,7 @@ impl Stage for BeatStage {
         let device = ctx.device.clone();
         let dtype = dtype(spec, &device)?;
         let started = Instant::now();
-        let data: Dataset = crate::data::windows(spec, ctx.cache_dir)
-            .map_err(|e| StageError::Data(crate::runner::error_chain(&e)))?;
+        let data: Dataset = crate::data::windows(spec, ctx.cache_dir)?;
         if data.train.is_empty() {
             return Err(StageError::Data(format!(
                 "no training windows from {} records (data.source = `{}`)",

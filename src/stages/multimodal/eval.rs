@@ -25,7 +25,7 @@ use candle_core::{DType, Tensor};
 
 use super::run_data::RunData;
 use super::train::INSTRUCTION_TASKS;
-use super::{Corpus, Inputs, build_model, mm_err, restore_earlier};
+use super::{Corpus, Inputs, build_model, restore_earlier};
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
 use crate::spec::{ChoiceScoring, Spec, StageKind, StageSpec};
 use crate::stages::catalog::{StageDeclaration, strings};
@@ -235,9 +235,7 @@ impl Stage for EvalStage {
                 .collect();
             let mut generations: Vec<Option<beatlab_mm::Generation>> = vec![None; chunk.len()];
             if !examples.is_empty() {
-                let out = model
-                    .generate_batch(&examples, spec.eval.max_new_tokens as usize)
-                    .map_err(mm_err)?;
+                let out = model.generate_batch(&examples, spec.eval.max_new_tokens as usize)?;
                 for (&i, g) in gen_idx.iter().zip(out) {
                     generations[i] = Some(g);
                 }
@@ -277,7 +275,7 @@ impl Stage for EvalStage {
                 .iter()
                 .map(|(_, r)| vec![metrics::bleu_tokenize(r)])
                 .collect();
-            let bleu = metrics::corpus_bleu(&cands, &refs, Smoothing::Exp).map_err(mm_err)?;
+            let bleu = metrics::corpus_bleu(&cands, &refs, Smoothing::Exp)?;
             for (n, b) in bleu.bleu.iter().enumerate() {
                 summary.push((format!("report/bleu{}", n + 1), *b));
             }
@@ -305,14 +303,18 @@ impl Stage for EvalStage {
 
         let mut jsonl = String::new();
         for l in &lines {
-            jsonl.push_str(&serde_json::to_string(l).map_err(mm_err)?);
+            jsonl.push_str(&serde_json::to_string(l)?);
             jsonl.push('\n');
         }
         let path = ctx
             .run_dir
             .join(format!("generations-{}.jsonl", ctx.stage.name));
-        beatlab_fsio::write_atomically(&path, jsonl.as_bytes())
-            .map_err(|e| StageError::Invalid(format!("{}: {e}", path.display())))?;
+        beatlab_fsio::write_atomically(&path, jsonl.as_bytes()).map_err(|source| {
+            StageError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
         ctx.finish(0, 0, &BTreeMap::new(), &{
             let mut meta = data.checkpoint_meta();
             meta.insert("summary".into(), serde_json::json!(summary));
@@ -363,11 +365,9 @@ fn load_bertscore(
     let source = super::model_source(name)?;
     BertScorer::load(&source, None, device)
         .map(Some)
-        .map_err(|e| {
-            StageError::Invalid(format!(
-                "eval.bertscore_encoder `{name}`: {}",
-                crate::runner::error_chain(&e)
-            ))
+        .map_err(|source| StageError::BertScore {
+            name: name.to_string(),
+            source: Box::new(source),
         })
 }
 
@@ -398,9 +398,7 @@ fn score_generations(
             Some((g.text.as_str(), chunk[k].answer.as_str()))
         })
         .collect();
-    let scores = scorer.score_batch(&pairs).map_err(|e| {
-        StageError::Invalid(format!("BERTScore: {}", crate::runner::error_chain(&e)))
-    })?;
+    let scores = scorer.score_batch(&pairs)?;
     for (&k, score) in scored.iter().zip(scores) {
         out[k] = Some(score);
     }
@@ -453,7 +451,7 @@ fn score_item<'a>(
                 .iter()
                 .map(|o| format!("{}: {}", o.letter, o.text))
                 .collect();
-            let scores = model.score_options(item, inputs, &texts).map_err(mm_err)?;
+            let scores = model.score_options(item, inputs, &texts)?;
             let best = scores
                 .iter()
                 .enumerate()
@@ -531,7 +529,7 @@ fn prediction_mse(
             data.extend_from_slice(test.window(i, len));
         }
         let x = Tensor::from_vec(data, (chunk.len(), 12, len), device)?;
-        let out = beat.forward(&x, Mode::Eval).map_err(mm_err)?;
+        let out = beat.forward(&x, Mode::Eval)?;
         total +=
             f64::from(out.pred_loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) * chunk.len() as f64;
         n += chunk.len();

@@ -37,10 +37,6 @@ use rand_chacha::ChaCha8Rng;
 use crate::runner::{StageContext, StageError};
 use crate::spec::{self, BackboneModel, EcgLayout, InputMix, Spec, StageKind, VisionModel};
 
-fn mm_err(e: impl std::fmt::Display) -> StageError {
-    StageError::Invalid(e.to_string())
-}
-
 /// The data every multimodal stage works from.
 pub struct Corpus {
     /// Preprocessed windows (as Beat was trained) with each record's split.
@@ -63,9 +59,8 @@ fn to_item_split(s: ecg_dataset::Split) -> Split {
 
 impl Corpus {
     pub fn load(spec: &Spec, cache_dir: &std::path::Path) -> Result<Self, StageError> {
-        let data_err = |e: crate::data::DataError| StageError::Data(crate::runner::error_chain(&e));
-        let dataset = crate::data::windows(spec, cache_dir).map_err(data_err)?;
-        let records = crate::data::load_records(spec).map_err(data_err)?;
+        let dataset = crate::data::windows(spec, cache_dir)?;
+        let records = crate::data::load_records(spec)?;
         let ins = &spec.instructions;
         let all_pairs = vec![
             PairForm::SignalSignal,
@@ -101,10 +96,8 @@ impl Corpus {
             .iter()
             .map(|r| (r.id.clone(), to_item_split(r.split)))
             .collect();
-        let items =
-            instruct::build_items(&records, &build).map_err(|e| StageError::Data(e.to_string()))?;
-        let captions = instruct::build_captions(&records, &build)
-            .map_err(|e| StageError::Data(e.to_string()))?;
+        let items = instruct::build_items(&records, &build)?;
+        let captions = instruct::build_captions(&records, &build)?;
         Ok(Self {
             dataset,
             records,
@@ -154,6 +147,13 @@ pub fn task_list(tasks: &[Task]) -> String {
         .join(", ")
 }
 
+fn missing(record: &str, what: &'static str) -> StageError {
+    StageError::MissingInput {
+        record: record.to_string(),
+        what,
+    }
+}
+
 /// A deterministic share of `items` (`fraction` of them, at least one when any).
 pub fn subsample(mut items: Vec<Item>, fraction: f64, seed: u64) -> Vec<Item> {
     if fraction >= 1.0 || items.is_empty() {
@@ -170,7 +170,7 @@ pub fn subsample(mut items: Vec<Item>, fraction: f64, seed: u64) -> Vec<Item> {
 /// which a Hub id `org/name` never has) is a folder even when it does not exist, so that its
 /// absence is reported as a missing folder rather than as a model missing from the cache.
 fn model_source(weights: &str) -> Result<ModelSource, StageError> {
-    let expanded = spec::expand_env(weights).map_err(StageError::Invalid)?;
+    let expanded = spec::expand_env(weights).map_err(StageError::Environment)?;
     let path = std::path::PathBuf::from(&expanded);
     let path_like = path.is_absolute()
         || expanded.starts_with("./")
@@ -195,7 +195,7 @@ pub fn missing_weights(spec: &Spec) -> Vec<(&'static str, String)> {
         if !used {
             return;
         }
-        let found = model_source(weights).and_then(|s| beatlab_lm::hub::locate(&s).map_err(mm_err));
+        let found = model_source(weights).and_then(|s| Ok(beatlab_lm::hub::locate(&s)?));
         if let Err(e) = found {
             out.push((field, crate::runner::error_chain(&e)));
         }
@@ -220,8 +220,7 @@ pub fn missing_weights(spec: &Spec) -> Vec<(&'static str, String)> {
         .iter()
         .any(|s| s.enabled && s.kind == StageKind::Eval);
     if !encoder.is_empty() && evaluates {
-        let found = model_source(encoder)
-            .and_then(|s| beatlab_lm::bert::locate_encoder(&s).map_err(mm_err));
+        let found = model_source(encoder).and_then(|s| Ok(beatlab_lm::bert::locate_encoder(&s)?));
         if let Err(e) = found {
             out.push(("eval.bertscore_encoder", crate::runner::error_chain(&e)));
         }
@@ -341,7 +340,7 @@ pub fn build_model(
         dtype,
     };
     let parts: Vec<&str> = trainable.iter().map(String::as_str).collect();
-    HeartcareModel::new(model_spec, tokenizer, device, &parts).map_err(mm_err)
+    Ok(HeartcareModel::new(model_spec, tokenizer, device, &parts)?)
 }
 
 /// Restores what earlier stages trained: Beat, then the latest warm-up / joint stage's parts.
@@ -353,7 +352,7 @@ pub fn restore_earlier(
     match ctx.completed_kind(StageKind::Beat)? {
         Some(beat) => {
             let state: BTreeMap<String, Tensor> = beat.tensors.into_iter().collect();
-            model.load_part_state(Part::Beat, &state).map_err(mm_err)?;
+            model.load_part_state(Part::Beat, &state)?;
             ctx.log("Beat: trained tokenizer restored");
         }
         None => {
@@ -388,7 +387,7 @@ pub fn parts_state(
 ) -> Result<BTreeMap<String, Tensor>, StageError> {
     let mut out = BTreeMap::new();
     for part in parts {
-        for (k, v) in model.part_state(*part).map_err(mm_err)? {
+        for (k, v) in model.part_state(*part)? {
             out.insert(format!("{}/{k}", part.name()), v);
         }
     }
@@ -410,8 +409,8 @@ pub fn restore_parts(
         }
     }
     for (part, state) in &by_part {
-        let p: Part = part.parse().map_err(mm_err)?;
-        model.load_part_state(p, state).map_err(mm_err)?;
+        let p: Part = part.parse()?;
+        model.load_part_state(p, state)?;
     }
     Ok(by_part.into_keys().collect())
 }
@@ -459,7 +458,7 @@ impl Inputs {
             if *signal {
                 let (set, i) = windows
                     .get(*id)
-                    .ok_or_else(|| StageError::Data(format!("record `{id}` has no window")))?;
+                    .ok_or_else(|| missing(id, "has no window"))?;
                 let w = corpus.dataset.split(*set).window(*i, window_len);
                 let t =
                     Tensor::from_slice(w, (beatlab_ecg::STANDARD_LEADS.len(), window_len), device)?;
@@ -469,18 +468,20 @@ impl Inputs {
             if *image && image_on {
                 let record = records
                     .get(*id)
-                    .ok_or_else(|| StageError::Data(format!("record `{id}` is not loaded")))?;
+                    .ok_or_else(|| missing(id, "is not loaded"))?;
                 ids.push((id.to_string(), true));
-                raw.push(
-                    render_image_input(record, &render, spec.vision.tiles, device)
-                        .map_err(mm_err)?,
-                );
+                raw.push(render_image_input(
+                    record,
+                    &render,
+                    spec.vision.tiles,
+                    device,
+                )?);
             }
         }
         let mut done = Vec::with_capacity(raw.len());
         // Bounded batches keep memory flat for large corpora.
         for chunk in raw.chunks(64) {
-            done.extend(model.precompute(chunk).map_err(mm_err)?);
+            done.extend(model.precompute(chunk)?);
         }
         let mut by_record: HashMap<String, (Option<EcgInput>, Option<EcgInput>)> = HashMap::new();
         for ((id, is_image), input) in ids.into_iter().zip(done) {
@@ -504,7 +505,7 @@ impl Inputs {
                 let (signal, image) = self
                     .by_record
                     .get(file)
-                    .ok_or_else(|| StageError::Data(format!("no inputs for record `{file}`")))?;
+                    .ok_or_else(|| missing(file, "has no prepared inputs"))?;
                 match (label, signal, image) {
                     (Modality::Signal, Some(s), _) => Ok(s.clone()),
                     (Modality::Image, _, Some(i)) => Ok(i.clone()),
@@ -515,7 +516,7 @@ impl Inputs {
                         &Device::Cpu,
                     )?)),
                     (Modality::Signal, None, _) => {
-                        Err(StageError::Data(format!("no signal for record `{file}`")))
+                        Err(missing(file, "has no prepared signal input"))
                     }
                 }
             })

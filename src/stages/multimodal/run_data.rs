@@ -13,7 +13,7 @@ use std::sync::Arc;
 use beatlab_lm::tokenizer::LmTokenizer;
 use sha2::{Digest, Sha256};
 
-use super::{Corpus, mm_err};
+use super::Corpus;
 use crate::runner::{StageContext, StageError};
 use crate::spec::BackboneModel;
 
@@ -99,7 +99,7 @@ fn run_tokenizer(
             path: path.clone(),
             source: e,
         })?;
-        let tokenizer = LmTokenizer::from_file(&path).map_err(mm_err)?;
+        let tokenizer = LmTokenizer::from_file(&path)?;
         ctx.log(&format!(
             "tokenizer: {} (kept from earlier)",
             path.display()
@@ -110,9 +110,8 @@ fn run_tokenizer(
     let tokenizer = LmTokenizer::train(
         texts.iter().map(String::as_str),
         ctx.spec.backbone.vocab_size as usize,
-    )
-    .map_err(mm_err)?;
-    let json = tokenizer.to_json().map_err(mm_err)?;
+    )?;
+    let json = tokenizer.to_json()?;
     beatlab_fsio::write_atomically(&path, json.as_bytes()).map_err(|e| StageError::Io {
         path: path.clone(),
         source: e,

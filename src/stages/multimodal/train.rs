@@ -15,7 +15,7 @@ use candle_core::Tensor;
 use toml::Value;
 
 use super::run_data::RunData;
-use super::{Inputs, build_model, mm_err, parts_state, restore_earlier, restore_parts, subsample};
+use super::{Inputs, build_model, parts_state, restore_earlier, restore_parts, subsample};
 use crate::runner::{Stage, StageContext, StageError, StageOutcome};
 use crate::spec::{Spec, StageKind, StageSpec};
 use crate::stages::catalog::{StageDeclaration, strings};
@@ -56,8 +56,7 @@ impl Trainee for InstructTrainee<'_> {
         let examples = Self::examples(indices.iter().map(|&i| &self.train[i]));
         let stats = self
             .model
-            .train_step(&mut self.opt, &examples, self.grad_clip)
-            .map_err(mm_err)?;
+            .train_step(&mut self.opt, &examples, self.grad_clip)?;
         let mut metrics = vec![
             ("loss", f64::from(stats.loss)),
             ("answer_tokens", stats.target_tokens as f64),
@@ -75,10 +74,7 @@ impl Trainee for InstructTrainee<'_> {
         // Token-weighted mean over the split: each batch's loss is a mean over its answer tokens.
         let (mut total, mut tokens) = (0.0, 0usize);
         for chunk in self.val.chunks(self.batch.max(1)) {
-            let out = self
-                .model
-                .forward(&Self::examples(chunk.iter()))
-                .map_err(mm_err)?;
+            let out = self.model.forward(&Self::examples(chunk.iter()))?;
             total += f64::from(out.loss.to_scalar::<f32>()?) * out.target_tokens as f64;
             tokens += out.target_tokens;
         }
@@ -92,7 +88,7 @@ impl Trainee for InstructTrainee<'_> {
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
         let mut state = parts_state(&self.model, &self.parts)?;
-        for (k, v) in self.opt.state().map_err(mm_err)? {
+        for (k, v) in self.opt.state()? {
             state.insert(format!("{OPTIM}{k}"), v);
         }
         Ok(state)
@@ -109,7 +105,7 @@ impl Trainee for InstructTrainee<'_> {
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(OPTIM).map(|k| (k.to_string(), v.clone())))
             .collect();
-        self.opt.load_state(&optim).map_err(mm_err)
+        Ok(self.opt.load_state(&optim)?)
     }
 }
 
@@ -256,7 +252,7 @@ impl Stage for InstructStage {
             started.elapsed().as_secs_f64()
         ));
 
-        let vars = model.trainable_vars(&stage.train).map_err(mm_err)?;
+        let vars = model.trainable_vars(&stage.train)?;
         let params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
         let opt = AdamW::new(
             vars,
@@ -265,8 +261,7 @@ impl Stage for InstructStage {
                 weight_decay: stage.weight_decay,
                 ..AdamWConfig::default()
             },
-        )
-        .map_err(mm_err)?;
+        )?;
         let mut trainee = InstructTrainee {
             model,
             opt,
