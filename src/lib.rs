@@ -7,6 +7,7 @@
 pub mod data;
 pub mod device;
 pub mod parity;
+pub mod query;
 pub mod registry;
 pub mod runner;
 pub mod spec;

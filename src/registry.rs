@@ -911,6 +911,41 @@ impl Registry {
             .collect())
     }
 
+    /// Summary values `keys` (all when empty) of every run (of one experiment, or all), by run
+    /// id, in one query: what `--where` filters over many runs read.
+    pub fn summaries_by_run(
+        &self,
+        experiment: Option<&str>,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, std::collections::BTreeMap<String, f64>>> {
+        let key_filter = match keys.len() {
+            0 => String::new(),
+            n => {
+                let numbered: Vec<String> = (2..n + 2).map(|i| format!("?{i}")).collect();
+                format!(" AND s.key IN ({})", numbered.join(","))
+            }
+        };
+        let sql = format!(
+            "SELECT s.run_id, s.key, s.value FROM summaries s JOIN runs r ON r.id = s.run_id
+             WHERE (?1 IS NULL OR r.experiment = ?1){key_filter}"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(experiment);
+        for k in keys {
+            query = query.bind(k);
+        }
+        let rows = self
+            .block(query.fetch_all(&self.pool))
+            .map_err(q("reading summaries"))?;
+        let mut out: std::collections::HashMap<String, std::collections::BTreeMap<String, f64>> =
+            Default::default();
+        for r in &rows {
+            out.entry(r.get("run_id"))
+                .or_default()
+                .insert(r.get("key"), r.get("value"));
+        }
+        Ok(out)
+    }
+
     /// Summaries of the latest finished run of each of these cell hashes (a `--force` re-run
     /// supersedes the earlier one).
     pub fn finished_summaries(

@@ -138,12 +138,17 @@ pub enum Command {
     },
     /// List runs.
     ///
-    /// Example: beatlab runs --status failed --experiment table18_beat --json
+    /// Example: beatlab runs --where 'beat.codebook_size = 512 and (eval/accuracy > 0.7 or status = failed)'
     Runs {
         #[arg(long)]
         status: Option<RunStatusArg>,
         #[arg(long)]
         experiment: Option<String>,
+        /// Only runs matching EXPR: comparisons (= != < <= > >=) of run columns (`status`,
+        /// `experiment`, `seed`, ...), summaries (`eval/accuracy`) and spec fields
+        /// (`beat.codebook_size`), combined with and, or, not and parentheses.
+        #[arg(long = "where", value_name = "EXPR")]
+        filter: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -39,6 +39,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use beatlab::device::{self, DeviceChoice};
+use beatlab::query::Query;
 use beatlab::registry::{Registry, RunRow, RunStatus};
 use beatlab::runner::{self, CellOutcome, RunnerConfig};
 use beatlab::spec::{self, Overrides, Plan};
@@ -106,8 +107,15 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Runs {
             status,
             experiment,
+            filter,
             json,
-        } => runs(g, status.map(Into::into), experiment.as_deref(), json),
+        } => runs(
+            g,
+            status.map(Into::into),
+            experiment.as_deref(),
+            filter.as_deref(),
+            json,
+        ),
         Command::Show { run, json } => show(g, &run, json),
         Command::Compare { a, b } => compare(g, &a, &b),
         Command::Resume { run, device, lease } => resume(g, &run, device, lease),
@@ -384,24 +392,26 @@ fn open_for_reading(g: &Global) -> Result<Option<Registry>> {
     Ok(Registry::open_existing(&g.registry)?)
 }
 
+/// `--where EXPR`, parsed: a parse error is bad input, printed with a caret under its column.
+fn parse_where(filter: Option<&str>) -> Result<Option<Query>> {
+    filter
+        .map(|f| f.parse::<Query>())
+        .transpose()
+        .map_err(|e| bad(anyhow::anyhow!("--where: {e}")))
+}
+
 fn runs(
     g: &Global,
     status: Option<RunStatus>,
     experiment: Option<&str>,
+    filter: Option<&str>,
     json: bool,
 ) -> Result<Exit> {
+    let filter = parse_where(filter)?;
     let rows = match open_for_reading(g)? {
-        Some(r) => r.runs(experiment, status)?,
+        Some(r) => beatlab::query::select_runs(&r, experiment, status, filter.as_ref())?,
         None => Vec::new(),
     };
-    let t = beatlab::registry::now();
-    let rows: Vec<RunRow> = rows
-        .into_iter()
-        .map(|mut r| {
-            r.status = r.effective_status(t);
-            r
-        })
-        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(Exit::Done);

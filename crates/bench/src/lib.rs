@@ -19,6 +19,7 @@
 //! processes held the cores. Speed is only ever measured here, never asserted by a test.
 
 pub mod beat;
+pub mod query;
 pub mod registry;
 pub mod sim;
 pub mod wfdb;
@@ -124,6 +125,7 @@ pub enum Which {
     Registry,
     Wfdb,
     Sim,
+    Query,
     All,
 }
 
@@ -135,9 +137,10 @@ impl FromStr for Which {
             "registry" => Ok(Self::Registry),
             "wfdb" => Ok(Self::Wfdb),
             "sim" => Ok(Self::Sim),
+            "query" => Ok(Self::Query),
             "all" => Ok(Self::All),
             other => Err(format!(
-                "`{other}`: expected beat, registry, wfdb, sim or all"
+                "`{other}`: expected beat, registry, wfdb, sim, query or all"
             )),
         }
     }
@@ -150,6 +153,7 @@ impl fmt::Display for Which {
             Self::Registry => "registry",
             Self::Wfdb => "wfdb",
             Self::Sim => "sim",
+            Self::Query => "query",
             Self::All => "all",
         })
     }
@@ -356,6 +360,7 @@ pub struct BenchOptions {
     pub registry: registry::RegistryOptions,
     pub wfdb: wfdb::WfdbOptions,
     pub sim: sim::SimOptions,
+    pub query: query::QueryOptions,
 }
 
 impl BenchOptions {
@@ -371,6 +376,7 @@ impl BenchOptions {
                 ..wfdb::WfdbOptions::default()
             },
             sim: sim::SimOptions::default(),
+            query: query::QueryOptions::default(),
         }
     }
 }
@@ -597,6 +603,9 @@ pub fn run(
     if matches!(which, Which::Sim | Which::All) {
         results.push(sim::run(&options.sim, peer, progress)?);
     }
+    if matches!(which, Which::Query | Which::All) {
+        results.push(query::run(&options.query, progress)?);
+    }
     machine.load_after = load_average();
     Ok(BenchReport { machine, results })
 }
@@ -726,7 +735,7 @@ mod tests {
 
     #[test]
     fn which_parses_and_prints_back() {
-        for name in ["beat", "registry", "wfdb", "sim", "all"] {
+        for name in ["beat", "registry", "wfdb", "sim", "query", "all"] {
             assert_eq!(name.parse::<Which>().unwrap().to_string(), name);
         }
         let err = "wfbd".parse::<Which>().unwrap_err();

@@ -11,14 +11,15 @@ use beatlab_bench::{BenchOptions, Peer, Which};
 use clap::Parser;
 
 /// Speed against peers in one invocation, with ratios: Beat training (PyTorch), registry
-/// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2).
+/// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2),
+/// `--where` filtering (the same filter in SQLite's SQL).
 /// `scripts/bench.sh` sets up the peers' Python environment.
 ///
 /// Example: beatlab bench all --json > bench.json
 #[derive(Debug, Parser)]
 #[command(name = "beatlab bench", version)]
 struct BenchArgs {
-    /// beat, registry, wfdb, sim or all.
+    /// beat, registry, wfdb, sim, query or all.
     #[arg(default_value = "all", value_parser = clap::value_parser!(Which))]
     which: Which,
     /// Print the report as JSON on standard output.
@@ -41,7 +42,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Timed rounds (median reported) for every benchmark; defaults: beat 5, registry 3, wfdb 5,
-    /// sim 5.
+    /// sim 5, query 5.
     #[arg(long)]
     rounds: Option<usize>,
     /// Beat: training steps per timed round.
@@ -56,6 +57,9 @@ struct BenchArgs {
     /// Registry: points per write (the runner's Tracker flushes every 512).
     #[arg(long, default_value_t = 512)]
     metric_batch: usize,
+    /// Query: runs in the registry the `--where` filter goes through.
+    #[arg(long, default_value_t = 30_000)]
+    query_runs: usize,
     /// WFDB: the records' root (default: BEATLAB_ECG_DATA or ../shared/data/ecg).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -100,7 +104,9 @@ fn run(args: &BenchArgs) -> Result<()> {
         options.registry.rounds = rounds;
         options.wfdb.rounds = rounds;
         options.sim.rounds = rounds;
+        options.query.rounds = rounds;
     }
+    options.query.runs = args.query_runs;
     if let Some(data) = &args.data {
         options.wfdb.root = data.clone();
     }
