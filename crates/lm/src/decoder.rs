@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use beatlab_nn::ParamStore;
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{LmError, Result};
@@ -160,7 +160,7 @@ impl Mlp {
                 )
             }
         };
-        self.down.forward(&(self.act.forward(&gate)? * up)?)
+        self.down.forward(&(self.act.apply(&gate)? * up)?)
     }
 }
 

@@ -1,9 +1,9 @@
-//! Differentiable building blocks shared by the decoders and the vision encoder.
-//!
-//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rotary_emb::rope` have no
-//! backward pass and silently cut the graph, so everything here is composed from primitive ops
-//! that do (matmul, exp, sum, sqrt, narrow, cat, index_select). Norms and softmax compute in f32
-//! whatever the model dtype, as the Hugging Face implementations do, so bf16 runs stay stable.
+//! What the decoders and the vision encoder add to the workspace's one layer library
+//! (`beatlab_nn::layers`, whose linear layers, norms, activations, softmax and attention run as
+//! fused CPU kernels with hand-written backward passes, and as candle's differentiable
+//! primitives elsewhere): a [`Linear`] that carries a LoRA adapter, the rotary position
+//! embedding, grouped-query head repetition, and the [`Builder`] that fetches weights. Norms and
+//! softmax compute in f32 whatever the model dtype, as the Hugging Face implementations do.
 //!
 //! [`Builder`] fetches weights from a `VarBuilder` (a checkpoint or a [`beatlab_nn::ParamStore`]),
 //! detaches them when the base model is frozen, attaches LoRA adapters to the targeted linear
@@ -12,9 +12,10 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use candle_core::{D, DType, Device, Result as CResult, Tensor};
+use beatlab_nn::layers as nn;
+pub use beatlab_nn::layers::{Activation, LayerNorm, RmsNorm};
+use candle_core::{D, DType, Device, Module, Result as CResult, Tensor};
 use candle_nn::{Init, VarBuilder};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{LmError, Result};
 use crate::lora::{Lora, LoraAdapter, module_kind};
@@ -97,27 +98,22 @@ impl<'a> Builder<'a> {
         };
         self.linear_paths.borrow_mut().insert(path);
         Ok(Linear {
-            weight,
-            bias,
+            base: nn::Linear::from_tensors(weight, bias),
             adapter,
         })
     }
 
     /// An RMS norm over the last dimension (`weight [dim]`).
     pub(crate) fn rms_norm(&self, vb: &VarBuilder, dim: usize, eps: f64) -> CResult<RmsNorm> {
-        Ok(RmsNorm {
-            weight: self.weight(vb, &[dim], "weight", Init::Const(1.0))?,
-            eps,
-        })
+        let weight = self.weight(vb, &[dim], "weight", Init::Const(1.0))?;
+        Ok(RmsNorm::from_tensors(weight, eps))
     }
 
     /// A layer norm over the last dimension (`weight [dim]`, `bias [dim]`).
     pub(crate) fn layer_norm(&self, vb: &VarBuilder, dim: usize, eps: f64) -> CResult<LayerNorm> {
-        Ok(LayerNorm {
-            weight: self.weight(vb, &[dim], "weight", Init::Const(1.0))?,
-            bias: self.weight(vb, &[dim], "bias", Init::Const(0.0))?,
-            eps,
-        })
+        let weight = self.weight(vb, &[dim], "weight", Init::Const(1.0))?;
+        let bias = self.weight(vb, &[dim], "bias", Init::Const(0.0))?;
+        Ok(LayerNorm::from_tensors(weight, Some(bias), eps))
     }
 
     /// Fail when a LoRA target matched no linear layer of the model just built.
@@ -145,11 +141,11 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// `y = x W^T + b`, plus a LoRA update when one is attached.
+/// `y = x W^T + b` (the layer library's [`beatlab_nn::layers::Linear`]), plus a LoRA update
+/// when one is attached.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    base: nn::Linear,
     adapter: Option<LoraAdapter>,
 }
 
@@ -157,33 +153,28 @@ impl Linear {
     /// A linear layer over given tensors, with no adapter.
     pub(crate) fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
-            bias,
+            base: nn::Linear::from_tensors(weight, bias),
             adapter: None,
         }
     }
 
     /// Apply to `[..., in]`, giving `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        let dims = xs.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let flat = xs.reshape((rows, in_dim))?;
-        let mut ys = flat.matmul(&self.weight.t()?)?;
-        if let Some(bias) = &self.bias {
-            ys = ys.broadcast_add(bias)?;
-        }
-        if let Some(adapter) = &self.adapter {
-            ys = (ys + adapter.forward(&flat)?)?;
-        }
-        let mut out_dims = dims[..dims.len() - 1].to_vec();
-        out_dims.push(self.weight.dim(0)?);
-        ys.reshape(out_dims)
+        let ys = self.base.forward(xs)?;
+        let Some(adapter) = &self.adapter else {
+            return Ok(ys);
+        };
+        // The adapter works on rows: `[..., in]` as `[rows, in]`.
+        let in_dim = xs.dim(D::Minus1)?;
+        let rows = xs.elem_count() / in_dim.max(1);
+        let update = adapter.forward(&xs.reshape((rows, in_dim))?)?;
+        let update = update.reshape(ys.shape())?;
+        ys + update
     }
 
     /// The base weight `[out, in]`.
     pub fn weight(&self) -> &Tensor {
-        &self.weight
+        self.base.weight()
     }
 
     /// Whether a LoRA adapter is attached.
@@ -195,87 +186,27 @@ impl Linear {
     /// new constant tensor; the stores are left untouched.
     pub fn merge_adapter(&mut self) -> CResult<()> {
         if let Some(adapter) = self.adapter.take() {
-            let delta = adapter.delta_weight()?.to_dtype(self.weight.dtype())?;
-            self.weight = (self.weight.detach() + delta)?.detach();
+            let weight = self.base.weight();
+            let delta = adapter.delta_weight()?.to_dtype(weight.dtype())?;
+            let merged = (weight.detach() + delta)?.detach();
+            self.base = nn::Linear::from_tensors(merged, self.base.bias().cloned());
         }
         Ok(())
     }
 }
 
-/// Root-mean-square norm: `x / sqrt(mean(x^2) + eps) * weight`.
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    /// Normalise the last dimension.
-    pub fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        let dtype = xs.dtype();
-        let xf = xs.to_dtype(DType::F32)?;
-        let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = xf.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
+/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` tensors with an optional
+/// additive f32 bias broadcastable to `[batch, heads, q_len, k_len]` (0 = attend, [`MASKED`] =
+/// not): the layer library's [`nn::attention`] at scale `1 / sqrt(head_dim)` (fused on the CPU
+/// in f32 without a bias), its scores and softmax in f32 for half-precision inputs.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> CResult<Tensor> {
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let dtype = q.dtype();
+    if dtype == DType::F32 {
+        return nn::attention(q, k, v, bias, scale);
     }
-}
-
-/// Layer norm: `(x - mean) / sqrt(var + eps) * weight + bias` (biased variance, as PyTorch).
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    /// Normalise the last dimension.
-    pub fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        let dtype = xs.dtype();
-        let xf = xs.to_dtype(DType::F32)?;
-        let centered = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
-    }
-}
-
-/// The activations the supported checkpoints use, by their Hugging Face `hidden_act` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Activation {
-    /// `x * sigmoid(x)`.
-    #[serde(rename = "silu", alias = "swish")]
-    Silu,
-    /// GELU, tanh approximation.
-    #[serde(rename = "gelu_pytorch_tanh", alias = "gelu_new", alias = "gelu_fast")]
-    GeluTanh,
-    /// GELU, exact (erf).
-    #[serde(rename = "gelu")]
-    GeluErf,
-    /// `max(x, 0)`.
-    #[serde(rename = "relu")]
-    Relu,
-}
-
-impl Activation {
-    /// Apply element-wise.
-    pub fn forward(self, xs: &Tensor) -> CResult<Tensor> {
-        match self {
-            Self::Silu => xs.silu(),
-            Self::GeluTanh => xs.gelu(),
-            Self::GeluErf => xs.gelu_erf(),
-            Self::Relu => xs.relu(),
-        }
-    }
-}
-
-/// Softmax over the last dimension, composed from differentiable ops, computed in f32.
-pub fn softmax_last_dim(xs: &Tensor) -> CResult<Tensor> {
-    let dtype = xs.dtype();
-    candle_nn::ops::softmax(&xs.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    nn::attention(&f32(q)?, &f32(k)?, &f32(v)?, bias, scale)?.to_dtype(dtype)
 }
 
 /// Rotary position embedding (the "rotate half" form of Qwen2 / Phi-3 / Llama) for positions
@@ -331,21 +262,6 @@ impl Rotary {
             Tensor::cat(&[r1, r2], D::Minus1)
         }
     }
-}
-
-/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` tensors with an additive
-/// f32 bias broadcastable to `[batch, heads, q_len, k_len]` (0 = attend, large negative = not).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> CResult<Tensor> {
-    let head_dim = q.dim(D::Minus1)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
-    let scores = scores.to_dtype(DType::F32)?;
-    let scores = match bias {
-        Some(b) => scores.broadcast_add(b)?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
-    probs.matmul(&v.contiguous()?)
 }
 
 /// Repeat each key/value head `n_rep` times (grouped-query attention): head `h` of the result
@@ -406,17 +322,10 @@ mod tests {
         let xs = Tensor::randn(0f32, 2., (3, 4, 16), &dev).unwrap();
         let w = Tensor::randn(1f32, 0.1, 16, &dev).unwrap();
         let b = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
-        let rms = RmsNorm {
-            weight: w.clone(),
-            eps: 1e-6,
-        };
+        let rms = RmsNorm::from_tensors(w.clone(), 1e-6);
         let fused = candle_nn::ops::rms_norm(&xs, &w, 1e-6).unwrap();
         assert!(close(&rms.forward(&xs).unwrap(), &fused, 1e-5));
-        let ln = LayerNorm {
-            weight: w.clone(),
-            bias: b.clone(),
-            eps: 1e-6,
-        };
+        let ln = LayerNorm::from_tensors(w.clone(), Some(b.clone()), 1e-6);
         let fused = candle_nn::ops::layer_norm(&xs, &w, &b, 1e-6).unwrap();
         assert!(close(&ln.forward(&xs).unwrap(), &fused, 1e-5));
     }

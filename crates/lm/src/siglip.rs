@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -411,7 +411,7 @@ impl SiglipVision {
             &self
                 .config
                 .hidden_act
-                .forward(&l.fc1.forward(&l.layer_norm2.forward(&xs)?)?)?,
+                .apply(&l.fc1.forward(&l.layer_norm2.forward(&xs)?)?)?,
         )?;
         xs + mlp
     }
@@ -432,7 +432,7 @@ impl SiglipVision {
             &self
                 .config
                 .hidden_act
-                .forward(&head.fc1.forward(&head.layernorm.forward(&attn)?)?)?,
+                .apply(&head.fc1.forward(&head.layernorm.forward(&attn)?)?)?,
         )?;
         (attn + mlp)?.squeeze(1)
     }

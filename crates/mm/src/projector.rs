@@ -19,7 +19,7 @@
 //! does not train the projector runs, so no gradient reaches its variables while gradients
 //! still flow through it to a trainable encoder.
 
-use beatlab_nn::layers::{LayerNorm, Linear};
+use beatlab_nn::layers::{LayerNorm, Linear, gelu_erf};
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -92,7 +92,7 @@ impl SignalProjector {
     pub fn forward(&self, latents: &Tensor) -> Result<Tensor> {
         let mut xs = latents.clone();
         for layer in &self.layers {
-            xs = layer.forward(&xs)?.gelu_erf()?;
+            xs = gelu_erf(&layer.forward(&xs)?)?;
         }
         let norm = LayerNorm::from_tensors(
             self.norm_weight.clone(),
@@ -177,7 +177,7 @@ impl ImageProjector {
         let mut xs = features.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 {
-                xs = xs.gelu_erf()?;
+                xs = gelu_erf(&xs)?;
             }
             xs = layer.forward(&xs)?;
         }

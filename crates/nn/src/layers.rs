@@ -241,21 +241,27 @@ pub fn normalize_last_dim(x: &Tensor, eps: f64, remove_mean: bool) -> Result<Ten
 }
 
 /// Softmax over the last dimension; differentiable (fused on the CPU in f32, otherwise
-/// `candle_nn::ops::softmax`, never the backward-less `softmax_last_dim`).
+/// `candle_nn::ops::softmax`, never the backward-less `softmax_last_dim`). Half-precision inputs
+/// are computed in f32 and cast back, as the Hugging Face models do, so bf16 stays stable.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fused_cpu(x) {
         return x.contiguous()?.apply_op1(fused::Softmax);
     }
-    candle_nn::ops::softmax(x, D::Minus1)
+    candle_nn::ops::softmax(&upcast(x)?, D::Minus1)?.to_dtype(x.dtype())
 }
 
-/// GELU, tanh approximation; differentiable (fused on the CPU in f32, candle's `gelu`
-/// elsewhere).
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
+/// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`, Hugging Face's
+/// `gelu_pytorch_tanh`); differentiable (fused on the CPU in f32, candle's `gelu` elsewhere).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     if fused_cpu(x) {
         return x.contiguous()?.apply_op1(fused::Gelu);
     }
     x.gelu()
+}
+
+/// Exact GELU with the error function (PyTorch's `nn.GELU()` default, Hugging Face's `gelu`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
 }
 
 fn fused_cpu(x: &Tensor) -> bool {
@@ -269,26 +275,35 @@ fn upcast(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Element-wise non-linearities with a backward pass in candle 0.11.
+/// Element-wise non-linearities with a backward pass in candle 0.11, named (and deserialised
+/// from config files) as Hugging Face's `hidden_act` names them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum Activation {
-    /// GELU, tanh approximation (`gelu_pytorch_tanh`, `gelu_new`).
+    /// GELU, tanh approximation ([`gelu_tanh`]): Beat, SigLIP.
     #[default]
-    Gelu,
-    /// Exact GELU with the error function (PyTorch's `nn.GELU()` default, HF `gelu`).
+    #[serde(
+        rename = "gelu_pytorch_tanh",
+        alias = "gelu_new",
+        alias = "gelu_fast",
+        alias = "gelu_tanh"
+    )]
+    GeluTanh,
+    /// Exact GELU with the error function ([`gelu_erf`]).
+    #[serde(rename = "gelu")]
     GeluErf,
-    /// SiLU / swish (`silu`).
+    /// SiLU / swish: Qwen2, Phi-3.
+    #[serde(rename = "silu", alias = "swish")]
     Silu,
     /// ReLU.
+    #[serde(rename = "relu")]
     Relu,
 }
 
 impl Activation {
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => gelu(x),
-            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => gelu_tanh(x),
+            Activation::GeluErf => gelu_erf(x),
             Activation::Silu => x.silu(),
             Activation::Relu => x.relu(),
         }
@@ -389,8 +404,10 @@ fn attention_with(
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
-    // Scaling q (Tq x D values) is cheaper than scaling the Tq x Tk scores.
+    // Scaling q (Tq x D values) is cheaper than scaling the Tq x Tk scores. The products need
+    // row-major operands (heads split out of a projection are strided views).
     let q = (q * scale)?;
+    let (k, v) = (&k.contiguous()?, &v.contiguous()?);
     let scores = q.matmul(&k.t()?)?;
     let scores = match (mask, causal) {
         (Some(m), _) => scores.broadcast_add(m)?,

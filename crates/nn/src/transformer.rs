@@ -91,7 +91,12 @@ impl Block {
             norm1: LayerNorm::new(cfg.width, cfg.norm_eps, vb.pp("norm1"))?,
             attn: SelfAttention::new(cfg.width, cfg.heads, cfg.head_dim, vb.pp("attn"))?,
             norm2: LayerNorm::new(cfg.width, cfg.norm_eps, vb.pp("norm2"))?,
-            mlp: Mlp::new(cfg.width, cfg.mlp_hidden, Activation::Gelu, vb.pp("mlp"))?,
+            mlp: Mlp::new(
+                cfg.width,
+                cfg.mlp_hidden,
+                Activation::GeluTanh,
+                vb.pp("mlp"),
+            )?,
             dropout: cfg.dropout,
         })
     }

@@ -3,8 +3,8 @@
 
 use beatlab_nn::ParamStore;
 use beatlab_nn::layers::{
-    LayerNorm, Linear, add_row_vector, attention, causal_attention, causal_mask, dropout, gelu,
-    mul_row_vector, normalize_last_dim, packed_self_attention, softmax_last_dim,
+    LayerNorm, Linear, add_row_vector, attention, causal_attention, causal_mask, dropout,
+    gelu_tanh, mul_row_vector, normalize_last_dim, packed_self_attention, softmax_last_dim,
 };
 use beatlab_nn::transformer::locality_bias;
 use candle_core::{DType, Device, Module, Tensor, Var};
@@ -71,7 +71,7 @@ fn fused_kernels_match_composed_ops() {
     check_fused(|x| normalize_last_dim(x, 1e-5, true).unwrap(), "layer norm");
     check_fused(|x| normalize_last_dim(x, 1e-6, false).unwrap(), "rms norm");
     check_fused(|x| softmax_last_dim(x).unwrap(), "softmax");
-    check_fused(|x| gelu(x).unwrap(), "gelu");
+    check_fused(|x| gelu_tanh(x).unwrap(), "gelu");
     // A non-contiguous input goes through the same kernels.
     check_fused(
         |x| {
@@ -311,7 +311,11 @@ fn parallel_cases() -> Vec<(&'static str, Vec<Tensor>, Box<Op>)> {
             vec![x.clone()],
             Box::new(|x| softmax_last_dim(&x[0]).unwrap()),
         ),
-        ("gelu", vec![x.clone()], Box::new(|x| gelu(&x[0]).unwrap())),
+        (
+            "gelu",
+            vec![x.clone()],
+            Box::new(|x| gelu_tanh(&x[0]).unwrap()),
+        ),
         (
             "bias add",
             vec![x.clone(), v.clone()],
