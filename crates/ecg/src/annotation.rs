@@ -5,7 +5,8 @@
 //! 59 (SKIP) carries a 32-bit increment in the next two words (high word first), 60 (NUM),
 //! 61 (SUB) and 62 (CHN) set fields of the preceding annotation (NUM and CHN persist for the ones
 //! after it), 63 (AUX) is followed by that many bytes of text padded to an even length, and a
-//! zero word ends the file.
+//! zero word ends the file. Code 0 only advances time and is dropped, as are notes at sample 0
+//! whose text starts with `## ` (definitions such as `## time resolution: 360`).
 //!
 //! Delineation files (LUDB, QTDB) bracket each wave peak (`p`, a beat symbol such as `N`, or `t`)
 //! with an onset `(` just before and an offset `)` just after; [`waves_from_annotations`] turns
@@ -16,6 +17,8 @@ use std::path::Path;
 use crate::error::{DataError, read_file};
 use crate::record::{Wave, WaveKind};
 
+/// Code of the comment annotation `"`.
+const CODE_NOTE: u8 = 22;
 const CODE_SKIP: u8 = 59;
 const CODE_NUM: u8 = 60;
 const CODE_SUB: u8 = 61;
@@ -71,6 +74,31 @@ impl Annotation {
     pub fn symbol(&self) -> &'static str {
         code_symbol(self.code).unwrap_or("")
     }
+}
+
+/// One beat of a beat-annotation file (MIT-BIH `.atr` style).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beat {
+    /// Sample index of the beat's fiducial point (the R peak, usually).
+    pub sample: u64,
+    /// The sample index in seconds.
+    pub time_s: f64,
+    /// The beat label (`N`, `V`, `A`, `L`, `R`, ...).
+    pub symbol: &'static str,
+}
+
+/// The beats of an annotation stream (the annotations whose code is a beat, WFDB's `isqrs`),
+/// with times at sampling frequency `fs`.
+pub fn beats(annotations: &[Annotation], fs: f64) -> Vec<Beat> {
+    annotations
+        .iter()
+        .filter(|a| is_beat(a.code))
+        .map(|a| Beat {
+            sample: a.sample,
+            time_s: a.sample as f64 / fs,
+            symbol: a.symbol(),
+        })
+        .collect()
 }
 
 /// Reads an MIT-format annotation file.
@@ -191,6 +219,14 @@ pub fn parse_annotations(bytes: &[u8], path: &Path) -> Result<Vec<Annotation>, D
         }
         offset += 2;
     }
+    // As WFDB and python wfdb do: code 0 (NOTQRS) only advances time, and notes at sample 0
+    // whose text starts with `## ` are definitions (the time resolution, custom labels).
+    annotations.retain(|a| {
+        let definition = a.code == CODE_NOTE
+            && a.sample == 0
+            && a.aux.as_deref().is_some_and(|t| t.starts_with("## "));
+        a.code != 0 && !definition
+    });
     Ok(annotations)
 }
 

@@ -90,7 +90,8 @@ pub enum DataError {
     /// A header names a signal storage format this reader does not decode.
     #[error(
         "record {record}: lead {lead} (header line {line}): unsupported signal format {format} \
-         (supported: 16, 61, 80, 160, 212, 24, 32, each with one sample per frame and no skew)"
+         (supported: 8, 16, 24, 32, 61, 80, 160, 212, 310, 311; not the FLAC formats 508, 516, \
+         524)"
     )]
     UnsupportedFormat {
         record: String,

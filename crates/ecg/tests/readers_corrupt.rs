@@ -206,7 +206,7 @@ fn an_unsupported_format_names_the_lead_and_line() {
     let (_dir, header) = ludb_record_1();
     let mut lines = header_lines(&header);
     for line in &mut lines[1..13] {
-        *line = line.replacen(" 16 ", " 311 ", 1);
+        *line = line.replacen(" 16 ", " 524 ", 1);
     }
     write_lines(&header, &lines);
     let error = read_record(&header).unwrap_err();
@@ -214,7 +214,7 @@ fn an_unsupported_format_names_the_lead_and_line() {
         matches!(error, DataError::UnsupportedFormat { .. }),
         "{error}"
     );
-    assert_mentions(&error, &["record 1", "lead I", "line 2", "format 311"]);
+    assert_mentions(&error, &["record 1", "lead I", "line 2", "format 524"]);
 }
 
 #[test]

@@ -285,22 +285,38 @@ fn a_record_over_the_memory_bound_is_refused_before_allocating() {
 }
 
 #[test]
-fn skews_and_frame_sizes_on_any_signal_are_refused_not_misread() {
-    // A skew on the second signal used to be ignored (samples silently shifted), `16x2` on the
-    // second signal was reported as a checksum mismatch.
-    for (format, shown) in [("16:3", "16:3"), ("16x2", "16x2")] {
-        let header = GOOD.replacen(
+fn unsupported_formats_and_absurd_frames_are_refused_on_any_signal() {
+    // A skew on the second signal used to be ignored (samples silently shifted) and `16x2` on
+    // the second signal was reported as a checksum mismatch; both are now read (see
+    // wfdb_python.rs). What is still refused is refused on whichever line it appears.
+    let second = |format: &str| {
+        GOOD.replacen(
             "rec.dat 16 200/mV 16 0 1 4 0 II",
             &format!("rec.dat {format} 200/mV 16 0 1 4 0 II"),
             1,
-        );
-        let (_dir, path) = record(&header);
+        )
+    };
+    for (format, field) in [
+        ("16x2000", "samples per frame"),
+        ("16x0", "samples per frame"),
+        ("16:9999999", "skew"),
+    ] {
+        let (_dir, path) = record(&second(format));
+        let error = read_quickly(&path).unwrap_err();
+        assert!(matches!(error, DataError::HeaderField { .. }), "{error}");
+        assert_mentions(&error, &["line 3", field, format]);
+    }
+    for format in ["516", "508", "999"] {
+        let (_dir, path) = record(&second(format));
         let error = read_quickly(&path).unwrap_err();
         assert!(
             matches!(error, DataError::UnsupportedFormat { .. }),
             "{error}"
         );
-        assert_mentions(&error, &["lead II", "line 3", shown]);
+        assert_mentions(
+            &error,
+            &["lead II", "line 3", format, "not the FLAC formats"],
+        );
     }
 }
 
@@ -337,4 +353,40 @@ fn check_root_lists_hostile_records_with_their_reasons() {
     assert!(reason("zero.hea").contains("absolute path"));
     assert!(reason("up.hea").contains("leaves the record's folder"));
     assert!(reason("pipe.hea").contains("FIFO"));
+}
+
+#[test]
+fn multi_segment_headers_are_checked_like_signal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("m.hea");
+    let write = |text: &str| std::fs::write(&master, text).unwrap();
+    // A segment name leaving the folder, a missing segment line, sample counts that disagree.
+    write("m/1 1 500 4\n../rec 4\n");
+    assert_mentions(
+        &read_quickly(&master).unwrap_err(),
+        &["line 2", "segment name", "../rec"],
+    );
+    write("m/2 1 500 4\nrec 4\n");
+    assert_mentions(
+        &read_quickly(&master).unwrap_err(),
+        &["2 segment(s)", "only 1"],
+    );
+    std::fs::write(dir.path().join("rec.hea"), GOOD).unwrap();
+    std::fs::write(dir.path().join("rec.dat"), [1u8, 0].repeat(8)).unwrap();
+    write("m/1 2 500 5\nrec 5\n");
+    assert_mentions(
+        &read_quickly(&master).unwrap_err(),
+        &["line 2", "has 4 samples", "says 5"],
+    );
+    // A segment that is itself multi-segment; then a good one with a gap.
+    write("m/1 2 500 4\nm 4\n");
+    assert_mentions(
+        &read_quickly(&master).unwrap_err(),
+        &["itself a multi-segment"],
+    );
+    write("m/2 2 500 7\nrec 4\n~ 3\n");
+    let rec = read_quickly(&master).unwrap();
+    assert_eq!(rec.leads, ["I", "II"]);
+    assert_eq!(rec.signals[1][..4], [0.005f32; 4]);
+    assert!(rec.signals[1][4..].iter().all(|v| v.is_nan()));
 }

@@ -9,7 +9,7 @@
 use std::ops::RangeInclusive;
 use std::path::Path;
 
-use super::{DEFAULT_FS, Header, SignalSpec, normalize_lead_name};
+use super::{DEFAULT_FS, Header, Segment, SignalSpec, normalize_lead_name};
 use crate::error::DataError;
 
 /// Sampling frequencies accepted (Hz): ECGs are sampled at 50 Hz to a few tens of kHz.
@@ -23,8 +23,14 @@ pub const MAX_SAMPLES_PER_SIGNAL: u64 = 1 << 30;
 pub const GAIN_MAGNITUDE_RANGE: RangeInclusive<f64> = 1e-6..=1e9;
 /// Most bits an ADC resolution may declare.
 pub const MAX_ADC_RESOLUTION: u32 = 32;
-/// Signal formats this reader decodes.
-pub const SUPPORTED_FORMATS: [u16; 7] = [16, 24, 32, 61, 80, 160, 212];
+/// Signal formats this reader decodes (0 is the null signal: nothing stored, all invalid).
+pub const SUPPORTED_FORMATS: [u16; 11] = [0, 8, 16, 24, 32, 61, 80, 160, 212, 310, 311];
+/// Most samples of one signal in one frame (`16x4`: 4).
+pub const MAX_SAMPLES_PER_FRAME: u32 = 1024;
+/// Largest skew (frames) accepted.
+pub const MAX_SKEW: u32 = 1 << 20;
+/// Most segments a multi-segment record may list.
+pub const MAX_SEGMENTS: usize = 100_000;
 
 /// Parses header text; `path` is recorded in the header and names the file in errors.
 pub fn parse_header(text: &str, path: &Path) -> Result<Header, DataError> {
@@ -35,6 +41,7 @@ pub fn parse_header(text: &str, path: &Path) -> Result<Header, DataError> {
     let mut comments = Vec::new();
     let mut header: Option<Header> = None;
     let mut declared_signals = 0usize;
+    let mut declared_segments = 0usize;
     for (index, raw_line) in text.split('\n').enumerate() {
         let line_no = index + 1;
         let line = raw_line.trim_end_matches('\r').trim();
@@ -47,11 +54,15 @@ pub fn parse_header(text: &str, path: &Path) -> Result<Header, DataError> {
         }
         match header.as_mut() {
             None => {
-                let (parsed, nsig) = parse_record_line(line, line_no, path, &fallback_name)?;
-                declared_signals = nsig;
+                let (parsed, nsig, nseg) = parse_record_line(line, line_no, path, &fallback_name)?;
+                (declared_signals, declared_segments) = (nsig, nseg);
                 header = Some(parsed);
             }
-            Some(h) if h.signals.len() < declared_signals => {
+            Some(h) if h.segments.len() < declared_segments => {
+                let segment = parse_segment_line(line, line_no, path, h)?;
+                h.segments.push(segment);
+            }
+            Some(h) if declared_segments == 0 && h.signals.len() < declared_signals => {
                 let spec = parse_signal_line(line, line_no, h.signals.len(), path, h)?;
                 h.signals.push(spec);
             }
@@ -61,8 +72,14 @@ pub fn parse_header(text: &str, path: &Path) -> Result<Header, DataError> {
                     path: path.to_path_buf(),
                     line: line_no,
                     message: format!(
-                        "unexpected line after the {declared_signals} signal line(s) the record \
-                         line declares (expected a `#` comment): `{}`",
+                        "unexpected line after the {} {} line(s) the record line declares \
+                         (expected a `#` comment): `{}`",
+                        declared_segments.max(declared_signals),
+                        if declared_segments > 0 {
+                            "segment"
+                        } else {
+                            "signal"
+                        },
                         truncate_for_message(line)
                     ),
                 });
@@ -75,7 +92,19 @@ pub fn parse_header(text: &str, path: &Path) -> Result<Header, DataError> {
         line: text.split('\n').count(),
         message: "no record line (the header is empty or holds only comments)".to_string(),
     })?;
-    if header.signals.len() < declared_signals {
+    if header.segments.len() < declared_segments {
+        return Err(DataError::Header {
+            record: header.record_name.clone(),
+            path: path.to_path_buf(),
+            line: header.record_line,
+            message: format!(
+                "record line declares {declared_segments} segment(s) but only {} segment line(s) \
+                 follow",
+                header.segments.len()
+            ),
+        });
+    }
+    if declared_segments == 0 && header.signals.len() < declared_signals {
         return Err(DataError::Header {
             record: header.record_name.clone(),
             path: path.to_path_buf(),
@@ -153,9 +182,13 @@ fn parse_record_line(
     line_no: usize,
     path: &Path,
     fallback_name: &str,
-) -> Result<(Header, usize), DataError> {
+) -> Result<(Header, usize, usize), DataError> {
     let fields = tokens(line);
-    let name_field = fields.first().map_or("", |f| f.1);
+    let full_name = fields.first().map_or("", |f| f.1);
+    let (name_field, segments_text) = match full_name.split_once('/') {
+        Some((name, segments)) => (name, Some(segments)),
+        None => (full_name, None),
+    };
     let ctx = FieldContext {
         record: if name_field.is_empty() {
             fallback_name
@@ -165,14 +198,17 @@ fn parse_record_line(
         path,
         line: line_no,
     };
-    if name_field.contains('/') {
-        return Err(DataError::Header {
-            record: name_field.to_string(),
-            path: path.to_path_buf(),
-            line: line_no,
-            message: "multi-segment records (NAME/SEGMENTS) are not supported".to_string(),
-        });
-    }
+    let nseg = match segments_text {
+        None => 0,
+        Some(text) => {
+            let expected = format!("NAME/SEGMENTS with 1 to {MAX_SEGMENTS} segments");
+            let n: usize = ctx.int("number of segments", &expected, text)?;
+            if !(1..=MAX_SEGMENTS).contains(&n) {
+                return Err(ctx.error("number of segments", expected, full_name));
+            }
+            n
+        }
+    };
     let nsig_text = fields
         .get(1)
         .map(|f| f.1)
@@ -233,10 +269,48 @@ fn parse_record_line(
         num_samples,
         base_time,
         base_date,
+        num_signals: nsig,
         signals: Vec::with_capacity(nsig.min(64)),
+        segments: Vec::new(),
         comments: Vec::new(),
     };
-    Ok((header, nsig))
+    Ok((header, nsig, nseg))
+}
+
+/// A segment line of a multi-segment header: `NAME SAMPLES` (`~` for a gap).
+fn parse_segment_line(
+    line: &str,
+    line_no: usize,
+    path: &Path,
+    header: &Header,
+) -> Result<Segment, DataError> {
+    let ctx = FieldContext {
+        record: &header.record_name,
+        path,
+        line: line_no,
+    };
+    let fields = tokens(line);
+    let expected = "a segment line `NAME SAMPLES` (NAME a record in this folder or `~`)";
+    let [(_, name), (_, samples)] = fields[..] else {
+        return Err(ctx.error("segment", expected, line));
+    };
+    if name != "~" && (name.contains(['/', '\\']) || name.starts_with('.')) {
+        return Err(ctx.error(
+            "segment name",
+            "a record name in this folder (no `/`, no leading `.`) or `~`",
+            name,
+        ));
+    }
+    let range = format!("an integer from 0 to {MAX_SAMPLES_PER_SIGNAL}");
+    let num_samples: u64 = ctx.int("segment samples", &range, samples)?;
+    if num_samples > MAX_SAMPLES_PER_SIGNAL {
+        return Err(ctx.error("segment samples", range, samples));
+    }
+    Ok(Segment {
+        line: line_no,
+        name: name.to_string(),
+        num_samples: num_samples as usize,
+    })
 }
 
 /// Splits `FS[/COUNTER_FREQUENCY[(BASE_COUNTER)]]`, checking each part.
@@ -466,13 +540,27 @@ fn parse_signal_line(
     } else {
         normalize_lead_name(&description)
     };
-    if !SUPPORTED_FORMATS.contains(&format) || samples_per_frame != 1 || skew != 0 {
+    if !SUPPORTED_FORMATS.contains(&format) {
         return Err(DataError::UnsupportedFormat {
             record: header.record_name.clone(),
             lead,
             line: line_no,
             format: format_text.to_string(),
         });
+    }
+    if !(1..=MAX_SAMPLES_PER_FRAME).contains(&samples_per_frame) {
+        return Err(ctx.error(
+            "samples per frame",
+            format!("FORMATxN with N from 1 to {MAX_SAMPLES_PER_FRAME}"),
+            format_text,
+        ));
+    }
+    if skew > MAX_SKEW {
+        return Err(ctx.error(
+            "skew",
+            format!("FORMAT:SKEW with a skew from 0 to {MAX_SKEW} frames"),
+            format_text,
+        ));
     }
     Ok(SignalSpec {
         line: line_no,

@@ -1,12 +1,16 @@
 //! PhysioNet WFDB records: header (`.hea`) parsing and signal decoding.
 //!
-//! A header has a record line (`NAME NSIG [FS [NSAMP [BASETIME [BASEDATE]]]]`), one signal line
-//! per signal (`FILE FORMAT[xSPF][:SKEW][+OFFSET] [GAIN[(BASELINE)][/UNITS] [ADCRES [ADCZERO
-//! [INITVAL [CHECKSUM [BLOCKSIZE [DESCRIPTION]]]]]]]`) and `#` comment lines anywhere. Signal
-//! files in formats 16, 61, 80, 160, 212, 24 and 32 are decoded, as are the MAT v4 files of the
-//! PhysioNet/CinC challenges (see [`crate::mat`]). Every read verifies each lead's checksum and
+//! A header has a record line (`NAME[/SEGMENTS] NSIG [FS[/CF[(BASE)]] [NSAMP [BASETIME
+//! [BASEDATE]]]]`), then one signal line per signal (`FILE FORMAT[xSPF][:SKEW][+OFFSET]
+//! [GAIN[(BASELINE)][/UNITS] [ADCRES [ADCZERO [INITVAL [CHECKSUM [BLOCKSIZE [DESCRIPTION]]]]]]]`)
+//! or, for a multi-segment record, one segment line per segment (`NAME SAMPLES`), and `#`
+//! comment lines anywhere. Signal files in formats 8, 16, 24, 32, 61, 80, 160, 212, 310 and 311
+//! are decoded ([`format`]), with several samples per frame, skew and byte offsets, as are the
+//! MAT v4 files of the PhysioNet/CinC challenges (see [`crate::mat`]); multi-segment records of
+//! fixed and variable layout are joined into one record ([`segments`]). The FLAC formats (508,
+//! 516, 524) are refused wherever they appear. Every read verifies each lead's checksum and
 //! initial value when the header gives them, and converts to millivolts with
-//! `(adc - baseline) / gain`, scaled by the header's units.
+//! `(adc - baseline) / gain` (a negative gain inverts), scaled by the header's units.
 //!
 //! Every header field is checked against a sane range when the header is parsed ([`header`]).
 //! Signal files are opened only when they are regular files inside the record's folder, their
@@ -21,7 +25,9 @@ use crate::error::DataError;
 use crate::record::{Record, RecordMeta, STANDARD_LEADS, SourceKind};
 use crate::safe_read;
 
+pub mod format;
 pub mod header;
+pub mod segments;
 pub mod signal;
 
 pub use header::parse_header;
@@ -49,9 +55,26 @@ pub struct Header {
     pub num_samples: Option<usize>,
     pub base_time: Option<String>,
     pub base_date: Option<String>,
+    /// Signals the record line declares.
+    pub num_signals: usize,
+    /// Signal lines; empty for a multi-segment record, whose signals are in its segments.
     pub signals: Vec<SignalSpec>,
+    /// Segment lines of a multi-segment record (`NAME/SEGMENTS` on the record line), in order.
+    pub segments: Vec<Segment>,
     /// Text of every `#` comment line, without the `#` and surrounding whitespace, in order.
     pub comments: Vec<String>,
+}
+
+/// One segment line of a multi-segment header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// 1-based line number in the header.
+    pub line: usize,
+    /// The segment's record name (its header is `NAME.hea` beside this one), or `~` for a gap
+    /// of invalid samples.
+    pub name: String,
+    /// Frames in the segment (0 for a variable-layout record's layout segment).
+    pub num_samples: usize,
 }
 
 /// One signal line of a header.
@@ -106,11 +129,19 @@ impl SignalSpec {
 }
 
 impl Header {
-    /// Signal files the header names, in order of first appearance.
+    /// Signal files the header names, in order of first appearance (for a multi-segment
+    /// record, its segments' headers).
     pub fn signal_files(&self) -> Vec<PathBuf> {
         let dir = self.path.parent().unwrap_or(Path::new(""));
         let mut files: Vec<PathBuf> = Vec::new();
-        for spec in &self.signals {
+        for segment in self.segments.iter().filter(|s| s.name != signal::NULL_FILE) {
+            files.push(dir.join(format!("{}.hea", segment.name)));
+        }
+        for spec in self
+            .signals
+            .iter()
+            .filter(|s| s.file_name != signal::NULL_FILE)
+        {
             let file = dir.join(&spec.file_name);
             if !files.contains(&file) {
                 files.push(file);
@@ -129,31 +160,36 @@ impl Header {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DigitalRecord {
     pub header: Header,
-    /// One vector per signal, all `num_samples` long.
+    /// One vector per signal, `num_samples x samples_per_frame` long.
     pub samples: Vec<Vec<i32>>,
 }
 
 impl DigitalRecord {
-    /// Samples converted to millivolts; WFDB's invalid-sample marker becomes NaN.
+    /// Every sample converted to millivolts (a signal with N samples per frame keeps all N per
+    /// frame); WFDB's invalid-sample marker becomes NaN.
+    pub fn physical_expanded(&self) -> Vec<Vec<f32>> {
+        self.header
+            .signals
+            .iter()
+            .zip(&self.samples)
+            .map(|(spec, digital)| to_millivolts(spec, digital))
+            .collect()
+    }
+
+    /// Samples in millivolts at the frame rate (the header's sampling frequency): a signal with
+    /// several samples per frame gives the mean of each frame's valid samples (NaN when none is
+    /// valid), as WFDB's and python wfdb's default reads do.
     pub fn physical(&self) -> Vec<Vec<f32>> {
         self.header
             .signals
             .iter()
             .zip(&self.samples)
             .map(|(spec, digital)| {
-                let scale = spec.millivolts_per_unit() / spec.gain();
-                let baseline = spec.baseline;
-                let invalid = signal::invalid_sample(spec.format);
-                digital
-                    .iter()
-                    .map(|&d| {
-                        if Some(d) == invalid {
-                            f32::NAN
-                        } else {
-                            ((f64::from(d) - f64::from(baseline)) * scale) as f32
-                        }
-                    })
-                    .collect()
+                let mv = to_millivolts(spec, digital);
+                match spec.samples_per_frame as usize {
+                    1 => mv,
+                    spf => mv.chunks_exact(spf).map(mean_of_valid).collect(),
+                }
             })
             .collect()
     }
@@ -169,6 +205,34 @@ impl DigitalRecord {
             meta: RecordMeta::default(),
             waves: Vec::new(),
         }
+    }
+}
+
+fn to_millivolts(spec: &SignalSpec, digital: &[i32]) -> Vec<f32> {
+    let scale = spec.millivolts_per_unit() / spec.gain();
+    let baseline = f64::from(spec.baseline);
+    let invalid = format::invalid_sample(spec.format);
+    digital
+        .iter()
+        .map(|&d| {
+            if Some(d) == invalid {
+                f32::NAN
+            } else {
+                ((f64::from(d) - baseline) * scale) as f32
+            }
+        })
+        .collect()
+}
+
+fn mean_of_valid(frame: &[f32]) -> f32 {
+    let (sum, n) = frame
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold((0f64, 0u32), |(s, n), &v| (s + f64::from(v), n + 1));
+    if n == 0 {
+        f32::NAN
+    } else {
+        (sum / f64::from(n)) as f32
     }
 }
 
@@ -237,6 +301,16 @@ pub fn read_record_digital_within(
     limits: ReadLimits,
 ) -> Result<DigitalRecord, DataError> {
     let header = read_header(path)?;
+    if let Some(segment) = header.segments.first() {
+        return Err(DataError::Header {
+            record: header.record_name.clone(),
+            path: header.path.clone(),
+            line: segment.line,
+            message: "a multi-segment record's segments may differ in gain and baseline, so it \
+                      is read in millivolts only (read_record), not as digital samples"
+                .to_string(),
+        });
+    }
     let samples = signal::read_signals_within(&header, limits)?;
     Ok(DigitalRecord { header, samples })
 }
@@ -249,7 +323,22 @@ pub fn read_record(path: impl AsRef<Path>) -> Result<Record, DataError> {
 
 /// Like [`read_record`], also returning the header (its comments carry labels for some sources).
 pub fn read_record_with_header(path: impl AsRef<Path>) -> Result<(Header, Record), DataError> {
-    let digital = read_record_digital(path)?;
+    read_record_with_header_within(path, ReadLimits::DEFAULT)
+}
+
+/// Like [`read_record_with_header`] with explicit limits. A multi-segment record comes back
+/// as one record: its segments' samples in millivolts, one after the other.
+pub fn read_record_with_header_within(
+    path: impl AsRef<Path>,
+    limits: ReadLimits,
+) -> Result<(Header, Record), DataError> {
+    let header = read_header(path)?;
+    if !header.segments.is_empty() {
+        let record = segments::read_segments(&header, limits)?;
+        return Ok((header, record));
+    }
+    let samples = signal::read_signals_within(&header, limits)?;
+    let digital = DigitalRecord { header, samples };
     let record = digital.to_record();
     Ok((digital.header, record))
 }

@@ -1,61 +1,18 @@
-//! Decoding WFDB signal files: formats, interleaving, checksums and initial values.
+//! Reading WFDB signal files: opening them safely, checking their sizes against the header,
+//! dealing frames out to signals (several samples per frame), format 8's differences, skew,
+//! and each signal's checksum and initial value.
 
 use std::path::{Path, PathBuf};
 
+use super::format::{Layout, decode_flat, decode_strided, invalid_sample, layout};
 use super::header::signal_groups;
 use super::{Header, ReadLimits, SignalSpec};
 use crate::error::DataError;
 use crate::{mat, safe_read};
 
-/// Storage layouts this reader decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// Little-endian two's complement integers of N bytes (formats 16, 24, 32).
-    Le(usize),
-    /// Big-endian 16-bit (format 61).
-    Be16,
-    /// Offset binary: unsigned 8-bit minus 128 (80), unsigned 16-bit minus 32768 (160).
-    Offset8,
-    Offset16,
-    /// Two 12-bit samples packed in three bytes (212).
-    Packed212,
-}
-
-fn layout(format: u16) -> Option<Layout> {
-    Some(match format {
-        16 => Layout::Le(2),
-        24 => Layout::Le(3),
-        32 => Layout::Le(4),
-        61 => Layout::Be16,
-        80 => Layout::Offset8,
-        160 => Layout::Offset16,
-        212 => Layout::Packed212,
-        _ => return None,
-    })
-}
-
-/// WFDB's "invalid sample" marker for a format: the most negative value it can store.
-pub(crate) fn invalid_sample(format: u16) -> Option<i32> {
-    Some(match format {
-        16 | 61 | 160 => -32768,
-        24 => -(1 << 23),
-        32 => i32::MIN,
-        80 => -128,
-        212 => -2048,
-        _ => return None,
-    })
-}
-
-/// Bytes needed for `samples` interleaved samples in a layout, `None` on overflow.
-fn bytes_for(layout: Layout, samples: usize) -> Option<usize> {
-    match layout {
-        Layout::Le(width) => samples.checked_mul(width),
-        Layout::Be16 | Layout::Offset16 => samples.checked_mul(2),
-        Layout::Offset8 => Some(samples),
-        // An odd trailing sample occupies two bytes (its low byte and its high nibble).
-        Layout::Packed212 => samples.checked_mul(3).map(|b| b.div_ceil(2)),
-    }
-}
+/// The file name WFDB uses for a signal that has no file (all its samples invalid; format 0
+/// says the same).
+pub const NULL_FILE: &str = "~";
 
 /// Decodes every signal of a header within the default [`ReadLimits`], verifying checksums and
 /// initial values.
@@ -70,7 +27,12 @@ pub fn read_signals_within(
     limits: ReadLimits,
 ) -> Result<Vec<Vec<i32>>, DataError> {
     if let Some(n) = header.num_samples {
-        check_limit(header, n as u64 * header.signals.len() as u64, limits)?;
+        let per_frame: u64 = header
+            .signals
+            .iter()
+            .map(|s| u64::from(s.samples_per_frame))
+            .sum();
+        check_limit(header, n as u64 * per_frame, limits)?;
     }
     let mut out: Vec<Vec<i32>> = Vec::with_capacity(header.signals.len());
     let mut samples_so_far = 0u64;
@@ -126,7 +88,8 @@ fn open_signal_file(
     Ok((opened, shown))
 }
 
-/// Reads and de-interleaves the signals stored in one file.
+/// Reads and de-interleaves the signals stored in one file; each comes back with
+/// `frames x samples_per_frame` samples.
 fn read_group(
     header: &Header,
     specs: &[SignalSpec],
@@ -134,6 +97,17 @@ fn read_group(
     samples_so_far: u64,
 ) -> Result<Vec<Vec<i32>>, DataError> {
     let first = &specs[0];
+    let per_frame: usize = specs.iter().map(|s| s.samples_per_frame as usize).sum();
+    if first.file_name == NULL_FILE || first.format == 0 {
+        // A signal without a file, or in format 0: every sample is invalid.
+        let frames = header.num_samples.unwrap_or(0);
+        check_limit(header, samples_so_far + (frames * per_frame) as u64, limits)?;
+        let invalid = invalid_sample(first.format).unwrap_or(i32::MIN);
+        return Ok(specs
+            .iter()
+            .map(|s| vec![invalid; frames * s.samples_per_frame as usize])
+            .collect());
+    }
     let layout = layout(first.format).ok_or_else(|| DataError::UnsupportedFormat {
         record: header.record_name.clone(),
         lead: first.lead.clone(),
@@ -152,6 +126,21 @@ fn read_group(
     let mut offset = first.byte_offset.unwrap_or(0);
     let mut num_samples = header.num_samples;
     if is_mat_file(&first.file_name) {
+        if first.format != 16
+            || specs
+                .iter()
+                .any(|s| s.samples_per_frame != 1 || s.skew != 0)
+        {
+            return Err(DataError::UnsupportedFormat {
+                record: header.record_name.clone(),
+                lead: first.lead.clone(),
+                line: first.line,
+                format: format!(
+                    "{} in a MAT file (MAT files hold format 16, one sample per frame)",
+                    first.format
+                ),
+            });
+        }
         let prefix_len = size.min(mat::MAX_HEADER_BYTES as u64);
         let prefix = safe_read::read_range(&mut opened.file, 0, prefix_len).map_err(io_error)?;
         let mat_header = mat::parse_header(&prefix, &header.record_name, &file)?;
@@ -177,31 +166,85 @@ fn read_group(
     if offset > size {
         return Err(truncated(offset));
     }
-    let nsig = specs.len();
     let available = size - offset;
-    let num_samples = match num_samples {
+    let frames = match num_samples {
         Some(n) => n as u64,
         None => {
-            let per_frame = bytes_for(layout, nsig).unwrap_or(usize::MAX) as u64;
-            if layout == Layout::Packed212 {
-                available * 2 / (3 * nsig as u64)
-            } else {
-                if !available.is_multiple_of(per_frame) {
-                    return Err(truncated(offset + (available / per_frame + 1) * per_frame));
+            let samples = layout.samples_in(available);
+            if let Some(width) = layout.width() {
+                let frame_bytes = (width * per_frame) as u64;
+                if !available.is_multiple_of(frame_bytes) {
+                    let whole = available / frame_bytes + 1;
+                    return Err(truncated(offset + whole * frame_bytes));
                 }
-                available / per_frame
             }
+            samples / per_frame as u64
         }
     };
-    check_limit(header, samples_so_far + num_samples * nsig as u64, limits)?;
-    // The limit keeps this product far below overflow.
-    let total = (num_samples * nsig as u64) as usize;
-    let needed = bytes_for(layout, total).expect("bounded by the sample limit") as u64;
+    check_limit(header, samples_so_far + frames * per_frame as u64, limits)?;
+    // The limit keeps these products far below overflow.
+    let (frames, total) = (frames as usize, frames as usize * per_frame);
+    let needed = layout
+        .bytes_for(total)
+        .expect("bounded by the sample limit") as u64;
     if needed > available {
         return Err(truncated(offset + needed));
     }
     let data = safe_read::read_range(&mut opened.file, offset, needed).map_err(io_error)?;
-    Ok(decode(layout, &data, nsig, num_samples as usize))
+    let mut signals = deal_out(layout, &data, specs, frames);
+    for (spec, samples) in specs.iter().zip(&mut signals) {
+        if layout == Layout::Diff8 {
+            accumulate_differences(samples, spec.initial_value.unwrap_or(0));
+        }
+        apply_skew(samples, spec);
+    }
+    Ok(signals)
+}
+
+/// Decodes the file's frames and gives each signal its samples, in order.
+fn deal_out(layout: Layout, data: &[u8], specs: &[SignalSpec], frames: usize) -> Vec<Vec<i32>> {
+    if specs.iter().all(|s| s.samples_per_frame == 1)
+        && let Some(signals) = decode_strided(layout, data, specs.len(), frames)
+    {
+        return signals;
+    }
+    let per_frame: usize = specs.iter().map(|s| s.samples_per_frame as usize).sum();
+    let flat = decode_flat(layout, data, frames * per_frame);
+    let mut start = 0;
+    specs
+        .iter()
+        .map(|spec| {
+            let spf = spec.samples_per_frame as usize;
+            let at = start;
+            start += spf;
+            let mut samples = Vec::with_capacity(frames * spf);
+            for frame in flat.chunks_exact(per_frame) {
+                samples.extend_from_slice(&frame[at..at + spf]);
+            }
+            samples
+        })
+        .collect()
+}
+
+/// Format 8: the stored values are differences, the first from the signal's initial value.
+fn accumulate_differences(samples: &mut [i32], initial: i32) {
+    let mut value = initial;
+    for sample in samples {
+        value = value.wrapping_add(*sample);
+        *sample = value;
+    }
+}
+
+/// Sample `t` of a signal skewed by `s` frames is stored in frame `t + s`: drop the first `s`
+/// frames' samples and mark the last `s` frames (beyond the file) invalid.
+fn apply_skew(samples: &mut Vec<i32>, spec: &SignalSpec) {
+    let shift = (spec.skew as usize * spec.samples_per_frame as usize).min(samples.len());
+    if shift == 0 {
+        return;
+    }
+    samples.drain(..shift);
+    let invalid = invalid_sample(spec.format).unwrap_or(i32::MIN);
+    samples.extend(std::iter::repeat_n(invalid, shift));
 }
 
 fn is_mat_file(name: &str) -> bool {
@@ -211,7 +254,9 @@ fn is_mat_file(name: &str) -> bool {
 }
 
 fn verify_signal(header: &Header, spec: &SignalSpec, samples: &[i32]) -> Result<(), DataError> {
+    // Format 8's initial value is where its differences start, not a check.
     if let (Some(expected), Some(&first)) = (spec.initial_value, samples.first())
+        && spec.format != 8
         && expected != first
     {
         return Err(DataError::InitialValue {
@@ -237,123 +282,4 @@ fn verify_signal(header: &Header, spec: &SignalSpec, samples: &[i32]) -> Result<
         }
     }
     Ok(())
-}
-
-/// De-interleaves `num_samples` frames of `nsig` signals. The caller has checked `data` is
-/// long enough.
-fn decode(layout: Layout, data: &[u8], nsig: usize, num_samples: usize) -> Vec<Vec<i32>> {
-    if nsig == 0 {
-        return Vec::new();
-    }
-    match layout {
-        Layout::Le(2) => strided::<2>(data, nsig, num_samples, |b| {
-            i32::from(i16::from_le_bytes([b[0], b[1]]))
-        }),
-        Layout::Le(3) => strided::<3>(data, nsig, num_samples, |b| {
-            // Place the three bytes high in an i32 and shift back down to sign-extend.
-            i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8
-        }),
-        Layout::Le(_) => strided::<4>(data, nsig, num_samples, |b| {
-            i32::from_le_bytes([b[0], b[1], b[2], b[3]])
-        }),
-        Layout::Be16 => strided::<2>(data, nsig, num_samples, |b| {
-            i32::from(i16::from_be_bytes([b[0], b[1]]))
-        }),
-        Layout::Offset8 => strided::<1>(data, nsig, num_samples, |b| i32::from(b[0]) - 128),
-        Layout::Offset16 => strided::<2>(data, nsig, num_samples, |b| {
-            i32::from(u16::from_le_bytes([b[0], b[1]])) - 32768
-        }),
-        Layout::Packed212 => decode_212(data, nsig, num_samples),
-    }
-}
-
-fn strided<const WIDTH: usize>(
-    data: &[u8],
-    nsig: usize,
-    num_samples: usize,
-    sample: impl Fn(&[u8]) -> i32,
-) -> Vec<Vec<i32>> {
-    let frame = WIDTH * nsig;
-    let frames = &data[..frame * num_samples];
-    (0..nsig)
-        .map(|signal| {
-            let at = signal * WIDTH;
-            frames
-                .chunks_exact(frame)
-                .map(|f| sample(&f[at..at + WIDTH]))
-                .collect()
-        })
-        .collect()
-}
-
-fn decode_212(data: &[u8], nsig: usize, num_samples: usize) -> Vec<Vec<i32>> {
-    let total = nsig * num_samples;
-    let mut flat = Vec::with_capacity(total + 1);
-    // Sign-extend a 12-bit value by moving it to the top of an i32 and shifting back.
-    let extend = |v: u32| ((v << 20) as i32) >> 20;
-    for triple in data[..bytes_for(Layout::Packed212, total).unwrap_or(0)].chunks(3) {
-        let b0 = u32::from(triple[0]);
-        let b1 = u32::from(triple.get(1).copied().unwrap_or(0));
-        flat.push(extend(b0 | ((b1 & 0x0f) << 8)));
-        if let Some(&b2) = triple.get(2) {
-            flat.push(extend(u32::from(b2) | ((b1 & 0xf0) << 4)));
-        }
-    }
-    flat.truncate(total);
-    (0..nsig)
-        .map(|signal| flat[signal..].iter().step_by(nsig).copied().collect())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn format_212_unpacks_the_wfdb_spec_example() {
-        // Samples 0x123 and 0x456: low byte of the first, then the two high nibbles (second's
-        // in the upper half), then the low byte of the second.
-        assert_eq!(
-            decode_212(&[0x23, 0x41, 0x56], 2, 1),
-            vec![vec![0x123], vec![0x456]]
-        );
-        // -1 and -2048 (all ones; sign bit only), and a trailing odd sample stored in 2 bytes.
-        assert_eq!(
-            decode_212(&[0xff, 0x8f, 0x00, 0x05, 0x00], 1, 3),
-            vec![vec![-1, -2048, 5]]
-        );
-    }
-
-    #[test]
-    fn byte_formats_decode_per_the_wfdb_spec() {
-        let check = |format: u16, bytes: &[u8], expected: Vec<i32>| {
-            let layout = layout(format).unwrap();
-            let n = expected.len();
-            assert_eq!(bytes_for(layout, n), Some(bytes.len()), "format {format}");
-            assert_eq!(
-                decode(layout, bytes, 1, n),
-                vec![expected],
-                "format {format}"
-            );
-        };
-        // 80: offset binary, 128 is zero.
-        check(80, &[128, 0, 255], vec![0, -128, 127]);
-        // 160: little-endian offset binary, 0x8000 is zero.
-        check(
-            160,
-            &[0x00, 0x80, 0xff, 0xff, 0x00, 0x00],
-            vec![0, 32767, -32768],
-        );
-        // 61: big-endian two's complement.
-        check(61, &[0x01, 0x02, 0xff, 0xfe], vec![258, -2]);
-        // 16, 24, 32: little-endian two's complement.
-        check(16, &[0x02, 0x01, 0xfe, 0xff], vec![258, -2]);
-        check(
-            24,
-            &[0xff, 0xff, 0xff, 0x01, 0x00, 0x80],
-            vec![-1, -8_388_607],
-        );
-        check(32, &[0xfe, 0xff, 0xff, 0xff], vec![-2]);
-        assert_eq!(layout(310), None);
-    }
 }
