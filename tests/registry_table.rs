@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use beatlab::registry::{CellOffer, ClaimPolicy, Registry, RunStatus, now};
-use beatlab::runner::checkpoint::{CheckpointError, CheckpointStore};
+use beatlab::runner::checkpoint::{self, CheckpointError, CheckpointStore};
 use beatlab::spec::{self, Overrides, Plan};
 use beatlab::table::{self, Format};
 use candle_core::{Device, Tensor};
@@ -289,7 +289,9 @@ fn a_corrupted_checkpoint_is_refused_on_load() {
             &serde_json::json!({ "progress": 1 }),
         )
         .unwrap();
-    let loaded = store.latest("beat", &Device::Cpu).unwrap().unwrap();
+    let (loaded, set_aside) = store.latest("beat", &Device::Cpu).unwrap();
+    let loaded = loaded.unwrap();
+    assert!(set_aside.is_empty());
     assert_eq!(loaded.step, 10);
     assert_eq!(loaded.meta["progress"], 1);
     assert_eq!(
@@ -299,11 +301,69 @@ fn a_corrupted_checkpoint_is_refused_on_load() {
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let row = reg.checkpoints(&claim.run_id).unwrap().remove(0);
     assert!(matches!(
-        store.latest("beat", &Device::Cpu),
+        checkpoint::load(&row, &Device::Cpu),
         Err(CheckpointError::Corrupt { .. })
     ));
+}
+
+/// Issue #14.14: a corrupt or deleted newest checkpoint is set aside and the next older one
+/// used, instead of failing the run.
+#[test]
+fn unusable_checkpoints_fall_back_to_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path());
+    let claim = reg
+        .claim(&policy("w", dir.path()), &offers(1))
+        .unwrap()
+        .unwrap();
+    let store = CheckpointStore::new(reg.clone(), &claim.run_id, &claim.run_dir);
+    let save = |step: i64, is_final: bool| {
+        let mut tensors = BTreeMap::new();
+        tensors.insert(
+            "w".to_string(),
+            Tensor::new(&[step as f32], &Device::Cpu).unwrap(),
+        );
+        store
+            .save("beat", step, 0, is_final, &tensors, &serde_json::json!({}))
+            .unwrap()
+    };
+    save(10, false);
+    let p20 = save(20, false);
+    let fin = save(30, true);
+    assert!(store.verified_complete("beat").unwrap().0);
+
+    // A corrupt final checkpoint: the stage is no longer complete and goes on from step 20.
+    let mut bytes = std::fs::read(&fin).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&fin, &bytes).unwrap();
+    let (complete, bad) = store.verified_complete("beat").unwrap();
+    assert!(!complete);
+    let bad = bad.unwrap();
+    assert!((bad.step, bad.is_final) == (30, true), "{bad}");
+    assert!(bad.to_string().contains("is corrupt"), "{bad}");
+    assert!(bad.moved_to.as_ref().unwrap().is_file());
+    assert!(!fin.exists());
+    let (latest, set_aside) = store.latest("beat", &Device::Cpu).unwrap();
+    assert_eq!(latest.unwrap().step, 20);
+    assert!(set_aside.is_empty());
+
+    // The step-20 file deleted: back to step 10, and its row is gone.
+    std::fs::remove_file(&p20).unwrap();
+    let (latest, set_aside) = store.latest("beat", &Device::Cpu).unwrap();
+    assert_eq!(latest.unwrap().step, 10);
+    assert_eq!(set_aside.len(), 1);
+    assert_eq!(set_aside[0].step, 20);
+    assert!(set_aside[0].moved_to.is_none());
+    let steps: Vec<i64> = reg
+        .checkpoints(&claim.run_id)
+        .unwrap()
+        .iter()
+        .map(|c| c.step)
+        .collect();
+    assert_eq!(steps, [10]);
 }
 
 const TABLE_SPEC: &str = r#"

@@ -5,6 +5,10 @@
 //! fsynced; only then is it recorded (with its sha256) in the registry. A crash at any point
 //! leaves either the previous checkpoint or the new one, never a torn file that loads. Loading
 //! recomputes the sha256 and refuses a file that does not match the registry.
+//!
+//! A checkpoint that is corrupt, unreadable or gone when a run continues is set aside (its
+//! registry row removed, the file renamed `*.corrupt`) and the next older one is used instead;
+//! the runner says so in the run's log and records it as a `checkpoint/fallback` metric.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -63,6 +67,36 @@ impl Checkpoint {
             .iter()
             .filter_map(|(k, v)| k.strip_prefix(&p).map(|rest| (rest.to_string(), v.clone())))
             .collect()
+    }
+}
+
+/// A checkpoint that could not be used when a run continued, and was set aside.
+#[derive(Debug, Clone)]
+pub struct SetAside {
+    pub stage: String,
+    pub step: i64,
+    pub is_final: bool,
+    /// Where the file was recorded.
+    pub path: PathBuf,
+    /// Why it could not be used.
+    pub reason: String,
+    /// Where the file was moved for inspection (`None` when it was gone).
+    pub moved_to: Option<PathBuf>,
+}
+
+impl std::fmt::Display for SetAside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} checkpoint of step {} is unusable ({}); ",
+            if self.is_final { "final" } else { "the" },
+            self.step,
+            self.reason
+        )?;
+        match &self.moved_to {
+            Some(p) => write!(f, "set aside as {}", p.display()),
+            None => write!(f, "its registry entry was removed"),
+        }
     }
 }
 
@@ -147,19 +181,72 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// The newest checkpoint of a stage (final or not), verified and loaded onto `device`.
+    /// The newest usable checkpoint of a stage (final or not), verified and loaded onto
+    /// `device`. Newer ones that are corrupt, unreadable or gone are set aside and returned, so
+    /// that the caller can say that it fell back.
     pub fn latest(
         &self,
         stage: &str,
         device: &Device,
-    ) -> Result<Option<Checkpoint>, CheckpointError> {
-        let newest = self
+    ) -> Result<(Option<Checkpoint>, Vec<SetAside>), CheckpointError> {
+        let mut rows: Vec<CheckpointRow> = self
             .registry
             .checkpoints(&self.run_id)?
             .into_iter()
             .filter(|c| c.stage == stage)
-            .max_by_key(|c| (c.is_final, c.step));
-        newest.map(|row| load(&row, device)).transpose()
+            .collect();
+        rows.sort_by_key(|c| std::cmp::Reverse((c.is_final, c.step)));
+        let mut set_aside = Vec::new();
+        for row in rows {
+            match load(&row, device) {
+                Ok(c) => return Ok((Some(c), set_aside)),
+                Err(CheckpointError::Registry(e)) => return Err(e.into()),
+                Err(e) => set_aside.push(self.set_aside(&row, &e)?),
+            }
+        }
+        Ok((None, set_aside))
+    }
+
+    /// Whether a stage completed: its final checkpoint is recorded and its sha256 verified. A
+    /// final checkpoint that is corrupt or gone is set aside (returned), and the stage counts as
+    /// incomplete, to be continued from its newest usable checkpoint.
+    pub fn verified_complete(
+        &self,
+        stage: &str,
+    ) -> Result<(bool, Option<SetAside>), CheckpointError> {
+        let row = self
+            .registry
+            .checkpoints(&self.run_id)?
+            .into_iter()
+            .find(|c| c.stage == stage && c.is_final);
+        let Some(row) = row else {
+            return Ok((false, None));
+        };
+        match read_verified(&row) {
+            Ok(_) => Ok((true, None)),
+            Err(e) => Ok((false, Some(self.set_aside(&row, &e)?))),
+        }
+    }
+
+    /// Removes an unusable checkpoint's registry row and moves its file out of the way.
+    fn set_aside(
+        &self,
+        row: &CheckpointRow,
+        why: &CheckpointError,
+    ) -> Result<SetAside, CheckpointError> {
+        self.registry
+            .delete_checkpoint(&row.run_id, &row.stage, row.step)?;
+        let path = PathBuf::from(&row.path);
+        let corrupt = PathBuf::from(format!("{}.corrupt", row.path));
+        let moved_to = std::fs::rename(&path, &corrupt).ok().map(|()| corrupt);
+        Ok(SetAside {
+            stage: row.stage.clone(),
+            step: row.step,
+            is_final: row.is_final,
+            path,
+            reason: why.to_string(),
+            moved_to,
+        })
     }
 
     /// The final checkpoint of a stage, if the stage completed.
@@ -188,6 +275,22 @@ impl CheckpointStore {
 
 /// Reads a recorded checkpoint, verifying its sha256.
 pub fn load(row: &CheckpointRow, device: &Device) -> Result<Checkpoint, CheckpointError> {
+    let bytes = read_verified(row)?;
+    let path = PathBuf::from(&row.path);
+    let (tensors, meta) = decode(&bytes, &path, device)?;
+    Ok(Checkpoint {
+        stage: row.stage.clone(),
+        step: row.step,
+        epoch: row.epoch,
+        is_final: row.is_final,
+        tensors,
+        meta,
+        path,
+    })
+}
+
+/// The bytes of a recorded checkpoint, if their sha256 is the one the registry recorded.
+fn read_verified(row: &CheckpointRow) -> Result<Vec<u8>, CheckpointError> {
     let path = PathBuf::from(&row.path);
     let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io {
         path: path.clone(),
@@ -201,12 +304,21 @@ pub fn load(row: &CheckpointRow, device: &Device) -> Result<Checkpoint, Checkpoi
             found,
         });
     }
+    Ok(bytes)
+}
+
+/// The tensors and loop state of a checkpoint file's bytes (`path` names it in errors).
+pub fn decode(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, serde_json::Value), CheckpointError> {
     let format = |message: String| CheckpointError::Format {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message,
     };
     let (_, metadata) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format(e.to_string()))?;
     let meta = metadata
         .metadata()
         .as_ref()
@@ -216,14 +328,6 @@ pub fn load(row: &CheckpointRow, device: &Device) -> Result<Checkpoint, Checkpoi
         .map_err(|e| format(format!("bad loop state: {e}")))?
         .unwrap_or(serde_json::Value::Null);
     let tensors =
-        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| format(e.to_string()))?;
-    Ok(Checkpoint {
-        stage: row.stage.clone(),
-        step: row.step,
-        epoch: row.epoch,
-        is_final: row.is_final,
-        tensors,
-        meta,
-        path,
-    })
+        candle_core::safetensors::load_buffer(bytes, device).map_err(|e| format(e.to_string()))?;
+    Ok((tensors, meta))
 }

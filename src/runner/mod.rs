@@ -265,6 +265,10 @@ fn prepare_run_dir(dir: &Path, spec: &Spec) -> Result<(), RunnerError> {
         source,
     };
     std::fs::create_dir_all(dir).map_err(err)?;
+    // This worker holds the run: what an earlier, killed attempt left half-written goes.
+    for folder in [dir.to_path_buf(), dir.join("checkpoints")] {
+        beatlab_fsio::remove_stale_temps(&folder).map_err(err)?;
+    }
     let spec_path = dir.join("spec.toml");
     if !spec_path.exists() {
         beatlab_fsio::write_atomically(&spec_path, crate::spec::to_toml_string(spec).as_bytes())
@@ -389,12 +393,15 @@ fn run_stages(
             tracker.log(&format!("{}: disabled, skipped", stage_spec.name));
             continue;
         }
-        if store.is_complete(&stage_spec.name)? {
+        let (complete, bad_final) = store.verified_complete(&stage_spec.name)?;
+        if complete {
             tracker.log(&format!("{}: already complete", stage_spec.name));
             continue;
         }
         cfg.registry.set_stage(run_id, &stage_spec.name)?;
-        let resume = store.latest(&stage_spec.name, &cfg.device)?;
+        let (resume, mut set_aside) = store.latest(&stage_spec.name, &cfg.device)?;
+        set_aside.splice(0..0, bad_final);
+        report_fallbacks(tracker, &stage_spec.name, &set_aside, resume.as_ref())?;
         if let Some(c) = &resume {
             tracker.log(&format!(
                 "{}: continuing from checkpoint at step {} (epoch {})",
@@ -427,6 +434,30 @@ fn run_stages(
     }
     Ok(None)
 }
+
+/// Says in the run's log that unusable checkpoints were set aside and where the stage goes on
+/// from, and records each as a `checkpoint/fallback` metric point at the unusable step, whose
+/// value is the step continued from (-1: the stage starts over).
+fn report_fallbacks(
+    tracker: &mut Tracker,
+    stage: &str,
+    set_aside: &[checkpoint::SetAside],
+    resume: Option<&checkpoint::Checkpoint>,
+) -> Result<(), StageError> {
+    for s in set_aside {
+        let from = match resume {
+            Some(c) => format!("falling back to the checkpoint of step {}", c.step),
+            None => "no usable checkpoint is left: the stage starts over".to_string(),
+        };
+        tracker.log(&format!("{stage}: {s}; {from}"));
+        let value = resume.map_or(-1.0, |c| c.step as f64);
+        tracker.metric(CHECKPOINT_FALLBACK, s.step, value)?;
+    }
+    Ok(())
+}
+
+/// The metric that records a fall-back past an unusable checkpoint.
+pub const CHECKPOINT_FALLBACK: &str = "checkpoint/fallback";
 
 /// An error and its causes, one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

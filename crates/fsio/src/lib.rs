@@ -241,6 +241,41 @@ fn ensure_regular(path: &Path, file: &File) -> io::Result<()> {
     }
 }
 
+/// Removes the temporary files in `dir` (not below it) that a write of a process no longer
+/// running left behind: a process killed (`kill -9`, power loss) between creating its temporary
+/// sibling and renaming it cannot remove it itself. Returns how many were removed. Temporary
+/// files of live processes (another writer at work) are left alone.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = temp_writer_pid(&name.to_string_lossy()) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The writer's process id in a temporary file name `.NAME.tmp-PID-N` made by [`TempFile`].
+fn temp_writer_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, suffix) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = suffix.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A temporary sibling of a target; removed when dropped unless [`TempFile::disarm`]ed after the

@@ -160,3 +160,22 @@ fn bare_file_names_write_in_the_current_folder() {
     assert_eq!(parent_dir(Path::new("x.png")), Path::new("."));
     assert_eq!(parent_dir(Path::new("a/x.png")), Path::new("a"));
 }
+
+#[test]
+fn stale_temp_files_of_dead_writers_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    // No process has a pid this large (the kernel's maximum is 2^22).
+    let dead = dir.path().join(".a.safetensors.tmp-4294967-0");
+    let live = dir
+        .path()
+        .join(format!(".b.safetensors.tmp-{}-7", std::process::id()));
+    let other = dir.path().join("notes.tmp-1-2");
+    for p in [&dead, &live, &other] {
+        fs::write(p, b"x").unwrap();
+    }
+    assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+    assert!(!dead.exists() && live.exists() && other.exists());
+    assert_eq!(remove_stale_temps(&dir.path().join("absent")).unwrap(), 0);
+    assert_eq!(temp_writer_pid(".x.tmp-12-3"), Some(12));
+    assert_eq!(temp_writer_pid(".x.tmp-12"), None);
+}
