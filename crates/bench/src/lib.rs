@@ -19,6 +19,7 @@
 //! processes held the cores. Speed is only ever measured here, never asserted by a test.
 
 pub mod beat;
+pub mod mm;
 pub mod query;
 pub mod registry;
 pub mod sim;
@@ -39,6 +40,9 @@ pub enum BenchError {
     /// The Beat model could not be built or run.
     #[error("Beat benchmark: {0}")]
     Beat(#[from] beatlab_nn::BeatError),
+    /// A multimodal model part (backbone, LoRA, projector, vision tower) failed.
+    #[error("multimodal benchmark: {0}")]
+    Model(Box<beatlab_mm::MmError>),
     /// The product's Beat training step failed.
     #[error("Beat benchmark: {0}")]
     Training(Box<beatlab::runner::StageError>),
@@ -112,6 +116,18 @@ pub enum BenchError {
     },
 }
 
+impl From<beatlab_lm::LmError> for BenchError {
+    fn from(e: beatlab_lm::LmError) -> Self {
+        Self::Model(Box::new(e.into()))
+    }
+}
+
+impl From<beatlab_mm::MmError> for BenchError {
+    fn from(e: beatlab_mm::MmError) -> Self {
+        Self::Model(Box::new(e))
+    }
+}
+
 impl From<beatlab::runner::StageError> for BenchError {
     fn from(e: beatlab::runner::StageError) -> Self {
         Self::Training(Box::new(e))
@@ -126,36 +142,52 @@ pub enum Which {
     Wfdb,
     Sim,
     Query,
+    Mm,
     All,
+}
+
+impl Which {
+    /// Every choice with its name on the command line.
+    pub const NAMES: [(Which, &'static str); 7] = [
+        (Which::Beat, "beat"),
+        (Which::Registry, "registry"),
+        (Which::Wfdb, "wfdb"),
+        (Which::Sim, "sim"),
+        (Which::Query, "query"),
+        (Which::Mm, "mm"),
+        (Which::All, "all"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(w, _)| *w == self)
+            .map_or("all", |(_, n)| n)
+    }
+
+    /// Whether a run of `self` includes benchmark `one`.
+    fn includes(self, one: Which) -> bool {
+        self == one || self == Which::All
+    }
 }
 
 impl FromStr for Which {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "beat" => Ok(Self::Beat),
-            "registry" => Ok(Self::Registry),
-            "wfdb" => Ok(Self::Wfdb),
-            "sim" => Ok(Self::Sim),
-            "query" => Ok(Self::Query),
-            "all" => Ok(Self::All),
-            other => Err(format!(
-                "`{other}`: expected beat, registry, wfdb, sim, query or all"
-            )),
-        }
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == s)
+            .map(|(w, _)| *w)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::NAMES.iter().map(|(_, n)| *n).collect();
+                format!("`{s}`: expected one of {}", names.join(", "))
+            })
     }
 }
 
 impl fmt::Display for Which {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Beat => "beat",
-            Self::Registry => "registry",
-            Self::Wfdb => "wfdb",
-            Self::Sim => "sim",
-            Self::Query => "query",
-            Self::All => "all",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -361,6 +393,7 @@ pub struct BenchOptions {
     pub wfdb: wfdb::WfdbOptions,
     pub sim: sim::SimOptions,
     pub query: query::QueryOptions,
+    pub mm: mm::MmOptions,
 }
 
 impl BenchOptions {
@@ -377,6 +410,7 @@ impl BenchOptions {
             },
             sim: sim::SimOptions::default(),
             query: query::QueryOptions::default(),
+            mm: mm::MmOptions::default(),
         }
     }
 }
@@ -591,20 +625,23 @@ pub fn run(
     let mut machine = MachineInfo::now();
     let mut results = Vec::new();
     let peer = options.peer.as_ref();
-    if matches!(which, Which::Beat | Which::All) {
+    if which.includes(Which::Beat) {
         results.push(beat::run(&options.beat, peer, progress)?);
     }
-    if matches!(which, Which::Registry | Which::All) {
+    if which.includes(Which::Registry) {
         results.push(registry::run(&options.registry, peer, progress)?);
     }
-    if matches!(which, Which::Wfdb | Which::All) {
+    if which.includes(Which::Wfdb) {
         results.push(wfdb::run(&options.wfdb, peer, progress)?);
     }
-    if matches!(which, Which::Sim | Which::All) {
+    if which.includes(Which::Sim) {
         results.push(sim::run(&options.sim, peer, progress)?);
     }
-    if matches!(which, Which::Query | Which::All) {
+    if which.includes(Which::Query) {
         results.push(query::run(&options.query, progress)?);
+    }
+    if which.includes(Which::Mm) {
+        results.extend(mm::run(&options.mm, peer, progress)?);
     }
     machine.load_after = load_average();
     Ok(BenchReport { machine, results })
@@ -735,7 +772,7 @@ mod tests {
 
     #[test]
     fn which_parses_and_prints_back() {
-        for name in ["beat", "registry", "wfdb", "sim", "query", "all"] {
+        for (_, name) in Which::NAMES {
             assert_eq!(name.parse::<Which>().unwrap().to_string(), name);
         }
         let err = "wfbd".parse::<Which>().unwrap_err();

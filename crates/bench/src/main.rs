@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use beatlab::device::{self, DeviceChoice};
+use beatlab_bench::mm::MmSize;
 use beatlab_bench::{BenchOptions, Peer, Which};
 use clap::Parser;
 
@@ -42,7 +43,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Timed rounds (median reported) for every benchmark; defaults: beat 5, registry 3, wfdb 5,
-    /// sim 5, query 5.
+    /// sim 5, query 5, mm 3.
     #[arg(long)]
     rounds: Option<usize>,
     /// Beat: training steps per timed round.
@@ -60,6 +61,10 @@ struct BenchArgs {
     /// Query: runs in the registry the `--where` filter goes through.
     #[arg(long, default_value_t = 30_000)]
     query_runs: usize,
+    /// Multimodal: quickstart (the quickstart's tiny backbone and vision tower), full
+    /// (Qwen2.5-0.5B's and SigLIP so400m's shapes) or all.
+    #[arg(long, default_value = "all", value_parser = ["quickstart", "full", "all"])]
+    mm_size: String,
     /// WFDB: the records' root (default: BEATLAB_ECG_DATA or ../shared/data/ecg).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -105,7 +110,13 @@ fn run(args: &BenchArgs) -> Result<()> {
         options.wfdb.rounds = rounds;
         options.sim.rounds = rounds;
         options.query.rounds = rounds;
+        options.mm.rounds = rounds;
     }
+    options.mm.sizes = match args.mm_size.as_str() {
+        "quickstart" => vec![MmSize::Quickstart],
+        "full" => vec![MmSize::Full],
+        _ => vec![MmSize::Quickstart, MmSize::Full],
+    };
     options.query.runs = args.query_runs;
     if let Some(data) = &args.data {
         options.wfdb.root = data.clone();
