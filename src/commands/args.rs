@@ -228,6 +228,33 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 8.0)]
         px_per_mm: f32,
     },
+    /// Delineate a WFDB record (P, QRS and T onsets, peaks and offsets per lead and beat) and
+    /// print its intervals, amplitudes, ST levels and axis; --json adds every wave and beat.
+    ///
+    /// Example: beatlab data delineate ../shared/data/ecg/ludb/data/1 --json
+    Delineate {
+        /// A WFDB record: its `.hea` file or its path without extension.
+        record: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delineate and measure every record under ROOT (per-beat tables and medians per lead).
+    ///
+    /// Example: beatlab data measure ../shared/data/ecg/ludb --json
+    Measure {
+        root: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score the delineator against the cardiologists' annotations of every lead of a LUDB
+    /// root (±150 ms; sensitivity, PPV, mean ± SD error per onset and offset).
+    ///
+    /// Example: beatlab data score-delineation ../shared/data/ecg/ludb
+    ScoreDelineation {
+        root: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a spec's instruction data (the Heartcare item format) and write it as JSONL.
     ///
     /// Example: beatlab data build-instructions experiments/pipeline_ablation.toml -o items.jsonl

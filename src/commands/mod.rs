@@ -31,6 +31,7 @@ macro_rules! eprintln {
 }
 
 pub mod args;
+mod delineation;
 pub mod exit;
 
 use std::path::{Path, PathBuf};
@@ -126,6 +127,15 @@ pub fn run(cli: Cli) -> Result<Exit> {
             layout,
             px_per_mm,
         }) => data_render(&record, &output, layout, px_per_mm),
+        Command::Data(DataCommand::Delineate { record, json }) => {
+            delineation::data_delineate(&record, json)
+        }
+        Command::Data(DataCommand::Measure { root, json }) => {
+            delineation::data_measure(&root, json)
+        }
+        Command::Data(DataCommand::ScoreDelineation { root, json }) => {
+            delineation::data_score_delineation(&root, json)
+        }
         Command::Data(DataCommand::BuildInstructions {
             spec,
             output,

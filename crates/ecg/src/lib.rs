@@ -5,6 +5,7 @@
 pub mod annotation;
 pub mod check;
 pub mod dataset;
+pub mod delineate;
 pub mod dsp;
 pub mod error;
 pub mod ludb;
