@@ -12,15 +12,71 @@ use crate::error::{MmError, Result};
 use crate::input::EcgInput;
 use crate::model::{Example, HeartcareModel, MissingModality, SignalInput};
 use crate::parts::Part;
-use crate::sequence::{Block, BlockContent, block_order, item_name};
+use crate::sequence::{Block, BlockContent, Encoded, block_order, item_name};
 
-/// The projected embeddings of a batch's ECGs and where each item's blocks find them.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    /// `[N, H]` projected embeddings in the backbone's dtype (`None` when nothing is spliced).
-    pub table: Option<Tensor>,
-    /// Per item, its blocks in sequence order.
-    pub blocks: Vec<Vec<Block>>,
+/// Where an input's embeddings (or codes) will be: its index among the batch's inputs of its
+/// kind.
+enum Planned {
+    Signal(usize),
+    Codes(usize),
+    Image(usize),
+}
+
+/// The batch's inputs by kind, filled as they are checked (precomputed ones) or by the encoders'
+/// one run over the batch (`windows`, `pixels`: slot and input).
+#[derive(Default)]
+struct Slots {
+    latents: Vec<Option<Tensor>>,
+    codes: Vec<Option<Vec<Vec<u32>>>>,
+    features: Vec<Option<Tensor>>,
+    windows: Vec<(usize, Tensor)>,
+    pixels: Vec<(usize, Tensor)>,
+}
+
+impl Slots {
+    fn push_latents(&mut self, t: Option<Tensor>) -> usize {
+        self.latents.push(t);
+        self.latents.len() - 1
+    }
+
+    fn push_codes(&mut self, c: Option<Vec<Vec<u32>>>) -> usize {
+        self.codes.push(c);
+        self.codes.len() - 1
+    }
+
+    fn push_features(&mut self, t: Option<Tensor>) -> usize {
+        self.features.push(t);
+        self.features.len() - 1
+    }
+}
+
+/// Each projected input's `(first row, rows)` in the embedding table.
+#[derive(Default)]
+struct TableRows {
+    signal: Vec<(usize, usize)>,
+    image: Vec<(usize, usize)>,
+    next: usize,
+}
+
+impl TableRows {
+    fn take(&mut self, n: usize) -> (usize, usize) {
+        self.next += n;
+        (self.next - n, n)
+    }
+}
+
+fn filled(slots: Vec<Option<Tensor>>) -> Vec<Tensor> {
+    slots
+        .into_iter()
+        .map(|t| t.expect("every slot is filled before projection"))
+        .collect()
+}
+
+fn label_name(label: Modality) -> &'static str {
+    match label {
+        Modality::Signal => "signal",
+        Modality::Image => "img",
+    }
 }
 
 impl HeartcareModel {
@@ -217,208 +273,222 @@ impl HeartcareModel {
 
     /// Project every ECG of `examples` and lay out their blocks.
     pub fn encode(&self, examples: &[Example]) -> Result<Encoded> {
-        enum Planned {
-            Signal(usize),
-            Codes(usize),
-            Image(usize),
-        }
-        let mut latents: Vec<Option<Tensor>> = Vec::new();
-        let mut codes: Vec<Option<Vec<Vec<u32>>>> = Vec::new();
-        let mut features: Vec<Option<Tensor>> = Vec::new();
-        let mut windows: Vec<(usize, Tensor)> = Vec::new();
-        let mut pixels: Vec<(usize, Tensor)> = Vec::new();
-        let mut plans: Vec<Vec<(Modality, Planned)>> = Vec::with_capacity(examples.len());
-        let codes_mode = self.config.signal_input == SignalInput::Codes;
+        let mut slots = Slots::default();
+        let plans = examples
+            .iter()
+            .enumerate()
+            .map(|(k, ex)| self.plan_example(ex, k, &mut slots))
+            .collect::<Result<Vec<_>>>()?;
+        self.run_encoders(&mut slots)?;
+        let (table, rows) = self.project(slots.latents, slots.features)?;
+        let blocks = plans
+            .into_iter()
+            .map(|plan| self.blocks_of(plan, &rows, &slots.codes))
+            .collect();
+        Ok(Encoded { table, blocks })
+    }
 
-        for (k, ex) in examples.iter().enumerate() {
-            let name = item_name(ex.item, k);
-            let order = block_order(ex.item, k)?;
-            if ex.inputs.len() != ex.item.label.len() {
-                return Err(MmError::item(
-                    name,
-                    format!(
-                        "has {} modality labels but {} inputs were given",
-                        ex.item.label.len(),
-                        ex.inputs.len()
-                    ),
+    /// Checks an example's inputs against its labels and the model, and gives each kept input a
+    /// slot of `slots`; returns its inputs in block order.
+    fn plan_example(
+        &self,
+        ex: &Example,
+        k: usize,
+        slots: &mut Slots,
+    ) -> Result<Vec<(Modality, Planned)>> {
+        let name = item_name(ex.item, k);
+        let order = block_order(ex.item, k)?;
+        if ex.inputs.len() != ex.item.label.len() {
+            return Err(MmError::item(
+                name,
+                format!(
+                    "has {} modality labels but {} inputs were given",
+                    ex.item.label.len(),
+                    ex.inputs.len()
+                ),
+            ));
+        }
+        let mut plan = Vec::with_capacity(order.len());
+        for i in order {
+            let label = ex.item.label[i];
+            let input = &ex.inputs[i];
+            if input.modality() != label {
+                return Err(self.input_error(
+                    &name,
+                    i,
+                    label_name(label),
+                    format!("{} input", label_name(label)),
+                    input.describe(),
                 ));
             }
-            let mut plan = Vec::with_capacity(order.len());
-            for i in order {
-                let label = ex.item.label[i];
-                let input = &ex.inputs[i];
-                let label_name = match label {
-                    Modality::Signal => "signal",
-                    Modality::Image => "img",
-                };
-                if input.modality() != label {
-                    return Err(self.input_error(
-                        &name,
-                        i,
-                        label_name,
-                        format!("{label_name} input"),
-                        input.describe(),
+            if !self.keeps(label, &name, i)? {
+                continue;
+            }
+            plan.push((label, self.plan_input(input, label, &name, i, slots)?));
+        }
+        Ok(plan)
+    }
+
+    /// Whether inputs of `label` enter the model: its stream exists, or missing streams are
+    /// dropped (else an error).
+    fn keeps(&self, label: Modality, name: &str, i: usize) -> Result<bool> {
+        let available = match label {
+            Modality::Signal => self.config.signal,
+            Modality::Image => self.config.image,
+        };
+        match (available, self.config.missing_modality) {
+            (true, _) => Ok(true),
+            (false, MissingModality::Drop) => Ok(false),
+            (false, MissingModality::Error) => Err(MmError::item(
+                name.to_string(),
+                format!(
+                    "input {i} is `{}`, a stream this model was built without (set \
+                     missing_modality = \"drop\" to leave such inputs out)",
+                    label_name(label)
+                ),
+            )),
+        }
+    }
+
+    /// Validates one input and reserves its slot (filled now, or by the batch's encoder run).
+    fn plan_input(
+        &self,
+        input: &EcgInput,
+        label: Modality,
+        name: &str,
+        i: usize,
+        slots: &mut Slots,
+    ) -> Result<Planned> {
+        let codes_mode = self.config.signal_input == SignalInput::Codes;
+        let wrong = |expected: String, found: String| {
+            self.input_error(name, i, label_name(label), expected, found)
+        };
+        Ok(match (input, codes_mode) {
+            (EcgInput::Window(w), false) => {
+                let w = self.check_window(w, name, i)?;
+                slots.windows.push((slots.latents.len(), w));
+                Planned::Signal(slots.push_latents(None))
+            }
+            (EcgInput::Window(w), true) => {
+                let w = self.check_window(w, name, i)?;
+                slots.windows.push((slots.codes.len(), w));
+                Planned::Codes(slots.push_codes(None))
+            }
+            (EcgInput::Latents(t), false) => {
+                let width = self
+                    .signal_proj
+                    .as_ref()
+                    .map_or(self.config.signal_feature_dim, |p| p.in_dim());
+                if !matches!(t.dims(), &[q, w] if q > 0 && w == width) {
+                    return Err(wrong(
+                        format!("latents [Q, {width}]"),
+                        format!("shape {:?}", t.dims()),
                     ));
                 }
-                let available = match label {
-                    Modality::Signal => self.config.signal,
-                    Modality::Image => self.config.image,
-                };
-                if !available {
-                    match self.config.missing_modality {
-                        MissingModality::Drop => continue,
-                        MissingModality::Error => {
-                            return Err(MmError::item(
-                                name,
-                                format!(
-                                    "input {i} is `{label_name}`, a stream this model was built \
-                                     without (set missing_modality = \"drop\" to leave such \
-                                     inputs out)"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                let planned = match (input, codes_mode) {
-                    (EcgInput::Window(w), false) => {
-                        let w = self.check_window(w, &name, i)?;
-                        windows.push((latents.len(), w));
-                        latents.push(None);
-                        Planned::Signal(latents.len() - 1)
-                    }
-                    (EcgInput::Window(w), true) => {
-                        let w = self.check_window(w, &name, i)?;
-                        windows.push((codes.len(), w));
-                        codes.push(None);
-                        Planned::Codes(codes.len() - 1)
-                    }
-                    (EcgInput::Latents(t), false) => {
-                        let width = self
-                            .signal_proj
-                            .as_ref()
-                            .map_or(self.config.signal_feature_dim, |p| p.in_dim());
-                        match t.dims() {
-                            &[q, w] if q > 0 && w == width => {}
-                            other => {
-                                return Err(self.input_error(
-                                    &name,
-                                    i,
-                                    label_name,
-                                    format!("latents [Q, {width}]"),
-                                    format!("shape {other:?}"),
-                                ));
-                            }
-                        }
-                        latents.push(Some(t.to_dtype(DType::F32)?));
-                        Planned::Signal(latents.len() - 1)
-                    }
-                    (EcgInput::Latents(t), true) => {
-                        return Err(self.input_error(
-                            &name,
-                            i,
-                            label_name,
-                            "a window or codes (the model runs in \"codes\" mode)",
-                            format!("latents of shape {:?}", t.dims()),
-                        ));
-                    }
-                    (EcgInput::Codes(c), false) => {
-                        let host = self.check_codes(c, &name, i)?;
-                        let beat = self.require_beat()?;
-                        let levels = host
-                            .iter()
-                            .map(|row| Tensor::new(row.as_slice(), &self.device)?.unsqueeze(0))
-                            .collect::<candle_core::Result<Vec<_>>>()?;
-                        let l = beat.latents_from_codes(&levels)?.squeeze(0)?;
-                        latents.push(Some(l.to_dtype(DType::F32)?.detach()));
-                        Planned::Signal(latents.len() - 1)
-                    }
-                    (EcgInput::Codes(c), true) => {
-                        codes.push(Some(self.check_codes(c, &name, i)?));
-                        Planned::Codes(codes.len() - 1)
-                    }
-                    (EcgInput::Pixels(p), _) => {
-                        let p = self.check_pixels(p, &name, i)?;
-                        pixels.push((features.len(), p));
-                        features.push(None);
-                        Planned::Image(features.len() - 1)
-                    }
-                    (EcgInput::Features(f), _) => {
-                        let n = self.config.features_per_image();
-                        let width = self
-                            .image_proj
-                            .as_ref()
-                            .map_or(self.config.image_feature_dim, |p| p.in_dim());
-                        if f.dims() != [n, width] {
-                            return Err(self.input_error(
-                                &name,
-                                i,
-                                label_name,
-                                format!("features [{n}, {width}]"),
-                                format!("shape {:?}", f.dims()),
-                            ));
-                        }
-                        features.push(Some(f.to_dtype(DType::F32)?));
-                        Planned::Image(features.len() - 1)
-                    }
-                };
-                plan.push((label, planned));
+                Planned::Signal(slots.push_latents(Some(t.to_dtype(DType::F32)?)))
             }
-            plans.push(plan);
-        }
+            (EcgInput::Latents(t), true) => {
+                return Err(wrong(
+                    "a window or codes (the model runs in \"codes\" mode)".into(),
+                    format!("latents of shape {:?}", t.dims()),
+                ));
+            }
+            (EcgInput::Codes(c), false) => {
+                let latents = self.latents_of_codes(&self.check_codes(c, name, i)?)?;
+                Planned::Signal(slots.push_latents(Some(latents)))
+            }
+            (EcgInput::Codes(c), true) => {
+                Planned::Codes(slots.push_codes(Some(self.check_codes(c, name, i)?)))
+            }
+            (EcgInput::Pixels(p), _) => {
+                let p = self.check_pixels(p, name, i)?;
+                slots.pixels.push((slots.features.len(), p));
+                Planned::Image(slots.push_features(None))
+            }
+            (EcgInput::Features(f), _) => {
+                let n = self.config.features_per_image();
+                let width = self
+                    .image_proj
+                    .as_ref()
+                    .map_or(self.config.image_feature_dim, |p| p.in_dim());
+                if f.dims() != [n, width] {
+                    return Err(wrong(
+                        format!("features [{n}, {width}]"),
+                        format!("shape {:?}", f.dims()),
+                    ));
+                }
+                Planned::Image(slots.push_features(Some(f.to_dtype(DType::F32)?)))
+            }
+        })
+    }
 
-        // Run the encoders once for the whole batch.
-        if !windows.is_empty() {
+    /// Beat's latents `[Q, width]` (detached) of one ECG's codes `[levels][Q]`.
+    fn latents_of_codes(&self, host: &[Vec<u32>]) -> Result<Tensor> {
+        let beat = self.require_beat()?;
+        let levels = host
+            .iter()
+            .map(|row| Tensor::new(row.as_slice(), &self.device)?.unsqueeze(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let l = beat.latents_from_codes(&levels)?.squeeze(0)?;
+        Ok(l.to_dtype(DType::F32)?.detach())
+    }
+
+    /// Runs Beat once over every window of the batch and SigLIP once over every image, filling
+    /// their slots.
+    fn run_encoders(&self, slots: &mut Slots) -> Result<()> {
+        if !slots.windows.is_empty() {
             let input_len = self.require_beat()?.config().input_len;
             let stacked = Tensor::stack(
-                &windows
+                &slots
+                    .windows
                     .iter()
                     .map(|(_, w)| w.narrow(1, 0, input_len))
                     .collect::<candle_core::Result<Vec<_>>>()?,
                 0,
             )?;
-            if codes_mode {
+            if self.config.signal_input == SignalInput::Codes {
                 let all = self.signal_codes(&stacked)?;
-                for (k, (slot, _)) in windows.iter().enumerate() {
-                    codes[*slot] = Some(all.get(k)?.to_vec2::<u32>()?);
+                for (k, (slot, _)) in slots.windows.iter().enumerate() {
+                    slots.codes[*slot] = Some(all.get(k)?.to_vec2::<u32>()?);
                 }
             } else {
                 let all = self.signal_latents(&stacked)?;
-                for (k, (slot, _)) in windows.iter().enumerate() {
-                    latents[*slot] = Some(all.get(k)?);
+                for (k, (slot, _)) in slots.windows.iter().enumerate() {
+                    slots.latents[*slot] = Some(all.get(k)?);
                 }
             }
         }
-        if !pixels.is_empty() {
-            let all = Tensor::cat(&pixels.iter().map(|(_, p)| p).collect::<Vec<_>>(), 0)?;
+        if !slots.pixels.is_empty() {
+            let all = Tensor::cat(&slots.pixels.iter().map(|(_, p)| p).collect::<Vec<_>>(), 0)?;
             let pooled = self.image_features(&all)?.to_dtype(DType::F32)?;
             let mut offset = 0;
-            for (slot, p) in &pixels {
+            for (slot, p) in &slots.pixels {
                 let n = p.dim(0)?;
-                features[*slot] = Some(pooled.narrow(0, offset, n)?);
+                slots.features[*slot] = Some(pooled.narrow(0, offset, n)?);
                 offset += n;
             }
         }
+        Ok(())
+    }
 
-        // Project, and give each projected input its rows of the table.
-        let filled = |v: Vec<Option<Tensor>>| -> Vec<Tensor> {
-            v.into_iter()
-                .map(|t| t.expect("every slot is filled above"))
-                .collect()
-        };
-        let latents = filled(latents);
-        let features = filled(features);
+    /// Projects every signal and image input; returns the table of their embeddings (in the
+    /// backbone's dtype) and where each one's rows lie in it.
+    fn project(
+        &self,
+        latents: Vec<Option<Tensor>>,
+        features: Vec<Option<Tensor>>,
+    ) -> Result<(Option<Tensor>, TableRows)> {
+        let (latents, features) = (filled(latents), filled(features));
+        let mut rows = TableRows::default();
         let mut pieces = Vec::new();
-        let mut signal_rows = Vec::with_capacity(latents.len());
-        let mut next_row = 0;
         if !latents.is_empty() {
             let proj = self
                 .signal_proj
                 .as_ref()
                 .ok_or_else(|| self.absent(Part::SignalProjector))?;
             for l in &latents {
-                let q = l.dim(0)?;
-                signal_rows.push((next_row, q));
-                next_row += q;
+                let r = rows.take(l.dim(0)?);
+                rows.signal.push(r);
             }
             let proj = if self.trainable.contains(&Part::SignalProjector) {
                 proj.clone()
@@ -427,17 +497,14 @@ impl HeartcareModel {
             };
             pieces.push(proj.forward(&Tensor::cat(&latents, 0)?)?);
         }
-        let mut image_rows = Vec::with_capacity(features.len());
         if !features.is_empty() {
             let proj = self
                 .image_proj
                 .as_ref()
                 .ok_or_else(|| self.absent(Part::ImageProjector))?;
-            let tokens = proj.tokens();
             for f in &features {
-                let n = f.dim(0)? * tokens;
-                image_rows.push((next_row, n));
-                next_row += n;
+                let r = rows.take(f.dim(0)? * proj.tokens());
+                rows.image.push(r);
             }
             let proj = if self.trainable.contains(&Part::ImageProjector) {
                 proj.clone()
@@ -453,40 +520,38 @@ impl HeartcareModel {
         } else {
             Some(Tensor::cat(&pieces, 0)?.to_dtype(self.dtype)?)
         };
+        Ok((table, rows))
+    }
 
-        let vocab = self.codes;
-        let blocks = plans
-            .into_iter()
-            .map(|plan| {
-                plan.into_iter()
-                    .map(|(modality, planned)| {
-                        let content = match planned {
-                            Planned::Signal(s) => BlockContent::Embeds {
-                                first_row: signal_rows[s].0,
-                                len: signal_rows[s].1,
-                            },
-                            Planned::Image(s) => BlockContent::Embeds {
-                                first_row: image_rows[s].0,
-                                len: image_rows[s].1,
-                            },
-                            Planned::Codes(s) => {
-                                let vocab = vocab.expect("codes mode has a code vocabulary");
-                                let levels = codes[s].as_ref().expect("every slot is filled");
-                                let q = levels.first().map_or(0, Vec::len);
-                                let mut ids = Vec::with_capacity(q * levels.len());
-                                for query in 0..q {
-                                    for (level, row) in levels.iter().enumerate() {
-                                        ids.push(vocab.token(level, row[query]));
-                                    }
-                                }
-                                BlockContent::Tokens(ids)
+    /// One item's blocks: rows of the table, or ("codes" mode) code tokens, query-major.
+    fn blocks_of(
+        &self,
+        plan: Vec<(Modality, Planned)>,
+        rows: &TableRows,
+        codes: &[Option<Vec<Vec<u32>>>],
+    ) -> Vec<Block> {
+        plan.into_iter()
+            .map(|(modality, planned)| {
+                let embeds =
+                    |(first_row, len): (usize, usize)| BlockContent::Embeds { first_row, len };
+                let content = match planned {
+                    Planned::Signal(s) => embeds(rows.signal[s]),
+                    Planned::Image(s) => embeds(rows.image[s]),
+                    Planned::Codes(s) => {
+                        let vocab = self.codes.expect("codes mode has a code vocabulary");
+                        let levels = codes[s].as_ref().expect("every slot is filled");
+                        let q = levels.first().map_or(0, Vec::len);
+                        let mut ids = Vec::with_capacity(q * levels.len());
+                        for query in 0..q {
+                            for (level, row) in levels.iter().enumerate() {
+                                ids.push(vocab.token(level, row[query]));
                             }
-                        };
-                        Block { modality, content }
-                    })
-                    .collect()
+                        }
+                        BlockContent::Tokens(ids)
+                    }
+                };
+                Block { modality, content }
             })
-            .collect();
-        Ok(Encoded { table, blocks })
+            .collect()
     }
 }

@@ -12,7 +12,6 @@ pub mod parts;
 pub mod projector;
 pub mod sequence;
 
-pub use encode::Encoded;
 pub use error::{MmError, Result};
 pub use generate::Generation;
 pub use input::{EcgInput, TILES_PER_IMAGE, pixels_from_image, render_image_input};
@@ -23,5 +22,5 @@ pub use model::{
 pub use parts::{PROJECTORS, Part};
 pub use projector::{ImageProjector, SignalProjector};
 pub use sequence::{
-    Batch, Block, BlockContent, ChatTokens, Row, Splice, block_order, collate, layout_row,
+    Batch, Block, BlockContent, ChatTokens, Encoded, Row, Splice, block_order, collate, layout_row,
 };

@@ -42,12 +42,11 @@ use candle_nn::Init;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::encode::Encoded;
 use crate::error::{MmError, Result};
 use crate::input::{EcgInput, TILES_PER_IMAGE};
 use crate::parts::{self, Part};
 use crate::projector::{ImageProjector, SignalProjector};
-use crate::sequence::{Batch, ChatTokens, Row, collate, item_name, layout_row};
+use crate::sequence::{Batch, ChatTokens, Encoded, Row, collate, item_name, layout_row};
 
 /// What the signal stream feeds the backbone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,6 +111,15 @@ impl BlockContent {
     }
 }
 
+/// The projected embeddings of a batch's ECGs and where each item's blocks find them.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `[N, H]` projected embeddings in the backbone's dtype (`None` when nothing is spliced).
+    pub table: Option<Tensor>,
+    /// Per item, its blocks in sequence order.
+    pub blocks: Vec<Vec<Block>>,
+}
+
 /// One ECG input as it enters the sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
