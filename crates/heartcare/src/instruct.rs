@@ -1842,31 +1842,81 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
         }
     }
     let facts: Vec<RecordFacts> = records.iter().map(RecordFacts::from_record).collect();
-    let splits = assign_splits(records, &config.split);
+    let corpus = CorpusIndex::new(&facts, assign_splits(records, &config.split));
     let pools = Pools::new(&facts);
-    // Records of each patient in id order, for consecutive pairs.
-    let mut by_patient: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, f) in facts.iter().enumerate() {
-        by_patient.entry(f.patient_id.as_str()).or_default().push(i);
-    }
-    for list in by_patient.values_mut() {
-        list.sort_by(|&x, &y| facts[x].record_id.cmp(&facts[y].record_id));
-    }
-    let mut by_split: BTreeMap<Split, Vec<usize>> = BTreeMap::new();
-    for (i, f) in facts.iter().enumerate() {
-        by_split.entry(splits[&f.patient_id]).or_default().push(i);
-    }
-
     let mut items = Vec::new();
     for (index, f) in facts.iter().enumerate() {
-        let mut rng = ChaCha8Rng::seed_from_u64(stable_hash(config.seed, &f.record_id));
-        let split = splits[&f.patient_id];
-        let mut counter = 0usize;
-        let mut next_id = |kind: &str| {
-            counter += 1;
-            format!("{}#{kind}{counter}", f.record_id)
-        };
-        let base = |form: InputForm| Item {
+        let mut record = RecordItems::new(f, corpus.splits[&f.patient_id], config);
+        record.qa(&pools, &mut items);
+        record.comparisons(index, &corpus, &mut items);
+        record.reports(&mut items);
+        record.predictions(&mut items);
+    }
+    Ok(items)
+}
+
+/// The corpus as the item builder looks it up: every record's facts, the split of each
+/// patient, each patient's records in id order (for consecutive pairs), the records by split.
+struct CorpusIndex<'a> {
+    facts: &'a [RecordFacts],
+    splits: BTreeMap<String, Split>,
+    by_patient: BTreeMap<&'a str, Vec<usize>>,
+    by_split: BTreeMap<Split, Vec<usize>>,
+}
+
+impl<'a> CorpusIndex<'a> {
+    fn new(facts: &'a [RecordFacts], splits: BTreeMap<String, Split>) -> Self {
+        let mut by_patient: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, f) in facts.iter().enumerate() {
+            by_patient.entry(f.patient_id.as_str()).or_default().push(i);
+        }
+        for list in by_patient.values_mut() {
+            list.sort_by(|&x, &y| facts[x].record_id.cmp(&facts[y].record_id));
+        }
+        let mut by_split: BTreeMap<Split, Vec<usize>> = BTreeMap::new();
+        for (i, f) in facts.iter().enumerate() {
+            by_split.entry(splits[&f.patient_id]).or_default().push(i);
+        }
+        Self {
+            facts,
+            splits,
+            by_patient,
+            by_split,
+        }
+    }
+}
+
+/// The items of one record, built in a fixed order from one generator seeded by the record's
+/// id: closed- and open-QA, comparisons, reports, predictions.
+struct RecordItems<'a> {
+    f: &'a RecordFacts,
+    split: Split,
+    config: &'a BuildConfig,
+    rng: ChaCha8Rng,
+    counter: usize,
+}
+
+impl<'a> RecordItems<'a> {
+    fn new(f: &'a RecordFacts, split: Split, config: &'a BuildConfig) -> Self {
+        Self {
+            f,
+            split,
+            config,
+            rng: ChaCha8Rng::seed_from_u64(stable_hash(config.seed, &f.record_id)),
+            counter: 0,
+        }
+    }
+
+    /// `<record>#<kind><n>`, numbered in build order.
+    fn next_id(&mut self, kind: &str) -> String {
+        self.counter += 1;
+        format!("{}#{kind}{}", self.f.record_id, self.counter)
+    }
+
+    /// An item about this record alone, shown as `form`, with nothing asked yet.
+    fn base(&self, form: InputForm) -> Item {
+        let f = self.f;
+        Item {
             item_type: ItemType::default(),
             question: String::new(),
             answer: String::new(),
@@ -1878,27 +1928,39 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
             correct_option: None,
             record_ids: vec![f.record_id.clone()],
             patient_ids: vec![f.patient_id.clone()],
-            split: Some(split),
+            split: Some(self.split),
             prediction: None,
-        };
+        }
+    }
 
+    fn input_form(&mut self) -> InputForm {
+        *self
+            .config
+            .inputs
+            .choose(&mut self.rng)
+            .expect("validated non-empty")
+    }
+
+    /// Closed-QA and open-QA items.
+    fn qa(&mut self, pools: &Pools, items: &mut Vec<Item>) {
+        let config = self.config;
         for (task, count) in [
             (Task::ClosedQa, config.closed_qa_per_record),
             (Task::OpenQa, config.open_qa_per_record),
         ] {
             let drafts: Vec<Draft> = match task {
-                Task::ClosedQa => closed_drafts(&mut rng, f, &pools, config.num_options),
-                _ => open_drafts(&mut rng, f),
+                Task::ClosedQa => closed_drafts(&mut self.rng, self.f, pools, config.num_options),
+                _ => open_drafts(&mut self.rng, self.f),
             }
             .into_iter()
             .filter(|d| config.dimensions.contains(&d.dimension))
             .collect();
-            for draft in choose_drafts(&mut rng, drafts, count, &config.dimensions) {
-                let form = *config.inputs.choose(&mut rng).expect("validated non-empty");
-                let mut item = base(form);
+            for draft in choose_drafts(&mut self.rng, drafts, count, &config.dimensions) {
+                let form = self.input_form();
+                let mut item = self.base(form);
                 item.item_type = ItemType::of(Some(draft.dimension), task);
                 item.dimension = Some(draft.dimension);
-                let stem = format!("{}{}", intro(&mut rng, form, f), draft.stem);
+                let stem = format!("{}{}", intro(&mut self.rng, form, self.f), draft.stem);
                 match &draft.options {
                     Some(options) => {
                         let (answer, letter) = closed_answer(options, &draft.evidence);
@@ -1912,48 +1974,39 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
                         item.answer = draft.answer;
                     }
                 }
-                item.id = Some(next_id(task.type_suffix()));
+                item.id = Some(self.next_id(task.type_suffix()));
                 items.push(item);
             }
         }
+    }
 
+    /// Comparison-QA items with partners of the same split (the patient's next record first).
+    fn comparisons(&mut self, index: usize, corpus: &CorpusIndex, items: &mut Vec<Item>) {
+        let (f, config) = (self.f, self.config);
         for _ in 0..config.comparison_per_record {
             let partner = choose_partner(
-                &mut rng,
+                &mut self.rng,
                 index,
                 f,
-                &facts,
-                &by_patient,
-                &by_split,
-                split,
+                corpus.facts,
+                &corpus.by_patient,
+                &corpus.by_split,
+                self.split,
                 config,
             );
             let Some((partner, same_patient)) = partner else {
                 break;
             };
-            let g = &facts[partner];
-            let drafts: Vec<Draft> = comparison_drafts(&mut rng, f, g, same_patient)
+            let g = &corpus.facts[partner];
+            let drafts: Vec<Draft> = comparison_drafts(&mut self.rng, f, g, same_patient)
                 .into_iter()
                 .filter(|d| config.dimensions.contains(&d.dimension))
                 .collect();
-            let Some(draft) = choose_drafts(&mut rng, drafts, 1, &config.dimensions).pop() else {
+            let Some(draft) = choose_drafts(&mut self.rng, drafts, 1, &config.dimensions).pop()
+            else {
                 continue;
             };
-            let form = *config
-                .pair_inputs
-                .choose(&mut rng)
-                .expect("validated non-empty");
-            let label = match form {
-                PairForm::SignalSignal => vec![Modality::Signal, Modality::Signal],
-                PairForm::ImageImage => vec![Modality::Image, Modality::Image],
-                PairForm::SignalImage => {
-                    if rng.random_bool(0.5) {
-                        vec![Modality::Signal, Modality::Image]
-                    } else {
-                        vec![Modality::Image, Modality::Signal]
-                    }
-                }
-            };
+            let label = pair_labels(&mut self.rng, config);
             let describe_input = |m: Modality| match m {
                 Modality::Signal => "signal",
                 Modality::Image => "image",
@@ -1975,36 +2028,41 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
                 draft.stem,
                 format_options(&lettered(&options.0))
             );
+            let id = self.next_id("ComparisonQA");
             items.push(Item {
                 item_type: ItemType::of(Some(draft.dimension), Task::ComparisonQa),
                 question,
                 answer,
                 filename: vec![f.record_id.clone(), g.record_id.clone()],
                 label,
-                id: Some(next_id("ComparisonQA")),
+                id: Some(id),
                 dimension: Some(draft.dimension),
                 options: options.0.clone(),
                 correct_option: Some(letter),
                 record_ids: vec![f.record_id.clone(), g.record_id.clone()],
                 patient_ids: vec![f.patient_id.clone(), g.patient_id.clone()],
-                split: Some(split),
+                split: Some(self.split),
                 prediction: None,
             });
         }
+    }
 
-        for _ in 0..config.reports_per_record {
-            let answer = match (&f.report, config.prefer_source_report) {
+    /// Report-generation items: the record's own report, or one described from its facts.
+    fn reports(&mut self, items: &mut Vec<Item>) {
+        let f = self.f;
+        for _ in 0..self.config.reports_per_record {
+            let answer = match (&f.report, self.config.prefer_source_report) {
                 (Some(report), true) => report.clone(),
                 _ => describe(f),
             };
             if answer.is_empty() {
                 break;
             }
-            let form = *config.inputs.choose(&mut rng).expect("validated non-empty");
-            let mut item = base(form);
+            let form = self.input_form();
+            let mut item = self.base(form);
             item.item_type = ItemType::of(None, Task::ReportGeneration);
             let template = pick(
-                &mut rng,
+                &mut self.rng,
                 &[
                     "Write a clinical report for this {m} of {who}.",
                     "Generate a standardized ECG report for the {m} of {who}.",
@@ -2016,35 +2074,54 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
                 .replace("{m}", form.phrase())
                 .replace("{who}", &who(f));
             item.answer = answer;
-            item.id = Some(next_id("ReportGeneration"));
+            item.id = Some(self.next_id("ReportGeneration"));
             items.push(item);
         }
+    }
 
-        let window = config.prediction;
+    /// Signal-prediction items, when the record is long enough for the prediction window.
+    fn predictions(&mut self, items: &mut Vec<Item>) {
+        let window = self.config.prediction;
         let needed = f64::from(window.input_start_s + window.input_s + window.horizon_s);
-        if f.duration_s + 1e-9 >= needed {
-            for _ in 0..config.predictions_per_record {
-                let mut item = base(InputForm::Signal);
-                item.item_type = ItemType::of(None, Task::SignalPrediction);
-                let template = pick(
-                    &mut rng,
-                    &[
-                        "Given the first {in} seconds of this 12-lead ECG signal, predict the waveform of the next {h} seconds.",
-                        "Here are {in} seconds of a 12-lead ECG. Predict how the signal continues over the next {h} seconds.",
-                        "Forecast the next {h} seconds of this ECG from the {in}-second segment shown.",
-                    ],
-                );
-                item.question = template
-                    .replace("{in}", &trim_number(window.input_s))
-                    .replace("{h}", &trim_number(window.horizon_s));
-                item.answer = "<prediction>".into();
-                item.prediction = Some(window);
-                item.id = Some(next_id("SignalPrediction"));
-                items.push(item);
+        if self.f.duration_s + 1e-9 < needed {
+            return;
+        }
+        for _ in 0..self.config.predictions_per_record {
+            let mut item = self.base(InputForm::Signal);
+            item.item_type = ItemType::of(None, Task::SignalPrediction);
+            let template = pick(
+                &mut self.rng,
+                &[
+                    "Given the first {in} seconds of this 12-lead ECG signal, predict the waveform of the next {h} seconds.",
+                    "Here are {in} seconds of a 12-lead ECG. Predict how the signal continues over the next {h} seconds.",
+                    "Forecast the next {h} seconds of this ECG from the {in}-second segment shown.",
+                ],
+            );
+            item.question = template
+                .replace("{in}", &trim_number(window.input_s))
+                .replace("{h}", &trim_number(window.horizon_s));
+            item.answer = "<prediction>".into();
+            item.prediction = Some(window);
+            item.id = Some(self.next_id("SignalPrediction"));
+            items.push(item);
+        }
+    }
+}
+
+/// How a comparison item shows its two ECGs.
+fn pair_labels(rng: &mut ChaCha8Rng, config: &BuildConfig) -> Vec<Modality> {
+    let form = *config.pair_inputs.choose(rng).expect("validated non-empty");
+    match form {
+        PairForm::SignalSignal => vec![Modality::Signal, Modality::Signal],
+        PairForm::ImageImage => vec![Modality::Image, Modality::Image],
+        PairForm::SignalImage => {
+            if rng.random_bool(0.5) {
+                vec![Modality::Signal, Modality::Image]
+            } else {
+                vec![Modality::Image, Modality::Signal]
             }
         }
     }
-    Ok(items)
 }
 
 fn trim_number(x: f32) -> String {
