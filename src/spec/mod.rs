@@ -107,8 +107,19 @@ pub struct Loaded {
 
 /// Loads a spec file with its `extends` chain and overrides, and validates it.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, SpecError> {
+    let text = read_spec(path)?;
+    load_text(path, text, overrides)
+}
+
+/// Parses a spec from text, for tests and tools. `name` stands for the file in diagnostics; an
+/// `extends` is resolved against the folder of `name`. Nothing is written to disk.
+pub fn load_str(name: &str, text: &str, overrides: &Overrides) -> Result<Loaded, SpecError> {
+    load_text(Path::new(name), text.to_owned(), overrides)
+}
+
+fn load_text(path: &Path, text: String, overrides: &Overrides) -> Result<Loaded, SpecError> {
     let mut diags = Vec::new();
-    let mut tree = load_chain(path, &mut Vec::new(), &mut diags)?;
+    let mut tree = load_chain(path, text, &mut Vec::new(), &mut diags)?;
     if !diags.is_empty() {
         return Err(SpecError::Invalid { diagnostics: diags });
     }
@@ -131,36 +142,19 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, SpecError> {
     })
 }
 
-/// Parses a spec from text (no `extends`), for tests and tools.
-pub fn load_str(name: &str, text: &str, overrides: &Overrides) -> Result<Loaded, SpecError> {
-    let dir = std::env::temp_dir().join(format!(
-        "beatlab-spec-{}-{}",
-        std::process::id(),
-        hash_text(text)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|source| SpecError::Read {
-        path: dir.clone(),
+fn read_spec(path: &Path) -> Result<String, SpecError> {
+    std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
         source,
-    })?;
-    let path = dir.join(name);
-    beatlab_fsio::write_atomically(&path, text.as_bytes()).map_err(|source| SpecError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let loaded = load(&path, overrides);
-    let _ = std::fs::remove_dir_all(&dir);
-    loaded
+    })
 }
 
 fn load_chain(
     path: &Path,
+    text: String,
     stack: &mut Vec<PathBuf>,
     diags: &mut Vec<Diagnostic>,
 ) -> Result<Node, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let node = match tree::parse_file(path, text) {
         Ok(n) => n,
         Err(e) => {
@@ -218,7 +212,8 @@ fn load_chain(
                     ));
                     node
                 } else {
-                    let mut base_tree = load_chain(&base_path, stack, diags)?;
+                    let base_text = read_spec(&base_path)?;
+                    let mut base_tree = load_chain(&base_path, base_text, stack, diags)?;
                     // The child's own `extends` must not be shadowed by the base's.
                     tree::merge(&mut base_tree, node);
                     base_tree
