@@ -174,3 +174,89 @@ fn thousands_of_problems_are_counted_after_the_first_ones() {
         shown.lines().nth(1).unwrap()
     );
 }
+
+/// `plan --count` counts a 10^12-cell grid without expanding it; without `--count` the grid is
+/// over the cell limit: a spec error naming `[sweep]` with its line, exit 2, before the registry
+/// is opened; a higher `--max-cells` lets a grid over the default limit through.
+#[test]
+fn huge_grids_are_counted_not_expanded_and_refused_over_the_cell_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = std::env::current_dir()
+        .unwrap()
+        .join("tests/specs/bad/sweep_too_many_cells.toml");
+    let beatlab = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_beatlab"))
+            .args(args)
+            .arg(&spec)
+            .current_dir(dir.path())
+            .env_remove("BEATLAB_MAX_CELLS")
+            .output()
+            .unwrap()
+    };
+    let out = beatlab(&["plan", "--count"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000000000000\n");
+
+    let out = beatlab(&["plan"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sweep_too_many_cells.toml:9:1: `sweep`: the sweep has 1,000,000,000,000 cells, more than the limit of 10,000"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+
+    // The same refusal for the commands that run cells, with the limit given.
+    let out = beatlab(&["run", "--max-cells", "999999999999"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("more than the limit of 999,999,999,999")
+    );
+}
+
+/// A grid over the default limit is listed in full when the limit is raised.
+#[test]
+fn a_raised_cell_limit_lists_the_whole_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = |from: u32, n: u32| {
+        (from..from + n)
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let spec = dir.path().join("grid.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[experiment]\nname = \"g\"\n[sweep]\nbeat.codebook_size = [{}]\nbeat.width = [{}]\n",
+            values(256, 101),
+            values(64, 100)
+        ),
+    )
+    .unwrap();
+    let plan = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_beatlab"))
+            .arg("plan")
+            .args(args)
+            .arg(&spec)
+            .current_dir(dir.path())
+            .env_remove("BEATLAB_MAX_CELLS")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(plan(&[]).status.code(), Some(2));
+    let out = plan(&["--max-cells", "10100", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cells.len(), 10_100);
+    assert_eq!(cells[10_099]["index"], 10_099);
+    assert_eq!(cells[10_099]["overrides"]["beat.codebook_size"], 356);
+    assert_eq!(cells[10_099]["overrides"]["beat.width"], 163);
+    let hashes: std::collections::BTreeSet<_> =
+        cells.iter().map(|c| c["hash"].as_str().unwrap()).collect();
+    assert_eq!(hashes.len(), 10_100, "every cell has its own hash");
+}

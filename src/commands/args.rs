@@ -33,6 +33,16 @@ pub struct Global {
     /// No progress output (results and errors are still printed).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Most cells a command expands a sweep into; a larger grid is an error (exit 2).
+    /// `plan --count` counts any grid without expanding it.
+    #[arg(
+        long,
+        global = true,
+        env = "BEATLAB_MAX_CELLS",
+        default_value_t = beatlab::spec::DEFAULT_MAX_CELLS,
+        value_parser = clap::value_parser!(u64).range(1..),
+    )]
+    pub max_cells: u64,
 }
 
 /// Spec file plus overrides, shared by the commands that read a spec.
@@ -90,6 +100,9 @@ pub enum Command {
         /// JSON array: one object per cell with `hash`, `status`, `overrides`.
         #[arg(long)]
         json: bool,
+        /// Print only the number of cells, counted without expanding the grid (any size).
+        #[arg(long, conflicts_with = "json")]
+        count: bool,
     },
     /// Run a spec's cells with several workers (other processes may join the same sweep).
     ///

@@ -72,7 +72,7 @@ pub enum Exit {
 pub fn run(cli: Cli) -> Result<Exit> {
     let g = &cli.global;
     match cli.command {
-        Command::Plan { spec, json } => plan(g, &spec, json),
+        Command::Plan { spec, json, count } => plan(g, &spec, json, count),
         Command::Run { spec, train } => {
             train_cells(g, &spec.file, spec.sets, &train, 1, Some(Format::Md))
         }
@@ -100,7 +100,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
             train_cells(g, &file, sets, &train, workers as usize, Some(format))
         }
         Command::Table { spec, format } => {
-            let (_, plan) = load_plan(&spec.file, spec.sets)?;
+            let (_, plan) = load_plan(g, &spec.file, spec.sets)?;
             let registry = Registry::open_existing(&g.registry)?;
             print!("{}", table::build(&plan, registry.as_ref())?.render(format));
             Ok(Exit::Done)
@@ -187,59 +187,88 @@ fn experiment_file(name: &str) -> Result<PathBuf> {
     )))
 }
 
-fn load_plan(file: &Path, sets: Vec<String>) -> Result<(spec::Loaded, Plan)> {
+fn load_plan(g: &Global, file: &Path, sets: Vec<String>) -> Result<(spec::Loaded, Plan)> {
     let loaded = spec::load(file, &Overrides::from_process(sets)).map_err(bad)?;
-    let plan = loaded.plan().map_err(bad)?;
+    let plan = loaded.plan_within(g.max_cells).map_err(bad)?;
     Ok((loaded, plan))
 }
 
-fn plan(g: &Global, args: &SpecArgs, json: bool) -> Result<Exit> {
-    let (_, plan) = load_plan(&args.file, args.sets.clone())?;
-    let registry = Registry::open_existing(&g.registry)?;
-    let cells = runner::cell_statuses(&plan, registry.as_ref())?;
-    if json {
-        let items: Vec<serde_json::Value> = cells
-            .iter()
-            .map(|(c, status, run)| {
-                serde_json::json!({
-                    "index": c.index,
-                    "hash": c.hash,
-                    "short_hash": c.short_hash(),
-                    "status": status,
-                    "run": run,
-                    "overrides": c.overrides_json(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+/// `beatlab plan`: the cells with their registry status, made and printed a chunk at a time
+/// (a cell costs its 32-byte hash until printed), or with `--count` only their number.
+fn plan(g: &Global, args: &SpecArgs, json: bool, count: bool) -> Result<Exit> {
+    let loaded =
+        spec::load(&args.file, &Overrides::from_process(args.sets.clone())).map_err(bad)?;
+    if count {
+        match loaded.cell_count() {
+            Some(n) => println!("{n}"),
+            None => println!("more than 2^128"),
+        }
         return Ok(Exit::Done);
     }
-    println!(
-        "{}: {} cell{}{}",
-        plan.experiment,
-        plan.cells.len(),
-        if plan.cells.len() == 1 { "" } else { "s" },
-        if plan.description.is_empty() {
-            String::new()
-        } else {
-            format!(" — {}", plan.description)
-        }
-    );
-    for key in &plan.pinned {
-        println!("  (sweep key `{key}` pinned by an override)");
-    }
-    for (c, status, run) in &cells {
+    let hashes = loaded.cell_hashes(g.max_cells).map_err(bad)?.hashes;
+    let registry = Registry::open_existing(&g.registry)?;
+    let n = hashes.len();
+    if json {
+        print!("[");
+    } else {
+        let s = &loaded.spec.experiment;
         println!(
-            "  {:>3}  {}  {:<8}  {}{}",
-            c.index,
-            c.short_hash(),
-            status,
-            c.label(),
-            run.as_ref().map(|r| format!("  [{r}]")).unwrap_or_default()
+            "{}: {n} cell{}{}",
+            s.name,
+            if n == 1 { "" } else { "s" },
+            if s.description.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", s.description)
+            }
         );
+        for key in &loaded.sweep.pinned {
+            println!("  (sweep key `{key}` pinned by an override)");
+        }
+    }
+    let mut overrides = loaded.sweep.cells();
+    for (chunk_no, chunk) in hashes.chunks(PLAN_CHUNK).enumerate() {
+        let hex: Vec<String> = chunk.iter().map(hex::encode).collect();
+        let statuses = runner::hash_statuses(&hex, registry.as_ref())?;
+        for (i, (hash, (status, run))) in hex.iter().zip(statuses).enumerate() {
+            let index = chunk_no * PLAN_CHUNK + i;
+            let cell: Vec<(String, toml::Value)> = overrides
+                .next()
+                .context("internal: the sweep made fewer cells the second time")?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_toml()))
+                .collect();
+            if json {
+                let item = serde_json::json!({
+                    "index": index,
+                    "hash": hash,
+                    "short_hash": &hash[..12],
+                    "status": status,
+                    "run": run,
+                    "overrides": spec::overrides_json(&cell),
+                });
+                let text = serde_json::to_string_pretty(&item)?.replace('\n', "\n  ");
+                print!("{}\n  {text}", if index == 0 { "" } else { "," });
+            } else {
+                println!(
+                    "  {:>3}  {}  {:<8}  {}{}",
+                    index,
+                    &hash[..12],
+                    status,
+                    spec::overrides_label(&cell),
+                    run.as_ref().map(|r| format!("  [{r}]")).unwrap_or_default()
+                );
+            }
+        }
+    }
+    if json {
+        println!("{}]", if n == 0 { "" } else { "\n" });
     }
     Ok(Exit::Done)
 }
+
+/// Cells `plan` looks up in the registry and prints at a time.
+const PLAN_CHUNK: usize = 500;
 
 /// Ctrl-C and SIGTERM set this flag; stages stop at their next safe point and leave their run
 /// resumable. A second Ctrl-C exits at once.
@@ -288,7 +317,7 @@ fn train_cells(
     table_format: Option<Format>,
 ) -> Result<Exit> {
     // Everything that can be wrong with the input is checked before the registry is touched.
-    let (loaded, plan) = load_plan(file, sets)?;
+    let (loaded, plan) = load_plan(g, file, sets)?;
     loaded.check_runtime(&plan).map_err(bad)?;
     check_weights(&loaded, &plan)?;
     share_cores(workers);
@@ -672,7 +701,7 @@ fn data_render(
 }
 
 fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool) -> Result<Exit> {
-    let (loaded, plan) = load_plan(&args.file, args.sets.clone())?;
+    let (loaded, plan) = load_plan(g, &args.file, args.sets.clone())?;
     loaded.check_runtime(&plan).map_err(bad)?;
     check_output(output)?;
     let spec = &plan.cells[0].spec;

@@ -479,29 +479,34 @@ pub fn cell_statuses(
     plan: &Plan,
     registry: Option<&Registry>,
 ) -> Result<Vec<(Cell, String, Option<String>)>, RegistryError> {
-    let latest = match registry {
-        Some(r) => r.latest_runs(
-            &plan
-                .cells
-                .iter()
-                .map(|c| c.hash.clone())
-                .collect::<Vec<_>>(),
-        )?,
-        None => Default::default(),
-    };
-    let t = crate::registry::now();
+    let hashes: Vec<String> = plan.cells.iter().map(|c| c.hash.clone()).collect();
+    let statuses = hash_statuses(&hashes, registry)?;
     Ok(plan
         .cells
         .iter()
-        .map(|c| {
-            let (status, id) = match latest.get(&c.hash) {
-                Some(run) => (
-                    run.effective_status(t).as_str().to_string(),
-                    Some(run.id.clone()),
-                ),
-                None => ("new".to_string(), None),
-            };
-            (c.clone(), status, id)
+        .zip(statuses)
+        .map(|(c, (status, id))| (c.clone(), status, id))
+        .collect())
+}
+
+/// The status of each cell hash (`new` when no run has it) and its latest run's id.
+pub fn hash_statuses(
+    hashes: &[String],
+    registry: Option<&Registry>,
+) -> Result<Vec<(String, Option<String>)>, RegistryError> {
+    let latest = match registry {
+        Some(r) => r.latest_runs(hashes)?,
+        None => Default::default(),
+    };
+    let t = crate::registry::now();
+    Ok(hashes
+        .iter()
+        .map(|h| match latest.get(h) {
+            Some(run) => (
+                run.effective_status(t).as_str().to_string(),
+                Some(run.id.clone()),
+            ),
+            None => ("new".to_string(), None),
         })
         .collect())
 }

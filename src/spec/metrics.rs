@@ -4,19 +4,47 @@
 
 use std::collections::BTreeSet;
 
+use super::Spec;
 use super::diag::{Diagnostic, did_you_mean};
 use super::tree::{Node, Value, lookup};
-use super::{Cell, Spec};
 use crate::stages::catalog;
 
-/// One diagnostic per table metric that none of `cells` (or, with no cells, `base`) records.
-pub fn check_table_metrics(base: &Spec, cells: &[Cell], tree: &Node) -> Vec<Diagnostic> {
+/// The metrics the cells of a plan record, gathered one cell at a time.
+pub struct KnownMetrics {
+    /// Empty when the spec's table names no metric (nothing to check).
+    known: BTreeSet<String>,
+    wanted: bool,
+}
+
+impl KnownMetrics {
+    /// Starts with what `base` records.
+    pub fn new(base: &Spec) -> Self {
+        let wanted = !base.table.metrics.is_empty();
+        let known = if wanted {
+            catalog::table_metrics(base).into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
+        Self { known, wanted }
+    }
+
+    /// Adds what one cell records.
+    pub fn add(&mut self, cell: &Spec) {
+        if self.wanted {
+            self.known.extend(catalog::table_metrics(cell));
+        }
+    }
+
+    /// One diagnostic per `[table] metrics` entry of `base` that no cell records.
+    pub fn check(&self, base: &Spec, tree: &Node) -> Vec<Diagnostic> {
+        check_table_metrics(base, &self.known, tree)
+    }
+}
+
+/// One diagnostic per table metric that is not in `known` (what the cells record).
+fn check_table_metrics(base: &Spec, known: &BTreeSet<String>, tree: &Node) -> Vec<Diagnostic> {
     if base.table.metrics.is_empty() {
         return Vec::new();
-    }
-    let mut known: BTreeSet<String> = catalog::table_metrics(base).into_iter().collect();
-    for cell in cells {
-        known.extend(catalog::table_metrics(&cell.spec));
     }
     let entries = lookup(tree, "table.metrics").map(|n| match &n.value {
         Value::Array(items) => items.as_slice(),

@@ -471,25 +471,35 @@ impl Cell {
 
     /// `key=value` pairs, comma-separated (`beat.codebook_size=512, beat.dvq_levels=2`).
     pub fn label(&self) -> String {
-        if self.overrides.is_empty() {
-            return "(base)".into();
-        }
-        self.overrides
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        overrides_label(&self.overrides)
     }
 
     /// The overrides as a JSON object.
     pub fn overrides_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.overrides
-                .iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        )
+        overrides_json(&self.overrides)
     }
+}
+
+/// A cell's sweep values as `key=value` pairs, comma-separated (`(base)` when there are none).
+pub fn overrides_label(overrides: &[(String, toml::Value)]) -> String {
+    if overrides.is_empty() {
+        return "(base)".into();
+    }
+    overrides
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A cell's sweep values as a JSON object.
+pub fn overrides_json(overrides: &[(String, toml::Value)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), toml_to_json(v)))
+            .collect(),
+    )
 }
 
 /// The cells of an experiment.
@@ -507,12 +517,96 @@ pub struct Plan {
     pub pinned: Vec<String>,
 }
 
+/// How many cells a command expands unless told otherwise (`--max-cells`,
+/// `BEATLAB_MAX_CELLS`); `plan --count` counts any grid without expanding it.
+pub const DEFAULT_MAX_CELLS: u64 = 10_000;
+
+/// A plan's cells as their hashes only (32 bytes a cell), for listing grids of any size.
+#[derive(Clone, Debug)]
+pub struct CellHashes {
+    /// sha256 of each cell's canonical JSON, in plan order.
+    pub hashes: Vec<[u8; 32]>,
+}
+
 impl Loaded {
-    /// Expands the sweep into cells, validating each cell's resolved spec.
+    /// Expands the sweep into cells, validating each cell's resolved spec; a sweep of more
+    /// than [`DEFAULT_MAX_CELLS`] cells is a spec error.
     pub fn plan(&self) -> Result<Plan, SpecError> {
-        let mut diags = Vec::new();
+        self.plan_within(DEFAULT_MAX_CELLS)
+    }
+
+    /// [`Loaded::plan`] with another cell cap.
+    pub fn plan_within(&self, max_cells: u64) -> Result<Plan, SpecError> {
         let mut cells = Vec::new();
-        for (index, overrides) in self.sweep.cells().into_iter().enumerate() {
+        self.each_cell(max_cells, |cell| cells.push(cell))?;
+        Ok(Plan {
+            experiment: self.spec.experiment.name.clone(),
+            description: self.spec.experiment.description.clone(),
+            path: self.path.clone(),
+            base: self.spec.clone(),
+            cells,
+            sweep_keys: self.sweep.keys().into_iter().map(str::to_string).collect(),
+            pinned: self.sweep.pinned.clone(),
+        })
+    }
+
+    /// Validates every cell as [`Loaded::plan_within`] does, keeping only their hashes; their
+    /// overrides come again, in the same order, from `self.sweep.cells()`.
+    pub fn cell_hashes(&self, max_cells: u64) -> Result<CellHashes, SpecError> {
+        let mut hashes = Vec::new();
+        self.each_cell(max_cells, |cell| {
+            let mut h = [0u8; 32];
+            // The hash is 64 hex digits made by `hash_text`.
+            let _ = hex::decode_to_slice(&cell.hash, &mut h);
+            hashes.push(h);
+        })?;
+        Ok(CellHashes { hashes })
+    }
+
+    /// How many cells the sweep has, counted without expanding it (`None`: more than 2^128).
+    pub fn cell_count(&self) -> Option<u128> {
+        self.sweep.count()
+    }
+
+    /// Refuses a sweep of more than `max_cells` cells before any is made.
+    fn check_cell_cap(&self, max_cells: u64) -> Result<(), SpecError> {
+        let count = self.cell_count();
+        if count.is_some_and(|n| n <= u128::from(max_cells)) {
+            return Ok(());
+        }
+        let origin = self
+            .tree
+            .get("sweep")
+            .map_or(&self.tree.origin, |n| &n.origin);
+        let count = count.map_or("more than 2^128".to_string(), |n| {
+            group_digits(&n.to_string())
+        });
+        Err(SpecError::Invalid {
+            diagnostics: vec![
+                Diagnostic::new(
+                    origin,
+                    false,
+                    "sweep",
+                    format!(
+                        "the sweep has {count} cells, more than the limit of {}",
+                        group_digits(&max_cells.to_string())
+                    ),
+                )
+                .with_help(
+                    "narrow the sweep, or raise the limit with --max-cells N \
+                     (or BEATLAB_MAX_CELLS); `beatlab plan --count` counts cells without expanding them",
+                ),
+            ],
+        })
+    }
+
+    /// Makes, validates and hands over every cell in plan order; the problems of all cells are
+    /// reported together. Nothing is made when the sweep is over `max_cells`.
+    fn each_cell(&self, max_cells: u64, mut keep: impl FnMut(Cell)) -> Result<(), SpecError> {
+        self.check_cell_cap(max_cells)?;
+        let mut diags = Vec::new();
+        let mut metrics = metrics::KnownMetrics::new(&self.spec);
+        for (index, overrides) in self.sweep.cells().enumerate() {
             let mut tree = self.tree.clone();
             for (key, node) in &overrides {
                 // Sweep keys were checked against the schema; stage names exist.
@@ -525,20 +619,17 @@ impl Loaded {
                 .map(|(k, n)| (k.clone(), n.to_toml()))
                 .collect();
             if !cell_diags.is_empty() {
-                let label = ov
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let label = overrides_label(&ov);
                 for mut d in cell_diags {
                     d.message = format!("in sweep cell {{{label}}}: {}", d.message);
                     diags.push(d);
                 }
                 continue;
             }
+            metrics.add(&spec);
             let canonical = canonical_json(&spec);
             let hash = hash_text(&canonical);
-            cells.push(Cell {
+            keep(Cell {
                 index,
                 overrides: ov,
                 spec,
@@ -547,21 +638,25 @@ impl Loaded {
             });
         }
         if diags.is_empty() {
-            diags = metrics::check_table_metrics(&self.spec, &cells, &self.tree);
+            diags = metrics.check(&self.spec, &self.tree);
         }
         if !diags.is_empty() {
             return Err(SpecError::Invalid { diagnostics: diags });
         }
-        Ok(Plan {
-            experiment: self.spec.experiment.name.clone(),
-            description: self.spec.experiment.description.clone(),
-            path: self.path.clone(),
-            base: self.spec.clone(),
-            cells,
-            sweep_keys: self.sweep.keys().into_iter().map(str::to_string).collect(),
-            pinned: self.sweep.pinned.clone(),
-        })
+        Ok(())
     }
+}
+
+/// `1048576` as `1,048,576`.
+pub fn group_digits(digits: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The canonical JSON of the parts of a spec that define its results: sorted keys, numbers as

@@ -6,6 +6,8 @@
 //! matching all given values, and `seeds = [0, 1, 2]` (or `seeds = 3`) repeats every cell with
 //! `experiment.seed` set to each seed.
 
+use std::collections::HashMap;
+
 use super::diag::{Diagnostic, did_you_mean};
 use super::tree::{Node, Value, flatten};
 use super::validate::{check_value, show};
@@ -41,44 +43,252 @@ impl Sweep {
             .collect()
     }
 
-    /// The override sets of every cell, in grid order (seeds innermost).
-    pub fn cells(&self) -> Vec<Vec<(String, Node)>> {
-        let mut cells: Vec<Vec<(String, Node)>> = vec![Vec::new()];
-        for axis in &self.axes {
-            let mut next = Vec::with_capacity(cells.len() * axis.rows.len());
-            for cell in &cells {
-                for row in &axis.rows {
-                    let mut c = cell.clone();
-                    c.extend(axis.keys.iter().cloned().zip(row.iter().cloned()));
-                    next.push(c);
-                }
-            }
-            cells = next;
+    /// The override sets of every cell, in grid order (seeds innermost), made one at a time:
+    /// a huge grid costs no memory until its cells are kept.
+    pub fn cells(&self) -> Cells<'_> {
+        Cells {
+            sweep: self,
+            kept: Exclusions::new(self),
+            digits: vec![0; self.axes.len()],
+            combo: None,
+            seed: 0,
+            done: self.axes.iter().any(|a| a.rows.is_empty()),
         }
-        cells.retain(|cell| !self.exclude.iter().any(|ex| matches_all(cell, ex)));
-        if self.seeds.is_empty() {
-            return cells;
-        }
-        let mut out = Vec::with_capacity(cells.len() * self.seeds.len());
-        for cell in cells {
-            for &seed in &self.seeds {
-                let mut c = cell.clone();
-                c.push((
-                    "experiment.seed".to_string(),
-                    Node::new(Value::Int(seed as i64), super::tree::Origin::Default),
-                ));
-                out.push(c);
-            }
-        }
-        out
+    }
+
+    /// How many cells [`Sweep::cells`] makes, counted without making them (exclusions
+    /// included); `None` when the count does not fit in 128 bits.
+    pub fn count(&self) -> Option<u128> {
+        let kept = Exclusions::new(self);
+        let free = self
+            .axes
+            .iter()
+            .enumerate()
+            .filter(|(a, _)| !kept.constrained.contains(a))
+            .try_fold(1u128, |n, (_, axis)| n.checked_mul(axis.rows.len() as u128))?;
+        let alive = vec![u64::MAX; kept.words];
+        let combos = kept.count_from(self, 0, &alive, &mut HashMap::new())?;
+        combos
+            .checked_mul(free)?
+            .checked_mul(self.seeds.len().max(1) as u128)
     }
 }
 
-fn matches_all(cell: &[(String, Node)], exclusion: &[(String, Node)]) -> bool {
-    exclusion.iter().all(|(k, v)| {
-        cell.iter()
-            .any(|(ck, cv)| ck == k && same_value(&cv.to_toml(), &v.to_toml()))
-    })
+/// Which exclusion entries each row of each axis satisfies, as bit sets, so that a cell is
+/// dropped when one entry is satisfied by its rows on every axis that entry names.
+struct Exclusions {
+    /// Axes named by at least one exclusion, in axis order.
+    constrained: Vec<usize>,
+    /// Per constrained axis (same order), per row: bit `e` set when the row satisfies entry
+    /// `e` (or entry `e` does not name this axis).
+    rows: Vec<Vec<Vec<u64>>>,
+    /// Per entry: the position in `constrained` of the last axis it names (`None`: no axis,
+    /// so it drops every cell).
+    last: Vec<Option<usize>>,
+    /// Words per bit set.
+    words: usize,
+}
+
+impl Exclusions {
+    fn new(sweep: &Sweep) -> Self {
+        let n = sweep.exclude.len();
+        let words = n.div_ceil(64);
+        let names = |entry: &[(String, Node)], axis: &Axis| {
+            entry.iter().any(|(k, _)| axis.keys.contains(k))
+        };
+        let constrained: Vec<usize> = (0..sweep.axes.len())
+            .filter(|&a| sweep.exclude.iter().any(|e| names(e, &sweep.axes[a])))
+            .collect();
+        let rows = constrained
+            .iter()
+            .map(|&a| {
+                let axis = &sweep.axes[a];
+                axis.rows
+                    .iter()
+                    .map(|row| {
+                        let mut bits = vec![0u64; words];
+                        for (e, entry) in sweep.exclude.iter().enumerate() {
+                            if row_satisfies(axis, row, entry) {
+                                bits[e / 64] |= 1 << (e % 64);
+                            }
+                        }
+                        bits
+                    })
+                    .collect()
+            })
+            .collect();
+        let last = sweep
+            .exclude
+            .iter()
+            .map(|e| constrained.iter().rposition(|&a| names(e, &sweep.axes[a])))
+            .collect();
+        Self {
+            constrained,
+            rows,
+            last,
+            words,
+        }
+    }
+
+    /// Whether an entry still alive (satisfied on every constrained axis before `depth`) names
+    /// no axis from `depth` on: it is then satisfied, and the cell dropped.
+    fn completes(&self, alive: &[u64], depth: usize) -> bool {
+        self.last
+            .iter()
+            .enumerate()
+            .any(|(e, last)| alive[e / 64] & (1 << (e % 64)) != 0 && last.is_none_or(|l| l < depth))
+    }
+
+    /// Kept combinations of the constrained axes from `depth` on, given the entries alive;
+    /// `memo` holds the answers already found, so a count costs at most one visit per
+    /// distinct (depth, alive entries), not one per combination.
+    fn count_from(
+        &self,
+        sweep: &Sweep,
+        depth: usize,
+        alive: &[u64],
+        memo: &mut HashMap<(usize, Vec<u64>), u128>,
+    ) -> Option<u128> {
+        if self.completes(alive, depth) {
+            return Some(0);
+        }
+        if alive.iter().all(|w| *w == 0) || depth == self.constrained.len() {
+            // No entry can match any more: every combination from here on is kept.
+            return self.constrained[depth..].iter().try_fold(1u128, |n, &a| {
+                n.checked_mul(sweep.axes[a].rows.len() as u128)
+            });
+        }
+        if let Some(&n) = memo.get(&(depth, alive.to_vec())) {
+            return Some(n);
+        }
+        let mut total = 0u128;
+        for bits in &self.rows[depth] {
+            let next: Vec<u64> = alive.iter().zip(bits).map(|(a, b)| a & b).collect();
+            total = total.checked_add(self.count_from(sweep, depth + 1, &next, memo)?)?;
+        }
+        memo.insert((depth, alive.to_vec()), total);
+        Some(total)
+    }
+
+    /// Whether the cell at `digits` (one row index per axis) is dropped, and if so how far
+    /// the grid can skip: `Some(Some(k))` when every cell sharing its rows on axes `0..=k` is
+    /// dropped too, `Some(None)` when every cell is.
+    fn drops(&self, digits: &[usize]) -> Option<Option<usize>> {
+        let mut alive = vec![u64::MAX; self.words];
+        for (pos, &a) in self.constrained.iter().enumerate() {
+            for (w, b) in alive.iter_mut().zip(&self.rows[pos][digits[a]]) {
+                *w &= b;
+            }
+        }
+        let mut skip: Option<Option<usize>> = None;
+        for (e, last) in self.last.iter().enumerate() {
+            if alive[e / 64] & (1 << (e % 64)) == 0 {
+                continue;
+            }
+            let axis = last.map(|l| self.constrained[l]);
+            skip = Some(match (skip, axis) {
+                (Some(Some(k)), Some(a)) => Some(k.min(a)),
+                (Some(None), _) | (_, None) => None,
+                (None, a) => a,
+            });
+        }
+        skip
+    }
+}
+
+/// Whether a row of an axis has the values an exclusion entry gives for the axis's keys.
+fn row_satisfies(axis: &Axis, row: &[Node], entry: &[(String, Node)]) -> bool {
+    entry.iter().all(
+        |(key, value)| match axis.keys.iter().position(|k| k == key) {
+            Some(i) => same_value(&row[i].to_toml(), &value.to_toml()),
+            None => true,
+        },
+    )
+}
+
+/// The cells of a sweep, in grid order (seeds innermost); see [`Sweep::cells`].
+pub struct Cells<'a> {
+    sweep: &'a Sweep,
+    kept: Exclusions,
+    /// The row of each axis of the next combination to look at.
+    digits: Vec<usize>,
+    /// The current kept combination, repeated once per seed.
+    combo: Option<Vec<(String, Node)>>,
+    /// The next seed of `combo`.
+    seed: usize,
+    done: bool,
+}
+
+impl Cells<'_> {
+    /// The next kept combination of axis rows, advancing the digits past it; a run of
+    /// dropped combinations that share their rows up to some axis is skipped at once.
+    fn next_combo(&mut self) -> Option<Vec<(String, Node)>> {
+        let last = self.sweep.axes.len().checked_sub(1);
+        while !self.done {
+            match self.kept.drops(&self.digits) {
+                Some(None) => self.done = true,
+                Some(Some(k)) => self.advance(Some(k)),
+                None => {
+                    let mut c = Vec::new();
+                    for (axis, &d) in self.sweep.axes.iter().zip(&self.digits) {
+                        c.extend(axis.keys.iter().cloned().zip(axis.rows[d].iter().cloned()));
+                    }
+                    self.advance(last);
+                    return Some(c);
+                }
+            }
+        }
+        None
+    }
+
+    /// Moves to the next row of axis `at` (`None`: there are no axes), the axes after it back
+    /// to their first row; `done` after the last combination.
+    fn advance(&mut self, at: Option<usize>) {
+        let Some(at) = at else {
+            self.done = true;
+            return;
+        };
+        for d in &mut self.digits[at + 1..] {
+            *d = 0;
+        }
+        for (axis, d) in self.sweep.axes[..=at]
+            .iter()
+            .zip(self.digits[..=at].iter_mut())
+            .rev()
+        {
+            *d += 1;
+            if *d < axis.rows.len() {
+                return;
+            }
+            *d = 0;
+        }
+        self.done = true;
+    }
+}
+
+impl Iterator for Cells<'_> {
+    type Item = Vec<(String, Node)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let seeds = &self.sweep.seeds;
+        if seeds.is_empty() {
+            return self.next_combo();
+        }
+        if self.combo.is_none() || self.seed == seeds.len() {
+            self.combo = Some(self.next_combo()?);
+            self.seed = 0;
+        }
+        let mut cell = self.combo.clone()?;
+        cell.push((
+            "experiment.seed".to_string(),
+            Node::new(
+                Value::Int(seeds[self.seed] as i64),
+                super::tree::Origin::Default,
+            ),
+        ));
+        self.seed += 1;
+        Some(cell)
+    }
 }
 
 /// Value equality that treats `512` and `512.0` as the same number.
@@ -401,4 +611,159 @@ fn parse_exclude(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! The streaming cells and the count against a plain expansion of random small sweeps.
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::spec::tree::Origin;
+
+    fn int(v: i64) -> Node {
+        Node::new(Value::Int(v), Origin::Default)
+    }
+
+    /// The grid as the former implementation made it: full product, then exclusions, then seeds.
+    fn expand(sweep: &Sweep) -> Vec<Vec<(String, Node)>> {
+        let mut cells: Vec<Vec<(String, Node)>> = vec![Vec::new()];
+        for axis in &sweep.axes {
+            let mut next = Vec::new();
+            for cell in &cells {
+                for row in &axis.rows {
+                    let mut c = cell.clone();
+                    c.extend(axis.keys.iter().cloned().zip(row.iter().cloned()));
+                    next.push(c);
+                }
+            }
+            cells = next;
+        }
+        cells.retain(|cell| {
+            !sweep.exclude.iter().any(|ex| {
+                ex.iter().all(|(k, v)| {
+                    cell.iter()
+                        .any(|(ck, cv)| ck == k && same_value(&cv.to_toml(), &v.to_toml()))
+                })
+            })
+        });
+        if sweep.seeds.is_empty() {
+            return cells;
+        }
+        let mut out = Vec::new();
+        for cell in cells {
+            for &seed in &sweep.seeds {
+                let mut c = cell.clone();
+                c.push(("experiment.seed".into(), int(seed as i64)));
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn random_sweep(rng: &mut ChaCha8Rng) -> Sweep {
+        let mut key = 0;
+        let axes: Vec<Axis> = (0..rng.random_range(0..5))
+            .map(|_| {
+                let width = rng.random_range(1..3);
+                let keys: Vec<String> = (0..width)
+                    .map(|_| {
+                        key += 1;
+                        format!("k{key}")
+                    })
+                    .collect();
+                let rows = (0..rng.random_range(1..5))
+                    .map(|_| (0..width).map(|_| int(rng.random_range(0..3))).collect())
+                    .collect();
+                Axis { keys, rows }
+            })
+            .collect();
+        let exclude = (0..rng.random_range(0..5))
+            .map(|_| {
+                (0..rng.random_range(0..4))
+                    .filter_map(|_| {
+                        let axis = &axes.get(rng.random_range(0..axes.len().max(1)))?;
+                        let k = &axis.keys[rng.random_range(0..axis.keys.len())];
+                        Some((k.clone(), int(rng.random_range(0..3))))
+                    })
+                    .collect()
+            })
+            .collect();
+        let seeds = (0..rng.random_range(0..3)).collect();
+        Sweep {
+            axes,
+            exclude,
+            seeds,
+            pinned: Vec::new(),
+        }
+    }
+
+    fn shown(cells: &[Vec<(String, Node)>]) -> Vec<String> {
+        cells
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| format!("{k}={}", v.to_toml()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_cells_and_count_match_the_plain_expansion() {
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let mut dropped = 0;
+        for _ in 0..3000 {
+            let sweep = random_sweep(&mut rng);
+            let want = expand(&sweep);
+            let got: Vec<_> = sweep.cells().collect();
+            assert_eq!(shown(&got), shown(&want), "{sweep:?}");
+            assert_eq!(sweep.count(), Some(want.len() as u128), "{sweep:?}");
+            let full: usize = sweep.axes.iter().map(|a| a.rows.len()).product::<usize>()
+                * sweep.seeds.len().max(1);
+            dropped += full - want.len();
+        }
+        // The random sweeps exercise exclusions, not only plain products.
+        assert!(dropped > 1000, "{dropped}");
+    }
+
+    #[test]
+    fn a_huge_grid_is_counted_and_walked_without_expanding_it() {
+        // 12 axes of 10 values: 10^12 cells, one excluded value on the first axis.
+        let axes: Vec<Axis> = (0..12)
+            .map(|i| Axis {
+                keys: vec![format!("k{i}")],
+                rows: (0..10).map(|v| vec![int(v)]).collect(),
+            })
+            .collect();
+        let sweep = Sweep {
+            exclude: vec![vec![("k0".into(), int(0)), ("k11".into(), int(3))]],
+            axes,
+            seeds: vec![0, 1],
+            pinned: Vec::new(),
+        };
+        assert_eq!(
+            sweep.count(),
+            Some(2 * (1_000_000_000_000 - 10_000_000_000))
+        );
+        let first: Vec<_> = sweep.cells().take(3).collect();
+        assert_eq!(first.len(), 3);
+        // An exclusion that drops every cell of a 10^12 grid but one is walked in skips.
+        let mut sweep = sweep;
+        sweep.exclude = (1..10)
+            .map(|v| vec![("k0".to_string(), int(v))])
+            .chain((1..10).map(|v| vec![("k1".to_string(), int(v))]))
+            .collect();
+        sweep.axes.truncate(2);
+        sweep.axes.extend((2..12).map(|i| Axis {
+            keys: vec![format!("k{i}")],
+            rows: vec![vec![int(0)]],
+        }));
+        sweep.axes[11].rows = (0..100_000).map(|v| vec![int(v)]).collect();
+        assert_eq!(sweep.count(), Some(200_000));
+        assert_eq!(sweep.cells().count(), 200_000);
+    }
 }
