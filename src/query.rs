@@ -541,7 +541,7 @@ pub fn select_runs(
     status: Option<RunStatus>,
     filter: Option<&Query>,
 ) -> Result<Vec<RunRow>, RegistryError> {
-    let t = crate::registry::now();
+    let t = registry.clock()?;
     let rows: Vec<RunRow> = registry
         .runs(experiment, status)?
         .into_iter()
@@ -590,6 +590,8 @@ mod tests {
             lease_s: 60.0,
             finished_at: None,
             error: None,
+            failures: 0,
+            job: None,
         }
     }
 

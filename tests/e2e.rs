@@ -2,7 +2,8 @@
 //! ECGs, with real registries, run folders, checkpoints and signals.
 //!
 //! - two concurrent `beatlab sweep` processes leave exactly one finished run per cell;
-//! - a `kill -9`ed worker's cell is left alone while its lease holds, then taken over and resumed;
+//! - a `kill -9`ed worker's cell is named and left while its holder may be alive (another
+//!   host, within the lease), and taken over at once when its process is provably gone;
 //! - a run killed mid-stage and resumed ends with the same metrics as an uninterrupted run, and
 //!   two runs of one cell are identical (CPU determinism);
 //! - Ctrl-C leaves a run resumable at once.
@@ -209,34 +210,60 @@ fn two_concurrent_sweeps_run_each_cell_exactly_once() {
     assert_eq!(env.registry("reg.db").runs(None, None).unwrap().len(), 4);
 }
 
-#[test]
-fn a_killed_workers_cell_waits_for_its_lease_then_resumes_elsewhere() {
-    let env = Env::new(TINY);
-    let killed = kill_after_checkpoint(
-        &env,
-        "reg.db",
-        &["worker", "tiny.toml", "--lease", "3", "--quiet"],
-    );
+/// Sets who holds a run, as another machine's worker would appear.
+fn set_holder(env: &Env, registry: &str, run: &str, host: &str, worker: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(env.path(registry));
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query("UPDATE runs SET host = ?2, worker = ?3 WHERE id = ?1")
+            .bind(run)
+            .bind(host)
+            .bind(worker)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+}
 
-    // Within the lease the cell still belongs to the dead worker: a new worker leaves it alone.
-    let out = env.run(
-        "reg.db",
-        &["worker", "tiny.toml", "--lease", "3", "--quiet"],
+#[test]
+fn a_killed_workers_cell_is_named_while_it_may_live_and_taken_over_once_provably_dead() {
+    // #14.6: after kill -9, the next worker exited 0 with the cell still `running`.
+    let env = Env::new(TINY);
+    let args = ["worker", "tiny.toml", "--lease", "30", "--quiet"];
+    let killed = kill_after_checkpoint(&env, "reg.db", &args);
+
+    // Held by a worker of another machine (which may be alive): within the lease, a worker
+    // that does not wait names the cell and exits 1.
+    set_holder(&env, "reg.db", &killed.id, "elsewhere", "elsewhere:4242:0");
+    let out = env.run("reg.db", &[&args[..], &["--no-wait"]].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&killed.id) && stderr.contains("elsewhere:4242:0"),
+        "{stderr}"
+    );
     let run = only_run(&env.registry("reg.db"));
     assert_eq!((run.status, run.attempt), (RunStatus::Running, 1));
 
-    // Past the lease it is stale, and the next worker takes it over from its checkpoint.
-    std::thread::sleep(Duration::from_secs_f64(3.5));
-    let out = env.run(
-        "reg.db",
-        &["worker", "tiny.toml", "--lease", "3", "--quiet"],
-    );
-    ok(&out);
+    // Held by a process of this host that is gone: taken over at once, from its checkpoint.
+    set_holder(&env, "reg.db", &killed.id, &killed.host, &killed.worker);
+    ok(&env.run("reg.db", &args));
     let run = only_run(&env.registry("reg.db"));
     assert_eq!(run.id, killed.id);
-    assert_eq!((run.status, run.attempt), (RunStatus::Finished, 2));
+    assert_eq!(
+        (run.status, run.attempt, run.failures),
+        (RunStatus::Finished, 2, 1)
+    );
     let log = std::fs::read_to_string(Path::new(&run.run_dir).join("log.txt")).unwrap();
     assert!(log.contains("continuing from checkpoint"), "{log}");
 }
@@ -262,7 +289,7 @@ fn killed_and_resumed_runs_match_uninterrupted_ones_exactly() {
         "c.db",
         &["run", "tiny.toml", "--lease", "1", "--quiet"],
     );
-    std::thread::sleep(Duration::from_secs_f64(1.5));
+    // Its process is gone: `resume` takes it over at once, without waiting for the lease.
     ok(&env.run("c.db", &["resume", &killed.id, "--quiet"]));
     let rc = env.registry("c.db");
     let run_c = only_run(&rc);
@@ -294,8 +321,8 @@ fn ctrl_c_leaves_the_run_resumable_at_once() {
     let run = only_run(&env.registry("reg.db"));
     assert_eq!(
         run.status,
-        RunStatus::Stale,
-        "interrupted runs are resumable without a lease wait"
+        RunStatus::Pending,
+        "interrupted runs are given back, resumable without a lease wait"
     );
     ok(&env.run("reg.db", &["resume", &run.id, "--quiet"]));
     assert_eq!(

@@ -40,6 +40,8 @@ fn registry(dir: &Path) {
         force_before: None,
         rerun_failed_before: None,
         experiment_dir: dir.join("runs/q"),
+        max_failures: 3,
+        job: None,
     };
     for c in &plan.cells {
         let offer = CellOffer {

@@ -36,6 +36,8 @@ fn policy(worker: &str, dir: &Path) -> ClaimPolicy {
         force_before: None,
         rerun_failed_before: None,
         experiment_dir: dir.join("x"),
+        max_failures: 3,
+        job: None,
     }
 }
 
@@ -87,7 +89,7 @@ fn a_registry_written_before_the_metrics_were_rekeyed_keeps_its_points() {
     std::fs::create_dir(&first_only).unwrap();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::copy(
-        manifest.join("migrations/0001_registry.sql"),
+        manifest.join("migrations/sqlite/0001_registry.sql"),
         first_only.join("0001_registry.sql"),
     )
     .unwrap();

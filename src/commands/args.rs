@@ -19,7 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// SQLite run registry.
+    /// Run registry: a SQLite file (a path or sqlite://PATH) on a local disk, or a PostgreSQL
+    /// database (postgres://user@host/db) when several machines share it.
     #[arg(
         long,
         global = true,
@@ -68,15 +69,30 @@ pub struct TrainArgs {
     /// Run failed cells again.
     #[arg(long)]
     pub rerun_failed: bool,
-    /// Seconds without a heartbeat after which a running cell is stale and taken over.
+    /// Seconds without a heartbeat after which a running cell is stale and taken over (a
+    /// holder on this host whose process is gone is taken over at once).
     #[arg(long, default_value_t = 60.0, value_parser = parse_lease)]
     pub lease: f64,
+    /// A run that failed this many times (an error, a panic, or a worker that died while
+    /// holding it) is marked failed and not taken again (--rerun-failed starts it anew).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_failures: u32,
+    /// When the only cells left are held by other live workers, exit (code 1, naming them)
+    /// instead of waiting until they finish or their lease expires.
+    #[arg(long)]
+    pub no_wait: bool,
 }
+
+/// Longest lease accepted: a week. A holder that dies is noticed only after its lease, and the
+/// heartbeat period (a quarter of it) must be a representable duration.
+pub const MAX_LEASE_S: f64 = 7.0 * 24.0 * 3600.0;
 
 fn parse_lease(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v >= 0.2 && v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}`: expected seconds >= 0.2")),
+        Ok(v) if (0.2..=MAX_LEASE_S).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}`: expected seconds from 0.2 to {MAX_LEASE_S} (a week)"
+        )),
     }
 }
 
@@ -118,7 +134,7 @@ pub enum Command {
     },
     /// One worker pulling cells of a spec from a shared registry (for cluster job arrays).
     ///
-    /// Example: BEATLAB_REGISTRY=/shared/beatlab.db beatlab worker experiments/table18_beat.toml
+    /// Example: BEATLAB_REGISTRY=postgres://beatlab@dbhost/beatlab beatlab worker experiments/table18_beat.toml
     Worker {
         #[command(flatten)]
         spec: SpecArgs,
@@ -191,6 +207,9 @@ pub enum Command {
     /// ECG data tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Registry maintenance: backup, integrity check, schema upgrade.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Speed against peers in one invocation, with ratios: Beat training (PyTorch), registry
     /// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2).
     /// `scripts/bench.sh` sets up the peers' Python environment. The benchmarks are their own
@@ -281,6 +300,31 @@ pub enum DataCommand {
         #[arg(long)]
         captions: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Write a consistent copy of a SQLite registry to FILE while workers may keep writing
+    /// (SQLite's online backup API; the registry is opened read-only).
+    ///
+    /// Example: beatlab registry backup backups/beatlab-$(date +%F).db
+    Backup {
+        /// The copy to write (replaced atomically if it exists).
+        file: PathBuf,
+    },
+    /// Check the registry: the database's own integrity check, foreign keys, metric points of
+    /// unknown runs, checkpoint files missing or of the wrong size; exit code 1 if anything is
+    /// wrong.
+    ///
+    /// Example: beatlab registry check --json
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the registry's schema up to date (what any command that trains also does).
+    ///
+    /// Example: beatlab --registry postgres://beatlab@db/beatlab registry migrate
+    Migrate,
 }
 
 /// Printed-ECG layouts.

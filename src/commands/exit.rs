@@ -37,6 +37,7 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<BadInput>().is_some()
             || c.downcast_ref::<beatlab::spec::SpecError>().is_some()
+            || super::registry_bad_input(c)
     })
 }
 

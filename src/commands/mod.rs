@@ -47,7 +47,7 @@ use beatlab::spec::{self, Overrides, Plan};
 use beatlab::table::{self, Format};
 use beatlab::tracking::Console;
 
-use args::{Cli, Command, DataCommand, Global, SpecArgs, TrainArgs};
+use args::{Cli, Command, DataCommand, Global, RegistryCommand, SpecArgs, TrainArgs};
 
 /// An error caused by the user's input (exit code 2), as opposed to a failed run (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,19 @@ pub struct BadInput(#[from] pub anyhow::Error);
 
 fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
     BadInput(e.into()).into()
+}
+
+/// Whether an error in a chain is a registry error caused by the user's input (a wrong address,
+/// a foreign or newer registry, an unknown run): exit code 2.
+pub fn registry_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    use beatlab::registry::RegistryError;
+    match (
+        e.downcast_ref::<RegistryError>(),
+        e.downcast_ref::<runner::RunnerError>(),
+    ) {
+        (Some(r), _) | (_, Some(runner::RunnerError::Registry(r))) => r.is_bad_input(),
+        _ => false,
+    }
 }
 
 /// Standard output could not be written: its reader closed it, or it is full.
@@ -141,6 +154,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
             output,
             captions,
         }) => build_instructions(g, &spec, &output, captions),
+        Command::Registry(command) => registry_command(g, command),
         Command::Bench { args } => bench(&args),
         Command::Parity(args) => parity(&args),
         Command::Reference => {
@@ -270,24 +284,41 @@ fn plan(g: &Global, args: &SpecArgs, json: bool, count: bool) -> Result<Exit> {
 /// Cells `plan` looks up in the registry and prints at a time.
 const PLAN_CHUNK: usize = 500;
 
-/// Ctrl-C and SIGTERM set this flag; stages stop at their next safe point and leave their run
-/// resumable. A second Ctrl-C exits at once.
+/// Ctrl-C, SIGTERM and SIGUSR2 (Slurm's warning before a time limit or preemption, asked for
+/// by `--signal=USR2@120`) set this flag; stages checkpoint at their next safe point and the run
+/// is given back (pending) for the next worker. A second Ctrl-C exits at once.
 fn interrupt_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+    let _ = signal_hook::flag::register_conditional_shutdown(SIGINT, 130, flag.clone());
+    for sig in [SIGINT, SIGTERM, SIGUSR2] {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
     flag
 }
 
-fn runner_config(
-    g: &Global,
-    choice: DeviceChoice,
+/// What a command that trains asks of the runner beyond the device.
+struct RunChoices {
     lease: f64,
     force: bool,
     rerun_failed: bool,
-) -> Result<RunnerConfig> {
+    max_failures: u32,
+    wait: bool,
+}
+
+impl RunChoices {
+    fn of(train: &TrainArgs) -> Self {
+        Self {
+            lease: train.lease,
+            force: train.force,
+            rerun_failed: train.rerun_failed,
+            max_failures: train.max_failures,
+            wait: !train.no_wait,
+        }
+    }
+}
+
+fn runner_config(g: &Global, choice: DeviceChoice, run: RunChoices) -> Result<RunnerConfig> {
     let console = Console::new(g.quiet);
     let resolved = device::resolve(choice).map_err(bad)?;
     if let Some(why) = &resolved.fallback {
@@ -299,9 +330,11 @@ fn runner_config(
         runs_dir: g.runs_dir.clone(),
         device: resolved.device,
         device_name: resolved.name,
-        lease_s: lease,
-        force,
-        rerun_failed,
+        lease_s: run.lease,
+        force: run.force,
+        rerun_failed: run.rerun_failed,
+        max_failures: run.max_failures,
+        wait: run.wait,
         console,
         stages: beatlab::stages::builtin(),
         interrupted: interrupt_flag(),
@@ -322,13 +355,7 @@ fn train_cells(
     check_weights(&loaded, &plan)?;
     share_cores(workers);
     loaded.check_runtime(&plan).map_err(bad)?;
-    let cfg = runner_config(
-        g,
-        train.device,
-        train.lease,
-        train.force,
-        train.rerun_failed,
-    )?;
+    let cfg = runner_config(g, train.device, RunChoices::of(train))?;
     cfg.console.line(&format!(
         "{}: {} cells, {} worker{}, device {}",
         plan.experiment,
@@ -345,6 +372,13 @@ fn train_cells(
     let stopped = reports
         .iter()
         .any(|r| matches!(r.outcome, CellOutcome::Stopped(_)));
+    let left: Vec<_> = reports
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            CellOutcome::HeldElsewhere(holder) => Some((r, holder)),
+            _ => None,
+        })
+        .collect();
     let finished = reports
         .iter()
         .filter(|r| r.outcome == CellOutcome::Finished)
@@ -360,6 +394,17 @@ fn train_cells(
             eprintln!("  failed {} ({}): {e}", r.run_id, r.label);
         }
     }
+    if !left.is_empty() {
+        eprintln!(
+            "{}: left {} cell(s) held by other live workers (--no-wait); they finish there, or \
+             are taken over once their lease expires:",
+            plan.experiment,
+            left.len()
+        );
+        for (r, holder) in &left {
+            eprintln!("  {} ({}): {holder}", r.run_id, r.label);
+        }
+    }
     if let Some(format) = table_format {
         println!();
         print!(
@@ -367,7 +412,7 @@ fn train_cells(
             table::build(&plan, Some(&cfg.registry))?.render(format)
         );
     }
-    Ok(if failed.is_empty() && !stopped {
+    Ok(if failed.is_empty() && !stopped && left.is_empty() {
         Exit::Done
     } else {
         Exit::RunFailed
@@ -403,7 +448,14 @@ fn share_cores(workers: usize) {
 }
 
 fn resume(g: &Global, run: &str, choice: DeviceChoice, lease: f64) -> Result<Exit> {
-    let cfg = runner_config(g, choice, lease, false, false)?;
+    let choices = RunChoices {
+        lease,
+        force: false,
+        rerun_failed: false,
+        max_failures: 1,
+        wait: true,
+    };
+    let cfg = runner_config(g, choice, choices)?;
     let report = match runner::resume_run(run, &cfg) {
         Err(runner::RunnerError::Registry(e @ beatlab::registry::RegistryError::NoSuchRun(_)))
         | Err(runner::RunnerError::Registry(
@@ -423,7 +475,7 @@ fn resume(g: &Global, run: &str, choice: DeviceChoice, lease: f64) -> Result<Exi
             eprintln!("{}: failed: {e}", report.run_id);
             Exit::RunFailed
         }
-        CellOutcome::Stopped(_) => Exit::RunFailed,
+        CellOutcome::Stopped(_) | CellOutcome::HeldElsewhere(_) => Exit::RunFailed,
     })
 }
 
@@ -749,6 +801,61 @@ fn write_output(output: &Path, bytes: &[u8]) -> Result<()> {
         let e = anyhow::Error::new(e).context(format!("writing {}", output.display()));
         if refused { bad(e) } else { e }
     })
+}
+
+/// `beatlab registry ...`: backup and check open the registry read-only; migrate opens it as a
+/// writer does.
+fn registry_command(g: &Global, command: RegistryCommand) -> Result<Exit> {
+    let existing = || {
+        Registry::open_existing(&g.registry)?
+            .ok_or_else(|| bad(anyhow::anyhow!("no registry at {}", g.registry.display())))
+    };
+    match command {
+        RegistryCommand::Backup { file } => {
+            let registry = existing()?;
+            registry.backup(&file)?;
+            eprintln!("{} -> {}", registry.address(), file.display());
+            Ok(Exit::Done)
+        }
+        RegistryCommand::Check { json } => {
+            let registry = existing()?;
+            let report = registry.check()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: schema version {}",
+                    registry.address(),
+                    report.schema_version
+                );
+                let counts: Vec<String> = report
+                    .counts
+                    .iter()
+                    .map(|(t, n)| format!("{t} {n}"))
+                    .collect();
+                println!("  {}", counts.join(", "));
+                for note in &report.notes {
+                    println!("  note: {note}");
+                }
+                for problem in &report.problems {
+                    println!("  problem: {problem}");
+                }
+                if report.problems.is_empty() {
+                    println!("  ok");
+                }
+            }
+            Ok(if report.problems.is_empty() {
+                Exit::Done
+            } else {
+                Exit::RunFailed
+            })
+        }
+        RegistryCommand::Migrate => {
+            let registry = Registry::open(&g.registry)?;
+            eprintln!("{}: schema up to date", registry.address());
+            Ok(Exit::Done)
+        }
+    }
 }
 
 fn parity(args: &args::ParityArgs) -> Result<Exit> {

@@ -37,6 +37,11 @@ pub struct RunnerConfig {
     pub lease_s: f64,
     pub force: bool,
     pub rerun_failed: bool,
+    /// A run that failed this many times (errors, panics, dead holders) is not taken again.
+    pub max_failures: u32,
+    /// When the only cells left are held by other live workers: wait for them (their lease, or
+    /// their end) instead of returning them as [`CellOutcome::HeldElsewhere`].
+    pub wait: bool,
     pub console: Console,
     pub stages: StageRegistry,
     /// Set by Ctrl-C / SIGTERM.
@@ -49,6 +54,8 @@ pub enum CellOutcome {
     Finished,
     Failed(String),
     Stopped(StopReason),
+    /// Not run here: another live worker holds it (which one, as text).
+    HeldElsewhere(String),
 }
 
 /// One cell this process worked on.
@@ -119,6 +126,8 @@ impl RunnerConfig {
             force_before: self.force.then_some(started),
             rerun_failed_before: self.rerun_failed.then_some(started),
             experiment_dir: self.runs_dir.join(experiment),
+            max_failures: i64::from(self.max_failures),
+            job: ClaimPolicy::slurm_job(),
         }
     }
 }
@@ -149,25 +158,7 @@ pub fn run_plan(
         let handles: Vec<_> = (0..workers)
             .map(|i| {
                 let offers = &offers;
-                scope.spawn(move || {
-                    let worker = format!("{}:{}:{i}", hostname(), std::process::id());
-                    let policy = cfg.policy(&plan.experiment, &worker, started);
-                    let mut reports = Vec::new();
-                    while !cfg.interrupted.load(Ordering::Relaxed) {
-                        let Some(claim) = cfg.registry.claim(&policy, offers)? else {
-                            break;
-                        };
-                        let cell = &plan.cells[claim.cell_index as usize];
-                        reports.push(run_claimed(
-                            cfg,
-                            &policy,
-                            &claim,
-                            &cell.spec,
-                            &cell.label(),
-                        )?);
-                    }
-                    Ok::<_, RunnerError>(reports)
-                })
+                scope.spawn(move || worker_loop(plan, cfg, offers, i, started))
             })
             .collect();
         handles
@@ -179,7 +170,114 @@ pub fn run_plan(
     for r in results {
         all.extend(r?);
     }
+    if !cfg.wait && !cfg.interrupted.load(Ordering::Relaxed) {
+        for run in held_elsewhere(&cfg.registry, &offers, &hostname())? {
+            all.push(CellReport {
+                run_id: run.id.clone(),
+                label: run.cell_label.clone(),
+                outcome: CellOutcome::HeldElsewhere(holder_text(&run, &cfg.registry)),
+            });
+        }
+    }
     Ok(all)
+}
+
+/// One worker thread: claims and runs cells until none is left. When the only cells left are
+/// held by other live workers, it waits (polling a few times per lease) if `cfg.wait`, so that
+/// a cell whose holder dies is taken over, and returns otherwise.
+fn worker_loop(
+    plan: &Plan,
+    cfg: &RunnerConfig,
+    offers: &[CellOffer],
+    thread: usize,
+    started: f64,
+) -> Result<Vec<CellReport>, RunnerError> {
+    let worker = format!("{}:{}:{thread}", hostname(), std::process::id());
+    let policy = cfg.policy(&plan.experiment, &worker, started);
+    let mut reports = Vec::new();
+    let mut announced = false;
+    while !cfg.interrupted.load(Ordering::Relaxed) {
+        if let Some(claim) = cfg.registry.claim(&policy, offers)? {
+            let cell = &plan.cells[claim.cell_index as usize];
+            reports.push(run_claimed(
+                cfg,
+                &policy,
+                &claim,
+                &cell.spec,
+                &cell.label(),
+            )?);
+            cfg.registry.tidy()?;
+            announced = false;
+            continue;
+        }
+        if !cfg.wait {
+            break;
+        }
+        let held = held_elsewhere(&cfg.registry, offers, &policy.host)?;
+        if held.is_empty() {
+            break;
+        }
+        if !announced && thread == 0 {
+            let who: Vec<String> = held
+                .iter()
+                .map(|r| format!("{} ({})", r.id, holder_text(r, &cfg.registry)))
+                .collect();
+            cfg.console.line(&format!(
+                "waiting for {} cell(s) held by other workers: {}",
+                held.len(),
+                who.join(", ")
+            ));
+            announced = true;
+        }
+        cfg.registry.tidy()?;
+        idle(
+            cfg,
+            Duration::from_secs_f64((cfg.lease_s / 4.0).clamp(0.2, 5.0)),
+        );
+    }
+    Ok(reports)
+}
+
+/// Sleeps for `period`, waking early on an interruption.
+fn idle(cfg: &RunnerConfig, period: Duration) {
+    let tick = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    while waited < period && !cfg.interrupted.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        waited += tick;
+    }
+}
+
+/// Runs of these cells that another process holds (running, lease not expired).
+fn held_elsewhere(
+    registry: &Registry,
+    offers: &[CellOffer],
+    this_host: &str,
+) -> Result<Vec<crate::registry::RunRow>, RegistryError> {
+    let hashes: Vec<String> = offers.iter().map(|c| c.hash.clone()).collect();
+    let t = registry.clock()?;
+    let mut held: Vec<_> = registry
+        .latest_runs(&hashes)?
+        .into_values()
+        .filter(|r| r.effective_status(t) == RunStatus::Running)
+        .filter(|r| !crate::registry::worker_is_this_process(&r.worker, this_host))
+        .collect();
+    held.sort_by_key(|r| r.cell_index);
+    Ok(held)
+}
+
+/// Who holds a run, for people: worker, batch job, age of the last heartbeat.
+pub fn holder_text(run: &crate::registry::RunRow, registry: &Registry) -> String {
+    let age = match (run.heartbeat_at, registry.clock()) {
+        (Some(hb), Ok(t)) => format!(", heartbeat {:.0} s ago", (t - hb).max(0.0)),
+        _ => String::new(),
+    };
+    let job = run
+        .job
+        .as_ref()
+        .map(|j| format!(", Slurm job {j}"))
+        .unwrap_or_default();
+    format!("worker {}{job}{age}", run.worker)
 }
 
 /// Continues one run (failed, stale or interrupted) from its last checkpoint.
@@ -325,16 +423,19 @@ fn run_claimed(
     let store = CheckpointStore::new(cfg.registry.clone(), run_id, &claim.run_dir);
     let cache_dir = cfg.runs_dir.join(".cache");
 
-    let outcome = run_stages(
-        cfg,
-        spec,
-        run_id,
-        &claim.run_dir,
-        &cache_dir,
-        &mut tracker,
-        &store,
-        &control,
-    );
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_stages(
+            cfg,
+            spec,
+            run_id,
+            &claim.run_dir,
+            &cache_dir,
+            &mut tracker,
+            &store,
+            &control,
+        )
+    }))
+    .unwrap_or_else(|payload| Err(StageError::Panicked(panic_text(payload.as_ref()))));
     let _ = tracker.flush();
     let report = |outcome| CellReport {
         run_id: run_id.to_string(),
@@ -349,14 +450,10 @@ fn run_claimed(
             Ok(report(CellOutcome::Finished))
         }
         Ok(Some(StopReason::Interrupted)) => {
-            // Left stale at once (no lease wait) so any worker or `beatlab resume` continues it.
-            cfg.registry.end_run(
-                run_id,
-                &policy.worker,
-                RunStatus::Stale,
-                Some("interrupted"),
-            )?;
-            tracker.log("interrupted; resume with `beatlab resume`");
+            // Given back at once (no lease wait): any worker, or `beatlab resume`, continues it
+            // from the checkpoint the stage wrote when it stopped.
+            cfg.registry.release(run_id, &policy.worker)?;
+            tracker.log("interrupted: checkpointed and released (pending); the next worker or `beatlab resume` continues it");
             Ok(report(CellOutcome::Stopped(StopReason::Interrupted)))
         }
         Ok(Some(StopReason::LeaseLost)) => {
@@ -459,6 +556,15 @@ fn report_fallbacks(
 /// The metric that records a fall-back past an unusable checkpoint.
 pub const CHECKPOINT_FALLBACK: &str = "checkpoint/fallback";
 
+/// The message of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 /// An error and its causes, one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -498,7 +604,10 @@ pub fn hash_statuses(
         Some(r) => r.latest_runs(hashes)?,
         None => Default::default(),
     };
-    let t = crate::registry::now();
+    let t = match registry {
+        Some(r) => r.clock()?,
+        None => crate::registry::now(),
+    };
     Ok(hashes
         .iter()
         .map(|h| match latest.get(h) {

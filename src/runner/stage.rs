@@ -22,7 +22,7 @@ use crate::tracking::{TrackError, Tracker};
 /// Why a stage stopped before finishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// Ctrl-C / SIGTERM: the run is left resumable.
+    /// Ctrl-C / SIGTERM / SIGUSR2: the run is checkpointed and given back (pending).
     Interrupted,
     /// Another worker took the run over after a missed lease: stop without writing.
     LeaseLost,
@@ -141,6 +141,10 @@ pub enum StageError {
     /// No implementation is registered for this stage kind.
     #[error("stage kind `{0}` is not available in this build")]
     Unsupported(StageKind),
+    /// The stage panicked (a bug, or an input nothing validated): the run is failed, not left
+    /// running for the next worker to crash on.
+    #[error("panicked: {0}")]
+    Panicked(String),
 }
 
 /// Stop flags shared with the heartbeat thread and the signal handler.

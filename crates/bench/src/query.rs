@@ -122,6 +122,8 @@ fn fill(path: &std::path::Path, runs: usize) -> Result<Registry, BenchError> {
         force_before: None,
         rerun_failed_before: None,
         experiment_dir: path.with_extension("runs"),
+        max_failures: 3,
+        job: None,
     };
     let specs = cell_specs()?;
     let cells: Vec<CellOffer> = (0..runs)

@@ -97,6 +97,8 @@ fn fresh_registry(
         force_before: None,
         rerun_failed_before: None,
         experiment_dir: dir.join("runs"),
+        max_failures: 3,
+        job: None,
     };
     let cells: Vec<CellOffer> = (0..runs)
         .map(|i| CellOffer {
