@@ -111,10 +111,10 @@ impl Means {
         e.1 += 1;
     }
 
-    fn into_entries(self) -> Vec<(String, f64)> {
+    fn entries(&self) -> Vec<(String, f64)> {
         self.0
-            .into_iter()
-            .map(|(k, (sum, n))| (k, sum / n as f64))
+            .iter()
+            .map(|(k, (sum, n))| (k.clone(), sum / *n as f64))
             .collect()
     }
 }
@@ -167,37 +167,13 @@ impl Stage for EvalStage {
         // A bad encoder fails the stage before any data or model is built.
         let bertscore = load_bertscore(spec, ctx.device)?;
         if let Some(scorer) = &bertscore {
-            ctx.log(&format!(
-                "BERTScore encoder from {} ({} layers, hidden {})",
-                scorer.files().config.parent().map_or_else(
-                    || spec.eval.bertscore_encoder.clone(),
-                    |d| d.display().to_string()
-                ),
-                scorer.config().num_hidden_layers,
-                scorer.config().hidden_size
-            ));
+            log_encoder(ctx, scorer);
         }
         let data = RunData::of_run(ctx)?;
         let corpus = &data.corpus;
         let mut model = build_model(spec, data.tokenizer(), ctx.device, &[])?;
         restore_earlier(ctx, &data, &mut model)?;
-        let mut items = corpus.select(Split::Test, &ctx.stage.tasks);
-        if spec.eval.max_items > 0 {
-            let cap = spec.eval.max_items as usize;
-            let mut per_task: BTreeMap<&'static str, usize> = BTreeMap::new();
-            items.retain(|i| {
-                let n = per_task
-                    .entry(i.task().map_or("other", Task::name))
-                    .or_default();
-                *n += 1;
-                *n <= cap
-            });
-        }
-        if items.is_empty() {
-            return Err(StageError::Data(
-                "no test items for the evaluated tasks".into(),
-            ));
-        }
+        let items = test_items(corpus, &ctx.stage.tasks, spec.eval.max_items as usize)?;
         let inputs = Inputs::prepare(spec, corpus, &model, &items, ctx.device)?;
         ctx.log(&format!(
             "{} test items ({}); inputs ready in {:.1} s",
@@ -206,13 +182,9 @@ impl Stage for EvalStage {
             started.elapsed().as_secs_f64()
         ));
 
-        let mut means = Means::default();
-        let mut lines: Vec<Record> = Vec::new();
-        let mut report_pairs: Vec<(String, String)> = Vec::new();
+        let mut scored = Scored::default();
         let batch = ctx.stage.batch as usize;
         let bar = ctx.bar(items.len() as u64, "items");
-        let scoring = spec.eval.choice_scoring;
-        let prediction_id = model.tokenizer().special_id(Special::Prediction);
         for chunk in items.chunks(batch.max(1)) {
             if let Some(reason) = ctx.stop_requested() {
                 bar.abandon();
@@ -222,56 +194,145 @@ impl Stage for EvalStage {
                 .iter()
                 .map(|i| inputs.of(i))
                 .collect::<Result<_, _>>()?;
-            let needs_generation = |item: &Item| {
-                let choice = !item.choice_options().is_empty();
-                !choice || scoring != ChoiceScoring::Likelihood
-            };
-            let gen_idx: Vec<usize> = (0..chunk.len())
-                .filter(|&i| needs_generation(&chunk[i]))
-                .collect();
-            let examples: Vec<Example> = gen_idx
-                .iter()
-                .map(|&i| Example::new(&chunk[i], &chunk_inputs[i]))
-                .collect();
-            let mut generations: Vec<Option<beatlab_mm::Generation>> = vec![None; chunk.len()];
-            if !examples.is_empty() {
-                let out = model.generate_batch(&examples, spec.eval.max_new_tokens as usize)?;
-                for (&i, g) in gen_idx.iter().zip(out) {
-                    generations[i] = Some(g);
-                }
-            }
-            let bert_scores = match &bertscore {
-                Some(scorer) => score_generations(scorer, chunk, &generations)?,
-                None => vec![None; chunk.len()],
-            };
-            for (k, item) in chunk.iter().enumerate() {
-                let line = score_item(
-                    &model,
-                    item,
-                    &chunk_inputs[k],
-                    generations[k].take(),
-                    bert_scores[k],
-                    scoring,
-                    prediction_id,
-                    &mut means,
-                    &mut report_pairs,
-                )?;
-                lines.push(line);
-                bar.inc(1);
-            }
+            scored.add_chunk(spec, &model, bertscore.as_ref(), chunk, &chunk_inputs)?;
+            bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
 
-        if let Some(mse) = prediction_mse(&model, corpus, &items, ctx.device)? {
-            means.add("prediction/mse".into(), mse);
+        let prediction_mse = prediction_mse(&model, corpus, &items, ctx.device)?;
+        let summary = scored.summary(prediction_mse)?;
+        let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        ctx.summaries(&refs)?;
+        let path = ctx
+            .run_dir
+            .join(format!("generations-{}.jsonl", ctx.stage.name));
+        write_generations(&path, &scored.lines)?;
+        ctx.finish(0, 0, &BTreeMap::new(), &{
+            let mut meta = data.checkpoint_meta();
+            meta.insert("summary".into(), serde_json::json!(summary));
+            meta.into()
+        })?;
+        ctx.log(&format!(
+            "{}; {} items in {:.1} s; generations in {}",
+            headline(&summary, bertscore.is_some()),
+            items.len(),
+            started.elapsed().as_secs_f64(),
+            path.display()
+        ));
+        Ok(StageOutcome::Completed)
+    }
+}
+
+fn log_encoder(ctx: &mut StageContext<'_>, scorer: &BertScorer) {
+    ctx.log(&format!(
+        "BERTScore encoder from {} ({} layers, hidden {})",
+        scorer.files().config.parent().map_or_else(
+            || ctx.spec.eval.bertscore_encoder.clone(),
+            |d| d.display().to_string()
+        ),
+        scorer.config().num_hidden_layers,
+        scorer.config().hidden_size
+    ));
+}
+
+/// The test split's items of `tasks`, at most `cap` per task when `cap` is not 0.
+fn test_items(corpus: &Corpus, tasks: &[Task], cap: usize) -> Result<Vec<Item>, StageError> {
+    let mut items = corpus.select(Split::Test, tasks);
+    if cap > 0 {
+        let mut per_task: BTreeMap<&'static str, usize> = BTreeMap::new();
+        items.retain(|i| {
+            let n = per_task
+                .entry(i.task().map_or("other", Task::name))
+                .or_default();
+            *n += 1;
+            *n <= cap
+        });
+    }
+    if items.is_empty() {
+        return Err(StageError::Data(
+            "no test items for the evaluated tasks".into(),
+        ));
+    }
+    Ok(items)
+}
+
+/// What the scored items add up to: metric means, the generations file's lines, and the
+/// (generation, reference) pairs of the reports for corpus BLEU.
+#[derive(Default)]
+struct Scored<'a> {
+    means: Means,
+    lines: Vec<Record<'a>>,
+    report_pairs: Vec<(String, String)>,
+}
+
+impl<'a> Scored<'a> {
+    /// Generates where the item needs it (free answers; choices unless scored by likelihood
+    /// alone), BERTScores the generations and scores every item of the chunk.
+    fn add_chunk(
+        &mut self,
+        spec: &Spec,
+        model: &HeartcareModel,
+        bertscore: Option<&BertScorer>,
+        chunk: &'a [Item],
+        inputs: &[Vec<EcgInput>],
+    ) -> Result<(), StageError> {
+        let scoring = spec.eval.choice_scoring;
+        let needs_generation = |item: &Item| {
+            let choice = !item.choice_options().is_empty();
+            !choice || scoring != ChoiceScoring::Likelihood
+        };
+        let gen_idx: Vec<usize> = (0..chunk.len())
+            .filter(|&i| needs_generation(&chunk[i]))
+            .collect();
+        let examples: Vec<Example> = gen_idx
+            .iter()
+            .map(|&i| Example::new(&chunk[i], &inputs[i]))
+            .collect();
+        let mut generations: Vec<Option<beatlab_mm::Generation>> = vec![None; chunk.len()];
+        if !examples.is_empty() {
+            let out = model.generate_batch(&examples, spec.eval.max_new_tokens as usize)?;
+            for (&i, g) in gen_idx.iter().zip(out) {
+                generations[i] = Some(g);
+            }
         }
-        let mut summary = means.into_entries();
-        if !report_pairs.is_empty() {
-            let cands: Vec<Vec<String>> = report_pairs
+        let bert_scores = match bertscore {
+            Some(scorer) => score_generations(scorer, chunk, &generations)?,
+            None => vec![None; chunk.len()],
+        };
+        let prediction_id = model.tokenizer().special_id(Special::Prediction);
+        for (k, item) in chunk.iter().enumerate() {
+            let line = score_item(
+                model,
+                item,
+                &inputs[k],
+                generations[k].take(),
+                bert_scores[k],
+                scoring,
+                prediction_id,
+                &mut self.means,
+                &mut self.report_pairs,
+            )?;
+            self.lines.push(line);
+        }
+        Ok(())
+    }
+
+    /// The stage's summaries: the means, the prediction head's MSE, the reports' corpus
+    /// BLEU-1..4, the accuracy over every multiple-choice item and the item count.
+    fn summary(&self, prediction_mse: Option<f64>) -> Result<Vec<(String, f64)>, StageError> {
+        let mut summary = self.means.entries();
+        if let Some(mse) = prediction_mse {
+            summary.push(("prediction/mse".into(), mse));
+        }
+        summary.sort_by(|a, b| a.0.cmp(&b.0));
+        if !self.report_pairs.is_empty() {
+            let cands: Vec<Vec<String>> = self
+                .report_pairs
                 .iter()
                 .map(|(g, _)| metrics::bleu_tokenize(g))
                 .collect();
-            let refs: Vec<Vec<Vec<String>>> = report_pairs
+            let refs: Vec<Vec<Vec<String>>> = self
+                .report_pairs
                 .iter()
                 .map(|(_, r)| vec![metrics::bleu_tokenize(r)])
                 .collect();
@@ -281,7 +342,8 @@ impl Stage for EvalStage {
             }
         }
         // The headline number of the ablations: accuracy over every multiple-choice item.
-        let choice: Vec<f64> = lines
+        let choice: Vec<f64> = self
+            .lines
             .iter()
             .filter_map(|l| {
                 l.correct.map(|c| {
@@ -297,57 +359,49 @@ impl Stage for EvalStage {
                 choice.iter().sum::<f64>() / choice.len() as f64,
             ));
         }
-        summary.push(("items".into(), items.len() as f64));
-        let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        ctx.summaries(&refs)?;
-
-        let mut jsonl = String::new();
-        for l in &lines {
-            jsonl.push_str(&serde_json::to_string(l)?);
-            jsonl.push('\n');
-        }
-        let path = ctx
-            .run_dir
-            .join(format!("generations-{}.jsonl", ctx.stage.name));
-        beatlab_fsio::write_atomically(&path, jsonl.as_bytes()).map_err(|source| {
-            StageError::Io {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        ctx.finish(0, 0, &BTreeMap::new(), &{
-            let mut meta = data.checkpoint_meta();
-            meta.insert("summary".into(), serde_json::json!(summary));
-            meta.into()
-        })?;
-        let show = |k: &str| {
-            summary
-                .iter()
-                .find(|(key, _)| key == k)
-                .map_or("—".into(), |(_, v)| format!("{v:.3}"))
-        };
-        let bert = if bertscore.is_some() {
-            format!(
-                ", open BERTScore F1 {}, report BERTScore F1 {}",
-                show("open_qa/bertscore_f1"),
-                show("report/bertscore_f1")
-            )
-        } else {
-            String::new()
-        };
-        ctx.log(&format!(
-            "accuracy {} (closed {}, comparison {}), open ROUGE-L {}, report ROUGE-L {}{bert}; {} items in {:.1} s; generations in {}",
-            show("accuracy"),
-            show("closed_qa/acc"),
-            show("comparison_qa/acc"),
-            show("open_qa/rouge_l"),
-            show("report/rouge_l"),
-            items.len(),
-            started.elapsed().as_secs_f64(),
-            path.display()
-        ));
-        Ok(StageOutcome::Completed)
+        summary.push(("items".into(), self.lines.len() as f64));
+        Ok(summary)
     }
+}
+
+/// Writes the generations file, one JSON object per item.
+fn write_generations(path: &std::path::Path, lines: &[Record<'_>]) -> Result<(), StageError> {
+    let mut jsonl = String::new();
+    for l in lines {
+        jsonl.push_str(&serde_json::to_string(l)?);
+        jsonl.push('\n');
+    }
+    beatlab_fsio::write_atomically(path, jsonl.as_bytes()).map_err(|source| StageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The log line's headline metrics.
+fn headline(summary: &[(String, f64)], bertscore: bool) -> String {
+    let show = |k: &str| {
+        summary
+            .iter()
+            .find(|(key, _)| key == k)
+            .map_or("—".into(), |(_, v)| format!("{v:.3}"))
+    };
+    let bert = if bertscore {
+        format!(
+            ", open BERTScore F1 {}, report BERTScore F1 {}",
+            show("open_qa/bertscore_f1"),
+            show("report/bertscore_f1")
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "accuracy {} (closed {}, comparison {}), open ROUGE-L {}, report ROUGE-L {}{bert}",
+        show("accuracy"),
+        show("closed_qa/acc"),
+        show("comparison_qa/acc"),
+        show("open_qa/rouge_l"),
+        show("report/rouge_l"),
+    )
 }
 
 /// The BERTScore encoder `eval.bertscore_encoder` names (a folder, else a Hugging Face id in
