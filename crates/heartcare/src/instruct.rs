@@ -1316,6 +1316,35 @@ struct Draft {
     evidence: Option<String>,
 }
 
+impl Draft {
+    /// A multiple-choice draft (its answer is filled from the options).
+    fn choice(
+        dimension: Dimension,
+        stem: &str,
+        options: Option<(Vec<String>, usize)>,
+        evidence: Option<String>,
+    ) -> Self {
+        Draft {
+            dimension,
+            stem: stem.into(),
+            answer: String::new(),
+            options,
+            evidence,
+        }
+    }
+
+    /// A free-answer draft.
+    fn open(dimension: Dimension, stem: &str, answer: String) -> Self {
+        Draft {
+            dimension,
+            stem: stem.into(),
+            answer,
+            options: None,
+            evidence: None,
+        }
+    }
+}
+
 /// Label vocabularies over all records, for distractors.
 struct Pools {
     diagnoses: Vec<String>,
@@ -1397,180 +1426,193 @@ fn scale_options(options: &[&str], correct: usize) -> Option<(Vec<String>, usize
 }
 
 fn closed_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts, pools: &Pools, n: usize) -> Vec<Draft> {
+    let mut drafts = closed_finding_drafts(rng, f, pools, n);
+    drafts.extend(closed_interval_drafts(rng, f));
+    drafts.extend(closed_patient_drafts(rng, f));
+    drafts
+}
+
+/// Closed questions on the diagnosis, the rhythm and the rate.
+fn closed_finding_drafts(
+    rng: &mut ChaCha8Rng,
+    f: &RecordFacts,
+    pools: &Pools,
+    n: usize,
+) -> Vec<Draft> {
     let mut drafts = Vec::new();
     if let Some(correct) = f.diagnoses.choose(rng)
         && let Some(options) = make_options(rng, correct, &pools.diagnoses, &f.diagnoses, n)
     {
-        drafts.push(Draft {
-            dimension: Dimension::Diagnosis,
-            stem: pick(
-                rng,
-                &[
-                    "which diagnosis is most likely?",
-                    "what is the most likely diagnosis?",
-                    "which of the following findings is present?",
-                    "which statement best describes this ECG?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: Some(options),
-            evidence: None,
-        });
+        let stem = pick(
+            rng,
+            &[
+                "which diagnosis is most likely?",
+                "what is the most likely diagnosis?",
+                "which of the following findings is present?",
+                "which statement best describes this ECG?",
+            ],
+        );
+        drafts.push(Draft::choice(
+            Dimension::Diagnosis,
+            stem,
+            Some(options),
+            None,
+        ));
     }
     if let Some(rhythm) = &f.rhythm {
         let exclude = vec![rhythm.clone()];
         if let Some(options) = make_options(rng, rhythm, &pools.rhythms, &exclude, n) {
-            drafts.push(Draft {
-                dimension: Dimension::Rhythm,
-                stem: pick(
-                    rng,
-                    &[
-                        "what is the rhythm?",
-                        "which rhythm does the ECG show?",
-                        "how would you classify the underlying rhythm?",
-                    ],
-                )
-                .into(),
-                answer: String::new(),
-                options: Some(options),
-                evidence: f
-                    .heart_rate_bpm
-                    .map(|hr| format!("The heart rate is {hr:.0} bpm.")),
-            });
+            let stem = pick(
+                rng,
+                &[
+                    "what is the rhythm?",
+                    "which rhythm does the ECG show?",
+                    "how would you classify the underlying rhythm?",
+                ],
+            );
+            let evidence = f
+                .heart_rate_bpm
+                .map(|hr| format!("The heart rate is {hr:.0} bpm."));
+            drafts.push(Draft::choice(
+                Dimension::Rhythm,
+                stem,
+                Some(options),
+                evidence,
+            ));
         }
     }
     if let Some(hr) = f.heart_rate_bpm {
-        drafts.push(Draft {
-            dimension: Dimension::Rhythm,
-            stem: pick(
-                rng,
-                &[
-                    "what is the ventricular rate?",
-                    "which range does the heart rate fall into?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: scale_options(&RATE_OPTIONS, rate_category(hr)),
-            evidence: Some(format!("The heart rate is {hr:.0} bpm.")),
-        });
+        let stem = pick(
+            rng,
+            &[
+                "what is the ventricular rate?",
+                "which range does the heart rate fall into?",
+            ],
+        );
+        drafts.push(Draft::choice(
+            Dimension::Rhythm,
+            stem,
+            scale_options(&RATE_OPTIONS, rate_category(hr)),
+            Some(format!("The heart rate is {hr:.0} bpm.")),
+        ));
     }
+    drafts
+}
+
+/// Closed questions on the PR, QRS and QTc intervals.
+fn closed_interval_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
+    let mut drafts = Vec::new();
     if let Some(pr) = f.pr_ms {
-        drafts.push(Draft {
-            dimension: Dimension::Waveform,
-            stem: pick(
-                rng,
-                &[
-                    "how is the PR interval best described?",
-                    "what is the PR interval?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: scale_options(&PR_OPTIONS, pr_category(pr)),
-            evidence: Some(format!(
+        let stem = pick(
+            rng,
+            &[
+                "how is the PR interval best described?",
+                "what is the PR interval?",
+            ],
+        );
+        let category = pr_category(pr);
+        drafts.push(Draft::choice(
+            Dimension::Waveform,
+            stem,
+            scale_options(&PR_OPTIONS, category),
+            Some(format!(
                 "The PR interval is {pr:.0} ms, {}.",
-                PR_MEANING[pr_category(pr)]
+                PR_MEANING[category]
             )),
-        });
+        ));
     }
     if let Some(qrs) = f.qrs_ms {
-        drafts.push(Draft {
-            dimension: Dimension::Waveform,
-            stem: pick(
-                rng,
-                &[
-                    "how wide is the QRS complex?",
-                    "how is the QRS duration best described?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: scale_options(&QRS_OPTIONS, qrs_category(qrs)),
-            evidence: Some(format!(
+        let stem = pick(
+            rng,
+            &[
+                "how wide is the QRS complex?",
+                "how is the QRS duration best described?",
+            ],
+        );
+        let category = qrs_category(qrs);
+        drafts.push(Draft::choice(
+            Dimension::Waveform,
+            stem,
+            scale_options(&QRS_OPTIONS, category),
+            Some(format!(
                 "The QRS duration is {qrs:.0} ms, {}.",
-                QRS_MEANING[qrs_category(qrs)]
+                QRS_MEANING[category]
             )),
-        });
+        ));
     }
     if let Some(qtc) = f.qtc_ms() {
+        let stem = pick(
+            rng,
+            &[
+                "how is the corrected QT interval (QTc) best described?",
+                "is the QTc short, normal or prolonged?",
+            ],
+        );
         let category = qtc_category(qtc, f.sex);
-        drafts.push(Draft {
-            dimension: Dimension::Waveform,
-            stem: pick(
-                rng,
-                &[
-                    "how is the corrected QT interval (QTc) best described?",
-                    "is the QTc short, normal or prolonged?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: scale_options(&QTC_OPTIONS, category),
-            evidence: Some(format!(
+        drafts.push(Draft::choice(
+            Dimension::Waveform,
+            stem,
+            scale_options(&QTC_OPTIONS, category),
+            Some(format!(
                 "The QTc (Bazett) is {qtc:.0} ms, {}.",
                 QTC_MEANING[category]
             )),
-        });
+        ));
     }
+    drafts
+}
+
+/// Closed questions on the patient's sex and age and the electrical axis.
+fn closed_patient_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
+    let mut drafts = Vec::new();
     if let Some(sex) = f.sex {
+        let stem = pick(
+            rng,
+            &[
+                "what is the patient's sex?",
+                "was this ECG recorded from a male or a female patient?",
+            ],
+        );
         let correct = usize::from(sex == "female");
-        drafts.push(Draft {
-            dimension: Dimension::Misc,
-            stem: pick(
-                rng,
-                &[
-                    "what is the patient's sex?",
-                    "was this ECG recorded from a male or a female patient?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: scale_options(&["Male", "Female"], correct),
-            evidence: None,
-        });
+        drafts.push(Draft::choice(
+            Dimension::Misc,
+            stem,
+            scale_options(&["Male", "Female"], correct),
+            None,
+        ));
     }
     if let Some(axis) = f.axis_deg {
-        drafts.push(Draft {
-            dimension: Dimension::Misc,
-            stem: pick(
-                rng,
-                &[
-                    "what is the electrical axis?",
-                    "how is the frontal QRS axis best described?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: scale_options(&AXIS_OPTIONS, axis_category(axis)),
-            evidence: Some(format!(
+        let stem = pick(
+            rng,
+            &[
+                "what is the electrical axis?",
+                "how is the frontal QRS axis best described?",
+            ],
+        );
+        let category = axis_category(axis);
+        drafts.push(Draft::choice(
+            Dimension::Misc,
+            stem,
+            scale_options(&AXIS_OPTIONS, category),
+            Some(format!(
                 "The QRS axis is {axis:.0} degrees, {}.",
-                AXIS_MEANING[axis_category(axis)]
+                AXIS_MEANING[category]
             )),
-        });
+        ));
     }
     if let Some(age) = f.age {
-        drafts.push(Draft {
-            dimension: Dimension::Misc,
-            stem: "which age group does the patient belong to?".into(),
-            answer: String::new(),
-            options: scale_options(&AGE_OPTIONS, age_category(age)),
-            evidence: None,
-        });
+        drafts.push(Draft::choice(
+            Dimension::Misc,
+            "which age group does the patient belong to?",
+            scale_options(&AGE_OPTIONS, age_category(age)),
+            None,
+        ));
     }
     drafts
 }
 
 fn open_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
     let mut drafts = Vec::new();
-    let open = |dimension, stem: &str, answer: String| Draft {
-        dimension,
-        stem: stem.to_string(),
-        answer,
-        options: None,
-        evidence: None,
-    };
     if !f.diagnoses.is_empty() {
         let stem = pick(
             rng,
@@ -1586,7 +1628,7 @@ fn open_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
         } else {
             capitalise(&f.diagnoses.join("; "))
         };
-        drafts.push(open(Dimension::Diagnosis, stem, answer));
+        drafts.push(Draft::open(Dimension::Diagnosis, stem, answer));
     }
     if f.rhythm.is_some() || f.heart_rate_bpm.is_some() {
         let stem = pick(
@@ -1610,14 +1652,50 @@ fn open_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
             ),
             (None, None) => unreachable!("guarded above"),
         };
-        drafts.push(open(Dimension::Rhythm, stem, answer));
+        drafts.push(Draft::open(Dimension::Rhythm, stem, answer));
     }
+    drafts.extend(open_interval_drafts(rng, f));
+    if let Some(axis) = f.axis_deg {
+        let stem = pick(
+            rng,
+            &[
+                "what is the QRS axis?",
+                "what is the electrical axis of the heart?",
+            ],
+        );
+        drafts.push(Draft::open(
+            Dimension::Misc,
+            stem,
+            format!(
+                "The QRS axis is {axis:.0} degrees, {}.",
+                AXIS_MEANING[axis_category(axis)]
+            ),
+        ));
+    }
+    if let Some(age) = f.age {
+        let answer = if age_is_masked(age) {
+            "The patient is over 89 years old.".to_string()
+        } else {
+            format!("The patient is {:.0} years old.", age)
+        };
+        drafts.push(Draft::open(
+            Dimension::Misc,
+            "how old is the patient?",
+            answer,
+        ));
+    }
+    drafts
+}
+
+/// Open questions on the PR, QRS and QT intervals.
+fn open_interval_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
+    let mut drafts = Vec::new();
     if let Some(pr) = f.pr_ms {
         let stem = pick(
             rng,
             &["what is the PR interval?", "how long is the PR interval?"],
         );
-        drafts.push(open(
+        drafts.push(Draft::open(
             Dimension::Waveform,
             stem,
             format!(
@@ -1631,7 +1709,7 @@ fn open_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
             rng,
             &["what is the QRS duration?", "how wide is the QRS complex?"],
         );
-        drafts.push(open(
+        drafts.push(Draft::open(
             Dimension::Waveform,
             stem,
             format!(
@@ -1655,34 +1733,65 @@ fn open_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
             ),
             None => format!("The QT interval is {qt:.0} ms."),
         };
-        drafts.push(open(Dimension::Waveform, stem, answer));
-    }
-    if let Some(axis) = f.axis_deg {
-        let stem = pick(
-            rng,
-            &[
-                "what is the QRS axis?",
-                "what is the electrical axis of the heart?",
-            ],
-        );
-        drafts.push(open(
-            Dimension::Misc,
-            stem,
-            format!(
-                "The QRS axis is {axis:.0} degrees, {}.",
-                AXIS_MEANING[axis_category(axis)]
-            ),
-        ));
-    }
-    if let Some(age) = f.age {
-        let answer = if age_is_masked(age) {
-            "The patient is over 89 years old.".to_string()
-        } else {
-            format!("The patient is {:.0} years old.", age)
-        };
-        drafts.push(open(Dimension::Misc, "how old is the patient?", answer));
+        drafts.push(Draft::open(Dimension::Waveform, stem, answer));
     }
     drafts
+}
+
+/// A "which ECG has the larger value" comparison: asked when the two values differ by at least
+/// `margin`.
+struct Larger {
+    dimension: Dimension,
+    stems: &'static [&'static str],
+    name: &'static str,
+    value: fn(&RecordFacts) -> Option<f32>,
+    unit: &'static str,
+    margin: f32,
+}
+
+const LARGER: [Larger; 4] = [
+    Larger {
+        dimension: Dimension::Rhythm,
+        stems: &[
+            "which ECG has the faster heart rate?",
+            "which ECG shows the higher ventricular rate?",
+        ],
+        name: "Heart rate",
+        value: |f| f.heart_rate_bpm,
+        unit: "bpm",
+        margin: 5.0,
+    },
+    Larger {
+        dimension: Dimension::Waveform,
+        stems: &[
+            "which ECG has the wider QRS complex?",
+            "in which ECG is the QRS duration longer?",
+        ],
+        name: "QRS duration",
+        value: |f| f.qrs_ms,
+        unit: "ms",
+        margin: 10.0,
+    },
+    Larger {
+        dimension: Dimension::Waveform,
+        stems: &["which ECG has the longer PR interval?"],
+        name: "PR interval",
+        value: |f| f.pr_ms,
+        unit: "ms",
+        margin: 20.0,
+    },
+    Larger {
+        dimension: Dimension::Waveform,
+        stems: &["which ECG has the longer corrected QT interval?"],
+        name: "QTc",
+        value: RecordFacts::qtc_ms,
+        unit: "ms",
+        margin: 20.0,
+    },
+];
+
+fn yes_no(yes: bool) -> Option<(Vec<String>, usize)> {
+    Some((vec!["Yes".to_string(), "No".to_string()], usize::from(!yes)))
 }
 
 /// Comparison drafts for (first, second); options are "ECG 1"/"ECG 2" or "Yes"/"No".
@@ -1693,132 +1802,78 @@ fn comparison_drafts(
     same_patient: bool,
 ) -> Vec<Draft> {
     let mut drafts = Vec::new();
-    let yes_no = |yes: bool| Some((vec!["Yes".to_string(), "No".to_string()], usize::from(!yes)));
-    let which = |first: bool| {
-        Some((
-            vec!["ECG 1".to_string(), "ECG 2".to_string()],
-            usize::from(!first),
-        ))
-    };
     if let (Some(ra), Some(rb)) = (&a.rhythm, &b.rhythm) {
         let same = ra.eq_ignore_ascii_case(rb);
-        drafts.push(Draft {
-            dimension: Dimension::Rhythm,
-            stem: pick(
-                rng,
-                &[
-                    "do both ECGs show the same rhythm?",
-                    "is the rhythm the same in the two ECGs?",
-                ],
+        let stem = pick(
+            rng,
+            &[
+                "do both ECGs show the same rhythm?",
+                "is the rhythm the same in the two ECGs?",
+            ],
+        );
+        let evidence = if same {
+            format!("Both show {}.", lower_first(ra))
+        } else {
+            format!(
+                "ECG 1 shows {}, ECG 2 shows {}.",
+                lower_first(ra),
+                lower_first(rb)
             )
-            .into(),
-            answer: String::new(),
-            options: yes_no(same),
-            evidence: Some(if same {
-                format!("Both show {}.", lower_first(ra))
-            } else {
-                format!(
-                    "ECG 1 shows {}, ECG 2 shows {}.",
-                    lower_first(ra),
-                    lower_first(rb)
-                )
-            }),
-        });
+        };
+        drafts.push(Draft::choice(
+            Dimension::Rhythm,
+            stem,
+            yes_no(same),
+            Some(evidence),
+        ));
     }
-    let mut larger = |dimension,
-                      stem: &[&str],
-                      name: &str,
-                      va: Option<f32>,
-                      vb: Option<f32>,
-                      unit: &str,
-                      margin: f32| {
-        if let (Some(va), Some(vb)) = (va, vb)
-            && (va - vb).abs() >= margin
+    for q in &LARGER {
+        if let (Some(va), Some(vb)) = ((q.value)(a), (q.value)(b))
+            && (va - vb).abs() >= q.margin
         {
-            drafts.push(Draft {
-                dimension,
-                stem: pick(rng, stem).into(),
-                answer: String::new(),
-                options: which(va > vb),
-                evidence: Some(format!(
+            let (name, unit) = (q.name, q.unit);
+            let options = (
+                vec!["ECG 1".to_string(), "ECG 2".to_string()],
+                usize::from(va <= vb),
+            );
+            drafts.push(Draft::choice(
+                q.dimension,
+                pick(rng, q.stems),
+                Some(options),
+                Some(format!(
                     "{name}: ECG 1 {va:.0} {unit}, ECG 2 {vb:.0} {unit}."
                 )),
-            });
+            ));
         }
-    };
-    larger(
-        Dimension::Rhythm,
-        &[
-            "which ECG has the faster heart rate?",
-            "which ECG shows the higher ventricular rate?",
-        ],
-        "Heart rate",
-        a.heart_rate_bpm,
-        b.heart_rate_bpm,
-        "bpm",
-        5.0,
-    );
-    larger(
-        Dimension::Waveform,
-        &[
-            "which ECG has the wider QRS complex?",
-            "in which ECG is the QRS duration longer?",
-        ],
-        "QRS duration",
-        a.qrs_ms,
-        b.qrs_ms,
-        "ms",
-        10.0,
-    );
-    larger(
-        Dimension::Waveform,
-        &["which ECG has the longer PR interval?"],
-        "PR interval",
-        a.pr_ms,
-        b.pr_ms,
-        "ms",
-        20.0,
-    );
-    larger(
-        Dimension::Waveform,
-        &["which ECG has the longer corrected QT interval?"],
-        "QTc",
-        a.qtc_ms(),
-        b.qtc_ms(),
-        "ms",
-        20.0,
-    );
+    }
     if !a.diagnoses.is_empty() && !b.diagnoses.is_empty() {
         let set = |f: &RecordFacts| -> BTreeSet<String> {
             f.diagnoses.iter().map(|d| d.to_lowercase()).collect()
         };
-        let same = set(a) == set(b);
-        drafts.push(Draft {
-            dimension: Dimension::Diagnosis,
-            stem: pick(
-                rng,
-                &[
-                    "do the two ECGs lead to the same diagnosis?",
-                    "are the findings of both ECGs the same?",
-                ],
-            )
-            .into(),
-            answer: String::new(),
-            options: yes_no(same),
-            evidence: Some(format!(
+        let stem = pick(
+            rng,
+            &[
+                "do the two ECGs lead to the same diagnosis?",
+                "are the findings of both ECGs the same?",
+            ],
+        );
+        drafts.push(Draft::choice(
+            Dimension::Diagnosis,
+            stem,
+            yes_no(set(a) == set(b)),
+            Some(format!(
                 "ECG 1: {}. ECG 2: {}.",
                 a.diagnoses.join("; "),
                 b.diagnoses.join("; ")
             )),
-        });
+        ));
     }
-    drafts.push(Draft {
-        dimension: Dimension::Misc,
-        stem: "could these two ECGs have been recorded from the same patient?".into(),
-        answer: String::new(),
-        options: yes_no(same_patient),
-        evidence: None,
-    });
+    drafts.push(Draft::choice(
+        Dimension::Misc,
+        "could these two ECGs have been recorded from the same patient?",
+        yes_no(same_patient),
+        None,
+    ));
     drafts
 }
 

@@ -494,167 +494,259 @@ fn page_layout(layout: Layout) -> PageLayout {
     }
 }
 
+/// The paper's geometry in millimetres, and its size in pixels.
+struct Sheet {
+    rows: usize,
+    strip_mm: f32,
+    column_mm: f32,
+    trace_x0_mm: f32,
+    height_mm: f32,
+    width: usize,
+    height: usize,
+    /// From a row's top to its baseline: two thirds of the way down, snapped to a 5 mm line
+    /// (R waves, upwards, need more room than S waves).
+    baseline_offset_mm: f32,
+}
+
+impl Sheet {
+    fn of(config: &RenderConfig, layout: &PageLayout) -> Result<Self, RenderError> {
+        let ppm = config.px_per_mm;
+        let rows = layout.grid.len() + usize::from(layout.rhythm);
+        let strip_mm = config.duration_s * config.speed_mm_per_s;
+        let trace_x0_mm = config.margin_mm + CALIBRATION_COLUMN_MM;
+        let width_mm = trace_x0_mm + strip_mm + config.margin_mm;
+        let height_mm = 2.0 * config.margin_mm + rows as f32 * config.row_height_mm;
+        let width = (width_mm * ppm).ceil() as usize + 1;
+        let height = (height_mm * ppm).ceil() as usize + 1;
+        if width > MAX_SIDE_PX || height > MAX_SIDE_PX {
+            return Err(RenderError::BadConfig {
+                field: "px_per_mm",
+                reason: format!(
+                    "gives a {width}x{height} px paper, larger than {MAX_SIDE_PX} px on a side"
+                ),
+            });
+        }
+        let baseline_offset_mm = ((config.row_height_mm * 2.0 / 3.0) / 5.0).round() * 5.0;
+        Ok(Sheet {
+            rows,
+            strip_mm,
+            column_mm: strip_mm / layout.columns as f32,
+            trace_x0_mm,
+            height_mm,
+            width,
+            height,
+            baseline_offset_mm: baseline_offset_mm.clamp(0.0, config.row_height_mm),
+        })
+    }
+
+    /// The panels of `row`.
+    fn cells<'a>(
+        &self,
+        row: usize,
+        layout: &'a PageLayout,
+        config: &'a RenderConfig,
+    ) -> Vec<Cell<'a>> {
+        if row >= layout.grid.len() {
+            return vec![Cell {
+                lead: config.rhythm_lead.as_str(),
+                x0_mm: self.trace_x0_mm,
+                x1_mm: self.trace_x0_mm + self.strip_mm,
+                t0: config.start_s,
+            }];
+        }
+        layout.grid[row]
+            .iter()
+            .enumerate()
+            .map(|(col, lead)| {
+                let x0 = self.trace_x0_mm + col as f32 * self.column_mm;
+                let t0 = config.start_s + col as f32 * config.duration_s / layout.columns as f32;
+                Cell {
+                    lead,
+                    x0_mm: x0,
+                    x1_mm: x0 + self.column_mm,
+                    t0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One lead's panel in a row: its left and right edge and the first second it shows.
+struct Cell<'a> {
+    lead: &'a str,
+    x0_mm: f32,
+    x1_mm: f32,
+    t0: f32,
+}
+
+/// What is drawn on the paper besides the grid: the ink, and where each panel, pulse and
+/// label went.
+struct Drawing {
+    ink: Coverage,
+    pen_half_width: f32,
+    panels: Vec<Panel>,
+    calibration: Vec<CalibrationPulse>,
+    labels: Vec<(String, f32, f32)>,
+}
+
+impl Drawing {
+    /// Draws the cell's lead in the row at `row_top_mm`, with its label and the lead-change
+    /// bar.
+    fn panel(
+        &mut self,
+        record: &Record,
+        config: &RenderConfig,
+        sheet: &Sheet,
+        cell: &Cell<'_>,
+        row_top_mm: f32,
+    ) {
+        let Cell {
+            lead,
+            x0_mm,
+            x1_mm,
+            t0,
+        } = *cell;
+        let ppm = config.px_per_mm;
+        let baseline_mm = row_top_mm + sheet.baseline_offset_mm;
+        let t1 = t0 + (x1_mm - x0_mm) / config.speed_mm_per_s;
+        let rect = PixelRect {
+            x0: x0_mm * ppm,
+            y0: row_top_mm * ppm,
+            x1: x1_mm * ppm,
+            y1: (row_top_mm + config.row_height_mm) * ppm,
+        };
+        let clip = if config.clip_to_panel {
+            rect
+        } else {
+            self.ink.full_rect()
+        };
+        if let Some(signal) = record.lead(lead) {
+            for run in panel_polylines(record.fs, signal, t0, t1) {
+                let points: Vec<(f32, f32)> = run
+                    .iter()
+                    .map(|&(t, mv)| {
+                        (
+                            (x0_mm + (t - t0) * config.speed_mm_per_s) * ppm,
+                            (baseline_mm - mv * config.gain_mm_per_mv) * ppm,
+                        )
+                    })
+                    .collect();
+                self.ink.polyline(&points, self.pen_half_width, clip);
+            }
+        }
+        self.panels.push(Panel {
+            lead: lead.to_string(),
+            rect,
+            baseline_y: baseline_mm * ppm,
+            t0_s: t0,
+            t1_s: t1,
+        });
+        self.labels.push((
+            lead.to_string(),
+            (x0_mm + 1.0) * ppm,
+            (row_top_mm + 1.5) * ppm,
+        ));
+        // Lead-change marker as printers draw it: a short vertical bar at the boundary.
+        if x0_mm > sheet.trace_x0_mm {
+            let bar = [
+                (x0_mm * ppm, (baseline_mm - 2.5) * ppm),
+                (x0_mm * ppm, (baseline_mm + 2.5) * ppm),
+            ];
+            let full = self.ink.full_rect();
+            self.ink.polyline(&bar, self.pen_half_width, full);
+        }
+    }
+
+    /// The 1 mV calibration pulse at the start of a row whose baseline is at `baseline_mm`.
+    fn calibration_pulse(&mut self, config: &RenderConfig, baseline_mm: f32) {
+        let ppm = config.px_per_mm;
+        let x = config.margin_mm + 2.5;
+        let top_mm = baseline_mm - config.gain_mm_per_mv;
+        let pulse = [
+            (config.margin_mm, baseline_mm),
+            (x, baseline_mm),
+            (x, top_mm),
+            (x + 5.0, top_mm),
+            (x + 5.0, baseline_mm),
+            (config.margin_mm + CALIBRATION_COLUMN_MM, baseline_mm),
+        ];
+        let points: Vec<(f32, f32)> = pulse.iter().map(|&(x, y)| (x * ppm, y * ppm)).collect();
+        let full = self.ink.full_rect();
+        self.ink.polyline(&points, self.pen_half_width, full);
+        self.calibration.push(CalibrationPulse {
+            x0: x * ppm,
+            x1: (x + 5.0) * ppm,
+            baseline_y: baseline_mm * ppm,
+            top_y: top_mm * ppm,
+        });
+    }
+}
+
 /// Draws `record` on paper at `config.px_per_mm` (no resampling).
 pub fn draw_paper(record: &Record, config: &RenderConfig) -> Result<Paper, RenderError> {
     config.validate()?;
     check_record(record)?;
     let layout = page_layout(config.layout);
     let ppm = config.px_per_mm;
-    let rows = layout.grid.len() + usize::from(layout.rhythm);
-    let strip_mm = config.duration_s * config.speed_mm_per_s;
-    let column_mm = strip_mm / layout.columns as f32;
-    let trace_x0_mm = config.margin_mm + CALIBRATION_COLUMN_MM;
-    let width_mm = trace_x0_mm + strip_mm + config.margin_mm;
-    let height_mm = 2.0 * config.margin_mm + rows as f32 * config.row_height_mm;
-    let width = (width_mm * ppm).ceil() as usize + 1;
-    let height = (height_mm * ppm).ceil() as usize + 1;
-    if width > MAX_SIDE_PX || height > MAX_SIDE_PX {
-        return Err(RenderError::BadConfig {
-            field: "px_per_mm",
-            reason: format!(
-                "gives a {width}x{height} px paper, larger than {MAX_SIDE_PX} px on a side"
-            ),
-        });
-    }
-
-    let mut image = EcgImage::filled(width, height, PAPER);
+    let sheet = Sheet::of(config, &layout)?;
+    let mut image = EcgImage::filled(sheet.width, sheet.height, PAPER);
     if config.grid {
         draw_grid(&mut image, ppm);
     }
-    let mut ink = Coverage::new(width, height);
-    let pen_half_width = (config.trace_width_mm * ppm / 2.0).max(0.5);
-    // Baseline two thirds of the way down the row, snapped to a 5 mm line: R waves (upwards)
-    // need more room than S waves.
-    let baseline_offset_mm = ((config.row_height_mm * 2.0 / 3.0) / 5.0).round() * 5.0;
-    let baseline_offset_mm = baseline_offset_mm.clamp(0.0, config.row_height_mm);
-
-    let mut panels = Vec::new();
-    let mut calibration = Vec::new();
-    let mut labels = Vec::new();
-    for row in 0..rows {
+    let mut drawing = Drawing {
+        ink: Coverage::new(sheet.width, sheet.height),
+        pen_half_width: (config.trace_width_mm * ppm / 2.0).max(0.5),
+        panels: Vec::new(),
+        calibration: Vec::new(),
+        labels: Vec::new(),
+    };
+    for row in 0..sheet.rows {
         let row_top_mm = config.margin_mm + row as f32 * config.row_height_mm;
-        let baseline_mm = row_top_mm + baseline_offset_mm;
-        let cells: Vec<(&str, f32, f32, f32)> = if row < layout.grid.len() {
-            layout.grid[row]
-                .iter()
-                .enumerate()
-                .map(|(col, lead)| {
-                    let x0 = trace_x0_mm + col as f32 * column_mm;
-                    let t0 =
-                        config.start_s + col as f32 * config.duration_s / layout.columns as f32;
-                    (*lead, x0, x0 + column_mm, t0)
-                })
-                .collect()
-        } else {
-            vec![(
-                config.rhythm_lead.as_str(),
-                trace_x0_mm,
-                trace_x0_mm + strip_mm,
-                config.start_s,
-            )]
-        };
-        for (lead, x0_mm, x1_mm, t0) in cells {
-            let t1 = t0 + (x1_mm - x0_mm) / config.speed_mm_per_s;
-            let rect = PixelRect {
-                x0: x0_mm * ppm,
-                y0: row_top_mm * ppm,
-                x1: x1_mm * ppm,
-                y1: (row_top_mm + config.row_height_mm) * ppm,
-            };
-            let clip = if config.clip_to_panel {
-                rect
-            } else {
-                ink.full_rect()
-            };
-            if let Some(signal) = record.lead(lead) {
-                for run in panel_polylines(record.fs, signal, t0, t1) {
-                    let points: Vec<(f32, f32)> = run
-                        .iter()
-                        .map(|&(t, mv)| {
-                            (
-                                (x0_mm + (t - t0) * config.speed_mm_per_s) * ppm,
-                                (baseline_mm - mv * config.gain_mm_per_mv) * ppm,
-                            )
-                        })
-                        .collect();
-                    ink.polyline(&points, pen_half_width, clip);
-                }
-            }
-            panels.push(Panel {
-                lead: lead.to_string(),
-                rect,
-                baseline_y: baseline_mm * ppm,
-                t0_s: t0,
-                t1_s: t1,
-            });
-            labels.push((
-                lead.to_string(),
-                (x0_mm + 1.0) * ppm,
-                (row_top_mm + 1.5) * ppm,
-            ));
-            // Lead-change marker as printers draw it: a short vertical bar at the boundary.
-            if x0_mm > trace_x0_mm {
-                let bar = [
-                    (x0_mm * ppm, (baseline_mm - 2.5) * ppm),
-                    (x0_mm * ppm, (baseline_mm + 2.5) * ppm),
-                ];
-                ink.polyline(&bar, pen_half_width, ink.full_rect());
-            }
+        for cell in sheet.cells(row, &layout, config) {
+            drawing.panel(record, config, &sheet, &cell, row_top_mm);
         }
         if config.calibration {
-            let x = config.margin_mm + 2.5;
-            let top_mm = baseline_mm - config.gain_mm_per_mv;
-            let pulse = [
-                (config.margin_mm, baseline_mm),
-                (x, baseline_mm),
-                (x, top_mm),
-                (x + 5.0, top_mm),
-                (x + 5.0, baseline_mm),
-                (config.margin_mm + CALIBRATION_COLUMN_MM, baseline_mm),
-            ];
-            let points: Vec<(f32, f32)> = pulse.iter().map(|&(x, y)| (x * ppm, y * ppm)).collect();
-            ink.polyline(&points, pen_half_width, ink.full_rect());
-            calibration.push(CalibrationPulse {
-                x0: x * ppm,
-                x1: (x + 5.0) * ppm,
-                baseline_y: baseline_mm * ppm,
-                top_y: top_mm * ppm,
-            });
+            drawing.calibration_pulse(config, row_top_mm + sheet.baseline_offset_mm);
         }
     }
-    ink.composite(&mut image, INK);
-
+    drawing.ink.composite(&mut image, INK);
     if config.labels {
-        // Text cap height about 3 mm, in whole font pixels so glyphs stay crisp.
-        let scale = ((3.0 * ppm) / 8.0).round().max(1.0) as usize;
-        for (text, x, y) in &labels {
-            draw_text(
-                &mut image,
-                text,
-                x.round() as usize,
-                y.round() as usize,
-                scale,
-            );
-        }
-        let footer_y = ((height_mm - config.margin_mm + 1.0) * ppm).round() as usize;
-        let footer = format!(
-            "{}  {} mm/s  {} mm/mV",
-            record.id, config.speed_mm_per_s, config.gain_mm_per_mv
-        );
-        draw_text(
-            &mut image,
-            &footer,
-            (config.margin_mm * ppm).round() as usize,
-            footer_y,
-            scale,
-        );
+        draw_labels(&mut image, record, config, &sheet, &drawing.labels);
     }
     Ok(Paper {
         image,
         px_per_mm: ppm,
-        panels,
-        calibration,
+        panels: drawing.panels,
+        calibration: drawing.calibration,
     })
+}
+
+/// The lead names and the footer (record id, speed, gain).
+fn draw_labels(
+    image: &mut EcgImage,
+    record: &Record,
+    config: &RenderConfig,
+    sheet: &Sheet,
+    labels: &[(String, f32, f32)],
+) {
+    let ppm = config.px_per_mm;
+    // Text cap height about 3 mm, in whole font pixels so glyphs stay crisp.
+    let scale = ((3.0 * ppm) / 8.0).round().max(1.0) as usize;
+    for (text, x, y) in labels {
+        draw_text(image, text, x.round() as usize, y.round() as usize, scale);
+    }
+    let footer_y = ((sheet.height_mm - config.margin_mm + 1.0) * ppm).round() as usize;
+    let footer = format!(
+        "{}  {} mm/s  {} mm/mV",
+        record.id, config.speed_mm_per_s, config.gain_mm_per_mv
+    );
+    draw_text(
+        image,
+        &footer,
+        (config.margin_mm * ppm).round() as usize,
+        footer_y,
+        scale,
+    );
 }
 
 /// Draws `record` and resamples it to `config.width` x `config.height` (aspect ratio is not

@@ -396,6 +396,123 @@ fn copy_store(from: &ParamStore, to: &ParamStore) -> Result<()> {
     Ok(())
 }
 
+/// The tokenizer given, else the one a checkpoint backbone ships.
+fn resolve_tokenizer(
+    tokenizer: Option<LmTokenizer>,
+    backbone: &BackboneSource,
+) -> Result<LmTokenizer> {
+    Ok(match (tokenizer, backbone) {
+        (Some(t), _) => t,
+        (None, BackboneSource::Checkpoint(source)) => {
+            let files = locate(source)?;
+            let path = files.tokenizer.ok_or_else(|| LmError::MissingFile {
+                what: "tokenizer".into(),
+                looked_for: files.config.with_file_name("tokenizer.json"),
+            })?;
+            LmTokenizer::from_file(&path)?
+        }
+        (None, _) => {
+            return Err(MmError::config(
+                "tokenizer",
+                "is required for a randomly initialised backbone (train one with \
+                 LmTokenizer::train on the instruction corpus)",
+            ));
+        }
+    })
+}
+
+/// Where the backbone's weights come from, and its configuration.
+fn backbone_origin(
+    backbone: &BackboneSource,
+    tokenizer: &LmTokenizer,
+) -> Result<(BackboneOrigin, BackboneConfig)> {
+    Ok(match backbone {
+        BackboneSource::Preset(p) => {
+            let c = p.config(tokenizer.vocab_size());
+            (BackboneOrigin::Store(c.clone()), c)
+        }
+        BackboneSource::Random(c) => (BackboneOrigin::Store(c.clone()), c.clone()),
+        BackboneSource::Checkpoint(source) => {
+            let files = locate(source)?;
+            let c = BackboneConfig::from_file(&files.config)?;
+            (BackboneOrigin::Checkpoint(source.clone()), c)
+        }
+    })
+}
+
+/// The code tokens of `signal_input = "codes"` (their first id is set when the backbone is
+/// built).
+fn code_vocab(beat: Option<&BeatConfig>, config: &HeartcareConfig) -> Option<CodeVocab> {
+    match (beat, config.signal_input, config.signal) {
+        (Some(c), SignalInput::Codes, true) => Some(CodeVocab {
+            first_id: 0,
+            levels: c.dvq_levels,
+            codebook_size: c.codebook_size,
+            shared: c.shared_codebook || c.dvq_levels == 1,
+        }),
+        _ => None,
+    }
+}
+
+/// The signal projector of `signal_input = "latents"`, from Beat's width (or the feature
+/// dimension without Beat) to the backbone's.
+fn build_signal_projector(
+    config: &HeartcareConfig,
+    beat: Option<&BeatConfig>,
+    hidden: usize,
+    stores: &Stores,
+    device: &Device,
+) -> Result<Option<SignalProjector>> {
+    if !config.signal || config.signal_input != SignalInput::Latents {
+        return Ok(None);
+    }
+    let in_dim = beat.map_or(config.signal_feature_dim, |b| b.width);
+    Ok(Some(SignalProjector::new(
+        in_dim,
+        hidden,
+        config.signal_depth,
+        config.layer_norm_eps,
+        stores.signal.var_builder(DType::F32, device),
+    )?))
+}
+
+/// The image projector, from the vision tower's width (or the feature dimension without one)
+/// to the backbone's.
+fn build_image_projector(
+    config: &HeartcareConfig,
+    vision: Option<&SiglipVision>,
+    hidden: usize,
+    stores: &Stores,
+    device: &Device,
+) -> Result<Option<ImageProjector>> {
+    if !config.image {
+        return Ok(None);
+    }
+    let in_dim = vision.map_or(config.image_feature_dim, |v| v.hidden_size());
+    Ok(Some(ImageProjector::new(
+        in_dim,
+        hidden,
+        config.image_tokens,
+        config.image_depth,
+        stores.image.var_builder(DType::F32, device),
+    )?))
+}
+
+impl Stores {
+    /// Empty stores, each seeded from `seed` and its part's name.
+    fn seeded(seed: u64) -> Self {
+        Stores {
+            signal: ParamStore::new(part_seed(seed, Part::SignalProjector.name())),
+            image: ParamStore::new(part_seed(seed, Part::ImageProjector.name())),
+            lora: ParamStore::new(part_seed(seed, Part::Lora.name())),
+            backbone: ParamStore::new(part_seed(seed, Part::Backbone.name())),
+            vision: ParamStore::new(part_seed(seed, Part::Vision.name())),
+            beat: ParamStore::new(part_seed(seed, Part::Beat.name())),
+            added: ParamStore::new(part_seed(seed, ADDED_ROWS)),
+        }
+    }
+}
+
 impl HeartcareModel {
     /// Build the model and declare `trainable` parts (see [`HeartcareModel::set_trainable`]).
     /// `tokenizer` may be `None` for a checkpoint backbone that ships one.
@@ -407,36 +524,8 @@ impl HeartcareModel {
     ) -> Result<Self> {
         let config = spec.config.clone();
         config.validate()?;
-        let tokenizer = match (tokenizer, &spec.backbone) {
-            (Some(t), _) => t,
-            (None, BackboneSource::Checkpoint(source)) => {
-                let files = locate(source)?;
-                let path = files.tokenizer.ok_or_else(|| LmError::MissingFile {
-                    what: "tokenizer".into(),
-                    looked_for: files.config.with_file_name("tokenizer.json"),
-                })?;
-                LmTokenizer::from_file(&path)?
-            }
-            (None, _) => {
-                return Err(MmError::config(
-                    "tokenizer",
-                    "is required for a randomly initialised backbone (train one with \
-                     LmTokenizer::train on the instruction corpus)",
-                ));
-            }
-        };
-        let (backbone_origin, backbone_config) = match &spec.backbone {
-            BackboneSource::Preset(p) => {
-                let c = p.config(tokenizer.vocab_size());
-                (BackboneOrigin::Store(c.clone()), c)
-            }
-            BackboneSource::Random(c) => (BackboneOrigin::Store(c.clone()), c.clone()),
-            BackboneSource::Checkpoint(source) => {
-                let files = locate(source)?;
-                let c = BackboneConfig::from_file(&files.config)?;
-                (BackboneOrigin::Checkpoint(source.clone()), c)
-            }
-        };
+        let tokenizer = resolve_tokenizer(tokenizer, &spec.backbone)?;
+        let (backbone_origin, backbone_config) = backbone_origin(&spec.backbone, &tokenizer)?;
         let lora_config = spec.lora.as_ref().map(|l| {
             let mut l = l.clone();
             l.targets = lora_targets_for(backbone_config.architecture(), &l.targets);
@@ -454,29 +543,12 @@ impl HeartcareModel {
                  the code tokens)",
             ));
         }
-        let seed = spec.seed;
-        let stores = Stores {
-            signal: ParamStore::new(part_seed(seed, Part::SignalProjector.name())),
-            image: ParamStore::new(part_seed(seed, Part::ImageProjector.name())),
-            lora: ParamStore::new(part_seed(seed, Part::Lora.name())),
-            backbone: ParamStore::new(part_seed(seed, Part::Backbone.name())),
-            vision: ParamStore::new(part_seed(seed, Part::Vision.name())),
-            beat: ParamStore::new(part_seed(seed, Part::Beat.name())),
-            added: ParamStore::new(part_seed(seed, ADDED_ROWS)),
-        };
+        let stores = Stores::seeded(spec.seed);
         let beat = match &spec.beat {
             Some(c) => Some(Beat::new(c.clone(), &stores.beat, DType::F32, device)?),
             None => None,
         };
-        let mut codes = match (&spec.beat, config.signal_input, config.signal) {
-            (Some(c), SignalInput::Codes, true) => Some(CodeVocab {
-                first_id: 0, // set when the backbone is built
-                levels: c.dvq_levels,
-                codebook_size: c.codebook_size,
-                shared: c.shared_codebook || c.dvq_levels == 1,
-            }),
-            _ => None,
-        };
+        let mut codes = code_vocab(spec.beat.as_ref(), &config);
         let chat = ChatTokens::from_tokenizer(&tokenizer);
         // Vet the trainable set before anything is loaded, so a bad request costs no checkpoint
         // read.
@@ -493,21 +565,8 @@ impl HeartcareModel {
         let trainable_set = check.resolve(trainable)?;
         check.check(&trainable_set)?;
         let hidden = backbone_config.hidden_size();
-        let signal_proj = if config.signal && config.signal_input == SignalInput::Latents {
-            let in_dim = spec
-                .beat
-                .as_ref()
-                .map_or(config.signal_feature_dim, |b| b.width);
-            Some(SignalProjector::new(
-                in_dim,
-                hidden,
-                config.signal_depth,
-                config.layer_norm_eps,
-                stores.signal.var_builder(DType::F32, device),
-            )?)
-        } else {
-            None
-        };
+        let signal_proj =
+            build_signal_projector(&config, spec.beat.as_ref(), hidden, &stores, device)?;
         let vision = build_vision(
             vision_origin.as_ref(),
             &stores.vision,
@@ -515,20 +574,7 @@ impl HeartcareModel {
             spec.dtype,
             device,
         )?;
-        let image_proj = if config.image {
-            let in_dim = vision
-                .as_ref()
-                .map_or(config.image_feature_dim, |v| v.hidden_size());
-            Some(ImageProjector::new(
-                in_dim,
-                hidden,
-                config.image_tokens,
-                config.image_depth,
-                stores.image.var_builder(DType::F32, device),
-            )?)
-        } else {
-            None
-        };
+        let image_proj = build_image_projector(&config, vision.as_ref(), hidden, &stores, device)?;
         let key = (
             trainable_set.contains(&Part::Backbone),
             trainable_set.contains(&Part::Lora),

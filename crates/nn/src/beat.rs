@@ -187,6 +187,11 @@ impl Default for BeatConfig {
     }
 }
 
+/// A [`ConfigError`] for `field`.
+fn invalid<T>(field: &'static str, problem: String) -> Result<T, ConfigError> {
+    Err(ConfigError { field, problem })
+}
+
 impl BeatConfig {
     /// The paper's configuration exactly: [`BeatConfig::default`] with the training aids that
     /// depart from the paper set to the paper's values (no locality bias, output heads
@@ -232,7 +237,23 @@ pub struct ConfigError {
 impl BeatConfig {
     /// Checks every field and derives the sizes.
     pub fn validate(&self) -> Result<BeatDims, ConfigError> {
-        let err = |field: &'static str, problem: String| Err(ConfigError { field, problem });
+        self.check_sizes()?;
+        let head_dim = self.head_dim_checked()?;
+        let patches = self.input_len / self.patch_size;
+        let (queries, mlp_hidden) = self.check_ratios(patches)?;
+        self.check_numbers()?;
+        Ok(BeatDims {
+            patches,
+            queries,
+            predict_patches: self.predict_len / self.patch_size,
+            patch_values: self.leads * self.patch_size,
+            head_dim,
+            mlp_hidden,
+        })
+    }
+
+    /// Every size at least 1, the lengths whole numbers of patches.
+    fn check_sizes(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("leads", self.leads),
             ("patch_size", self.patch_size),
@@ -246,11 +267,11 @@ impl BeatConfig {
             ("dvq_levels", self.dvq_levels),
         ] {
             if value == 0 {
-                return err(field, "is 0, expected at least 1".into());
+                return invalid(field, "is 0, expected at least 1".into());
             }
         }
         if !self.input_len.is_multiple_of(self.patch_size) {
-            return err(
+            return invalid(
                 "input_len",
                 format!(
                     "= {} is not a multiple of patch_size = {}",
@@ -259,7 +280,7 @@ impl BeatConfig {
             );
         }
         if !self.predict_len.is_multiple_of(self.patch_size) {
-            return err(
+            return invalid(
                 "predict_len",
                 format!(
                     "= {} is not a multiple of patch_size = {}",
@@ -267,12 +288,17 @@ impl BeatConfig {
                 ),
             );
         }
-        let head_dim = match self.head_dim {
-            Some(0) => return err("head_dim", "is 0, expected at least 1".into()),
-            Some(d) => d,
+        Ok(())
+    }
+
+    /// `head_dim`, or `width / heads` when it is not set.
+    fn head_dim_checked(&self) -> Result<usize, ConfigError> {
+        match self.head_dim {
+            Some(0) => invalid("head_dim", "is 0, expected at least 1".into()),
+            Some(d) => Ok(d),
             None => {
                 if !self.width.is_multiple_of(self.heads) {
-                    return err(
+                    return invalid(
                         "heads",
                         format!(
                             "= {} does not divide width = {} (set head_dim explicitly, or change heads)",
@@ -280,19 +306,22 @@ impl BeatConfig {
                         ),
                     );
                 }
-                self.width / self.heads
+                Ok(self.width / self.heads)
             }
-        };
-        let patches = self.input_len / self.patch_size;
+        }
+    }
+
+    /// The query-token count and MLP width the ratios give over `patches` patches.
+    fn check_ratios(&self, patches: usize) -> Result<(usize, usize), ConfigError> {
         if !(self.query_ratio.is_finite() && self.query_ratio > 0.0) {
-            return err(
+            return invalid(
                 "query_ratio",
                 format!("= {} must be a positive number", self.query_ratio),
             );
         }
         let queries = (patches as f64 * self.query_ratio).round() as usize;
         if queries == 0 {
-            return err(
+            return invalid(
                 "query_ratio",
                 format!(
                     "= {} gives 0 query tokens for {patches} patches",
@@ -301,26 +330,31 @@ impl BeatConfig {
             );
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
-            return err(
+            return invalid(
                 "mlp_ratio",
                 format!("= {} must be a positive number", self.mlp_ratio),
             );
         }
         let mlp_hidden = (self.width as f64 * self.mlp_ratio).round() as usize;
         if mlp_hidden == 0 {
-            return err(
+            return invalid(
                 "mlp_ratio",
                 format!("= {} gives an empty MLP", self.mlp_ratio),
             );
         }
+        Ok((queries, mlp_hidden))
+    }
+
+    /// Rates in [0, 1), loss weights >= 0, epsilons and optional knobs > 0.
+    fn check_numbers(&self) -> Result<(), ConfigError> {
         if !(0.0..1.0).contains(&self.ema_decay) {
-            return err(
+            return invalid(
                 "ema_decay",
                 format!("= {} must be in [0, 1)", self.ema_decay),
             );
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return err("dropout", format!("= {} must be in [0, 1)", self.dropout));
+            return invalid("dropout", format!("= {} must be in [0, 1)", self.dropout));
         }
         for (field, value) in [
             ("commitment", self.commitment),
@@ -329,7 +363,7 @@ impl BeatConfig {
             ("w_vq", self.w_vq),
         ] {
             if !(value.is_finite() && value >= 0.0) {
-                return err(field, format!("= {value} must be a finite number >= 0"));
+                return invalid(field, format!("= {value} must be a finite number >= 0"));
             }
         }
         for (field, value) in [
@@ -337,13 +371,13 @@ impl BeatConfig {
             ("norm_eps", self.norm_eps),
         ] {
             if !(value.is_finite() && value > 0.0) {
-                return err(field, format!("= {value} must be a finite number > 0"));
+                return invalid(field, format!("= {value} must be a finite number > 0"));
             }
         }
         if let Some(slope) = self.locality_slope
             && !(slope.is_finite() && slope > 0.0)
         {
-            return err(
+            return invalid(
                 "locality_slope",
                 format!("= {slope} must be a finite number > 0 (or absent)"),
             );
@@ -351,19 +385,12 @@ impl BeatConfig {
         if let Some(t) = self.dead_code_threshold
             && !(t.is_finite() && t > 0.0)
         {
-            return err(
+            return invalid(
                 "dead_code_threshold",
                 format!("= {t} must be a finite number > 0 (or absent)"),
             );
         }
-        Ok(BeatDims {
-            patches,
-            queries,
-            predict_patches: self.predict_len / self.patch_size,
-            patch_values: self.leads * self.patch_size,
-            head_dim,
-            mlp_hidden,
-        })
+        Ok(())
     }
 
     /// The weight of L_VQ in the training loss at `mode` (see `vq_warmup_steps`).
