@@ -196,9 +196,9 @@ pub fn run(
         }
         let examples_per_s = timed_batches as f64 * len.batch as f64
             / epoch_started.elapsed().as_secs_f64().max(1e-9);
-        let (eval, last) = end_epoch(ctx, trainee, &len, &mut at, batches.len(), examples_per_s)?;
-        if last {
-            last_eval = eval;
+        let end = end_epoch(ctx, trainee, &len, &mut at, batches.len(), examples_per_s)?;
+        if end.last {
+            last_eval = end.eval;
             break;
         }
         if stage.checkpoint_every > 0 && at.epoch.is_multiple_of(u64::from(stage.checkpoint_every))
@@ -270,9 +270,16 @@ fn train_step(
     Ok(loss)
 }
 
+/// What [`end_epoch`] found.
+struct EpochEnd {
+    /// The validation metrics, when validation was due.
+    eval: Option<Vec<(String, f64)>>,
+    /// Whether training is over.
+    last: bool,
+}
+
 /// After an epoch's batches (or the step cap): the epoch's loss metrics, the next epoch when
-/// every batch is done, validation when due, and the log line. Returns the validation metrics
-/// and whether training is over.
+/// every batch is done, validation when due, and the log line.
 fn end_epoch(
     ctx: &mut StageContext<'_>,
     trainee: &mut dyn Trainee,
@@ -280,7 +287,7 @@ fn end_epoch(
     at: &mut Progress,
     n_batches: usize,
     examples_per_s: f64,
-) -> Result<(Option<Vec<(String, f64)>>, bool), StageError> {
+) -> Result<EpochEnd, StageError> {
     // Batches of this epoch, including those trained before a resume.
     let epoch_batches = at.batch;
     let epoch_mean = at.epoch_loss / epoch_batches.max(1) as f64;
@@ -310,5 +317,5 @@ fn end_epoch(
         eval = Some(metrics);
     }
     ctx.log(&line);
-    Ok((eval, last))
+    Ok(EpochEnd { eval, last })
 }
