@@ -860,12 +860,21 @@ fn sokolow_lyon(tpl: &BeatTemplate) -> f32 {
     s_v1 + r_v5.max(r_v6)
 }
 
-fn build_plan(
-    condition: Condition,
-    patient: &PatientTraits,
-    duration: f32,
-    rng: &mut ChaCha8Rng,
-) -> Plan {
+/// The record's intervals, rate, axis and amplitudes, drawn from the patient and condition.
+struct Timing {
+    amp: f32,
+    p_amp: f32,
+    p_s: f32,
+    mean_rr: f32,
+    pr: f32,
+    morph: QrsMorph,
+    qrs_s: f32,
+    qtc_ms: f32,
+    qt: f32,
+    axis: f32,
+}
+
+fn draw_timing(condition: Condition, patient: &PatientTraits, rng: &mut ChaCha8Rng) -> Timing {
     let amp = patient.amplitude * rng.random_range(0.92..1.08f32) * 1.15;
     let p_amp = rng.random_range(0.85..1.3f32);
     let p_s = patient.p_ms / 1000.0 * rng.random_range(0.95..1.05f32);
@@ -911,33 +920,39 @@ fn build_plan(
         Condition::Rbbb => rng.random_range(-10.0..75.0f32),
         _ => patient.axis_deg + rng.random_range(-8.0..8.0f32),
     };
-
-    let mut qrs = qrs_bumps(morph, qrs_s, amp);
-    let t_amp = rng.random_range(0.22..0.36f32) * patient.amplitude;
-    let t_vec = match morph {
-        // Repolarisation opposite to the (abnormal) depolarisation: secondary T changes.
-        QrsMorph::Lbbb => scale3([-0.55, -0.15, 0.75], t_amp),
-        QrsMorph::Rbbb => scale3([0.55, 0.65, -0.45], t_amp),
-        QrsMorph::Normal => scale3([0.62, 0.62, 0.45], t_amp),
-    };
-    let mut t = t_bump(qt, t_vec);
-    let (_, j_point) = span(&qrs);
-    // Keep an ST segment of at least 20 ms at high rates and wide QRS.
-    let min_t_start = j_point + 0.02;
-    if t.start() < min_t_start {
-        t.sigma_before = ((t.centre - min_t_start) / WAVE_HALF_WIDTH).max(0.01);
+    Timing {
+        amp,
+        p_amp,
+        p_s,
+        mean_rr,
+        pr,
+        morph,
+        qrs_s,
+        qtc_ms,
+        qt,
+        axis,
     }
-    let mut st = None;
-    let mut st_territory = None;
+}
+
+/// The ST plateau of the condition (LBBB's discordant ST, an injury current, or a depression)
+/// with its territory; an elevation adds hyperacute T waves and a depression flattens T.
+fn st_changes(
+    condition: Condition,
+    j_point: f32,
+    t: &mut Bump,
+    rng: &mut ChaCha8Rng,
+) -> (Option<StPlateau>, Option<String>) {
+    let plateau = |t: &Bump, amp: Vec3| StPlateau {
+        j_point,
+        t_peak: t.centre,
+        t_end: t.end(),
+        amp,
+    };
     match condition {
         Condition::Lbbb => {
             // Discordant ST: elevated in V1-V3, depressed in I/V6.
-            st = Some(StPlateau {
-                j_point,
-                t_peak: t.centre,
-                t_end: t.end(),
-                amp: scale3([-0.45, -0.05, 0.55], rng.random_range(0.08..0.14)),
-            });
+            let amp = scale3([-0.45, -0.05, 0.55], rng.random_range(0.08..0.14));
+            (Some(plateau(t, amp)), None)
         }
         Condition::StElevation => {
             let (name, dir): (&str, Vec3) = match rng.random_range(0..3) {
@@ -946,19 +961,14 @@ fn build_plan(
                 _ => ("lateral", [1.0, -0.4, -0.15]),
             };
             let level = rng.random_range(0.15..0.32f32);
-            st = Some(StPlateau {
-                j_point,
-                t_peak: t.centre,
-                t_end: t.end(),
-                amp: scale3(normalise3(dir), level),
-            });
+            let st = plateau(t, scale3(normalise3(dir), level));
             // Hyperacute T waves in the same territory.
             t.amp = [
                 t.amp[0] + 0.3 * level * dir[0],
                 t.amp[1] + 0.3 * level * dir[1],
                 t.amp[2] + 0.3 * level * dir[2],
             ];
-            st_territory = Some(name.to_string());
+            (Some(st), Some(name.to_string()))
         }
         Condition::StDepression => {
             let (name, dir): (&str, Vec3) = if rng.random_bool(0.5) {
@@ -967,39 +977,17 @@ fn build_plan(
                 ("inferolateral", [-0.6, -0.75, -0.3])
             };
             let level = rng.random_range(0.15..0.3f32);
-            st = Some(StPlateau {
-                j_point,
-                t_peak: t.centre,
-                t_end: t.end(),
-                amp: scale3(normalise3(dir), level),
-            });
+            let st = plateau(t, scale3(normalise3(dir), level));
             t.amp = scale3(t.amp, 0.5);
-            st_territory = Some(name.to_string());
+            (Some(st), Some(name.to_string()))
         }
-        _ => {}
+        _ => (None, None),
     }
-    let p = if matches!(
-        condition,
-        Condition::AtrialFibrillation | Condition::AtrialFlutter
-    ) {
-        Vec::new()
-    } else {
-        sinus_p(p_s, p_amp)
-            .into_iter()
-            .map(|mut b| {
-                b.centre -= pr;
-                b
-            })
-            .collect()
-    };
-    qrs.sort_by(|a, b| a.centre.total_cmp(&b.centre));
-    let mut dominant = BeatTemplate { p, qrs, t, st };
-    // ST vectors stay with their territory; only the T of conduction defects turns with the
-    // QRS.
-    dominant.set_axis(axis, matches!(morph, QrsMorph::Lbbb | QrsMorph::Rbbb));
+}
 
-    // Voltage: LVH must meet Sokolow-Lyon, everyone else must stay clearly below it.
-    let sl = sokolow_lyon(&dominant);
+/// Voltage: LVH must meet Sokolow-Lyon, everyone else must stay clearly below it.
+fn fit_voltage(condition: Condition, dominant: &mut BeatTemplate, rng: &mut ChaCha8Rng) {
+    let sl = sokolow_lyon(dominant);
     if condition == Condition::Lvh {
         let target = rng.random_range(3.9..5.2f32);
         dominant.scale_qrs(target / sl);
@@ -1013,206 +1001,341 @@ fn build_plan(
             dominant.t.amp = scale3(dominant.t.amp, cap / sl);
         }
     }
+}
 
-    let mut planned_rr_s = mean_rr;
-    let mut templates = vec![dominant];
-    let mut beats = Vec::new();
-    let mut atrial = AtrialActivity::None;
-    let mut flutter_conduction = None;
-    let mut atrial_rate = None;
-    // Beats start before the record so it opens mid-cycle.
-    let first = -rng.random_range(0.3..1.0f32) * mean_rr;
-    let end = duration + 0.5;
-    let sinus = |qrs_onset: f32| PlacedBeat {
+/// The dominant beat's template (P, QRS, T, ST) at the record's axis and voltage; also returns
+/// its J point and the ST territory.
+fn dominant_template(
+    condition: Condition,
+    patient: &PatientTraits,
+    tm: &Timing,
+    rng: &mut ChaCha8Rng,
+) -> (BeatTemplate, f32, Option<String>) {
+    let mut qrs = qrs_bumps(tm.morph, tm.qrs_s, tm.amp);
+    let t_amp = rng.random_range(0.22..0.36f32) * patient.amplitude;
+    let t_vec = match tm.morph {
+        // Repolarisation opposite to the (abnormal) depolarisation: secondary T changes.
+        QrsMorph::Lbbb => scale3([-0.55, -0.15, 0.75], t_amp),
+        QrsMorph::Rbbb => scale3([0.55, 0.65, -0.45], t_amp),
+        QrsMorph::Normal => scale3([0.62, 0.62, 0.45], t_amp),
+    };
+    let mut t = t_bump(tm.qt, t_vec);
+    let (_, j_point) = span(&qrs);
+    // Keep an ST segment of at least 20 ms at high rates and wide QRS.
+    let min_t_start = j_point + 0.02;
+    if t.start() < min_t_start {
+        t.sigma_before = ((t.centre - min_t_start) / WAVE_HALF_WIDTH).max(0.01);
+    }
+    let (st, st_territory) = st_changes(condition, j_point, &mut t, rng);
+    let p = if has_sinus_p(condition) {
+        sinus_p(tm.p_s, tm.p_amp)
+            .into_iter()
+            .map(|mut b| {
+                b.centre -= tm.pr;
+                b
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    qrs.sort_by(|a, b| a.centre.total_cmp(&b.centre));
+    let mut dominant = BeatTemplate { p, qrs, t, st };
+    // ST vectors stay with their territory; only the T of conduction defects turns with the
+    // QRS.
+    dominant.set_axis(tm.axis, matches!(tm.morph, QrsMorph::Lbbb | QrsMorph::Rbbb));
+    fit_voltage(condition, &mut dominant, rng);
+    (dominant, j_point, st_territory)
+}
+
+/// Whether the condition has organised atrial activity (P waves).
+fn has_sinus_p(condition: Condition) -> bool {
+    !matches!(
+        condition,
+        Condition::AtrialFibrillation | Condition::AtrialFlutter
+    )
+}
+
+/// The ventricular rhythm of a record: its beats, atrial activity and rhythm labels.
+struct Rhythm {
+    beats: Vec<PlacedBeat>,
+    atrial: AtrialActivity,
+    planned_rr_s: f32,
+    flutter_conduction: Option<u32>,
+    atrial_rate_per_min: Option<f32>,
+}
+
+impl Rhythm {
+    fn beats(beats: Vec<PlacedBeat>, planned_rr_s: f32) -> Self {
+        Rhythm {
+            beats,
+            atrial: AtrialActivity::None,
+            planned_rr_s,
+            flutter_conduction: None,
+            atrial_rate_per_min: None,
+        }
+    }
+}
+
+fn sinus_beat(qrs_onset: f32) -> PlacedBeat {
+    PlacedBeat {
         qrs_onset,
         kind: BeatKind::Sinus,
         template: 0,
         with_p: true,
-    };
-    match condition {
-        Condition::AtrialFibrillation => {
-            // Irregularly irregular: independent RRs (coefficient of variation ~22 %) with a
-            // refractory floor. A 10 s strip only earns its label when the irregularity shows,
-            // so series whose in-record RRs happen to vary less than 12 % are drawn again.
-            let mut times = Vec::new();
-            for _attempt in 0..20 {
-                times.clear();
-                let mut t = first;
-                while t < end {
-                    times.push(t);
-                    let z: f32 = StandardNormal.sample(rng);
-                    t += (mean_rr * (0.22 * z).exp() * 0.976).max(0.33);
-                }
-                let inside: Vec<f32> = times
-                    .iter()
-                    .copied()
-                    .filter(|&t| (0.0..duration).contains(&t))
-                    .collect();
-                let rr: Vec<f32> = inside.windows(2).map(|w| w[1] - w[0]).collect();
-                if rr.len() < 2 || coefficient_of_variation(&rr) >= 0.12 {
-                    break;
-                }
-            }
-            beats.extend(times.iter().map(|&t| PlacedBeat {
-                qrs_onset: t,
-                kind: BeatKind::AtrialConducted,
-                template: 0,
-                with_p: false,
-            }));
-            let freq = rng.random_range(5.0..8.0f32);
-            atrial_rate = Some(freq * 60.0);
-            atrial = AtrialActivity::Fibrillation {
-                amp: rng.random_range(0.04..0.1),
-                freq,
-                wobble: rng.random_range(0.5..1.5),
-                wobble_hz: rng.random_range(0.2..0.6),
-                envelope_hz: rng.random_range(0.3..0.9),
-                phase: [
-                    rng.random_range(0.0..2.0 * PI),
-                    rng.random_range(0.0..2.0 * PI),
-                    rng.random_range(0.0..2.0 * PI),
-                ],
-                dir: normalise3([-0.3, 0.45, 0.85]),
-            };
+    }
+}
+
+/// Where the beats of a record lie: from `first` (before the record, so it opens mid-cycle)
+/// to `end`.
+#[derive(Clone, Copy)]
+struct Span {
+    first: f32,
+    end: f32,
+    duration: f32,
+}
+
+fn fibrillation(tm: &Timing, span: Span, rng: &mut ChaCha8Rng) -> Rhythm {
+    // Irregularly irregular: independent RRs (coefficient of variation ~22 %) with a
+    // refractory floor. A 10 s strip only earns its label when the irregularity shows,
+    // so series whose in-record RRs happen to vary less than 12 % are drawn again.
+    let mut times = Vec::new();
+    for _attempt in 0..20 {
+        times.clear();
+        let mut t = span.first;
+        while t < span.end {
+            times.push(t);
+            let z: f32 = StandardNormal.sample(rng);
+            t += (tm.mean_rr * (0.22 * z).exp() * 0.976).max(0.33);
         }
-        Condition::AtrialFlutter => {
-            let atrial_per_min = rng.random_range(250.0..330.0f32);
-            let freq = atrial_per_min / 60.0;
-            let ratio = match rng.random_range(0..10) {
-                0..=4 => 2,
-                5..=6 => 3,
-                _ => 4,
-            };
-            let rr = ratio as f32 / freq;
-            planned_rr_s = rr;
-            // Typical (counter-clockwise) flutter: negative sawtooth in II, III, aVF, positive
-            // in V1.
-            let phase_s = rng.random_range(0.0..1.0 / freq);
-            let av_delay = rng.random_range(0.18..0.26f32);
-            // The QRS follows every `ratio`-th F wave by a fixed conduction delay.
-            let mut t = phase_s + av_delay - rr;
-            while t < end {
-                beats.push(PlacedBeat {
-                    qrs_onset: t,
-                    kind: BeatKind::AtrialConducted,
-                    template: 0,
-                    with_p: false,
-                });
-                t += rr;
-            }
-            // The mean RR decides QT; refit the T wave to the actual ventricular rate.
-            let qt_flutter = bazett_qt(qtc_ms, rr);
-            templates[0].t = retime_t(&templates[0].t, qt_flutter, j_point);
-            flutter_conduction = Some(ratio);
-            atrial_rate = Some(atrial_per_min);
-            atrial = AtrialActivity::Flutter {
-                freq,
-                phase_s,
-                amp: rng.random_range(0.3..0.5),
-                dir: normalise3([0.15, -0.8, 0.45]),
-            };
-        }
-        Condition::PrematureVentricular => {
-            let sinus_times = sinus_rr_series(rng, mean_rr, first, end);
-            let pvc_qrs = rng.random_range(0.14..0.18f32);
-            let focus = if rng.random_bool(0.5) {
-                // Right-ventricular outflow: LBBB-like, inferior axis.
-                [0.2, 0.95, -0.45]
-            } else {
-                // Left-ventricular free wall: RBBB-like, superior axis.
-                [-0.45, -0.6, 0.65]
-            };
-            let v_amp = amp * rng.random_range(1.6..2.2f32);
-            let qrs_v = ventricular_qrs(pvc_qrs, v_amp, focus);
-            let dir = normalise3(focus);
-            let qt_v = qt + (pvc_qrs - qrs_s) * 0.8;
-            let t_v = t_bump(qt_v, scale3(dir, -0.55 * v_amp * 0.45));
-            templates.push(BeatTemplate {
-                p: Vec::new(),
-                qrs: qrs_v,
-                t: t_v,
-                st: None,
-            });
-            let n_ectopic = rng.random_range(1..=3usize);
-            let candidates = eligible_ectopic_slots(&sinus_times, duration);
-            let chosen = pick_spread(&candidates, n_ectopic, rng);
-            let coupling = rng.random_range(0.58..0.72f32);
-            for (i, &t) in sinus_times.iter().enumerate() {
-                if chosen.contains(&i) {
-                    // The ventricular beat comes early after the previous sinus beat; the
-                    // sinus beat it replaces is blocked, so the next sinus beat keeps its time:
-                    // a full compensatory pause.
-                    let prev = sinus_times[i - 1];
-                    beats.push(PlacedBeat {
-                        qrs_onset: prev + coupling * (t - prev),
-                        kind: BeatKind::PrematureVentricular,
-                        template: 1,
-                        with_p: false,
-                    });
-                } else {
-                    beats.push(sinus(t));
-                }
-            }
-        }
-        Condition::PrematureAtrial => {
-            let ectopic_template = BeatTemplate {
-                p: ectopic_p(p_s * 0.9, p_amp)
-                    .into_iter()
-                    .map(|mut b| {
-                        b.centre -= pr * 0.9;
-                        b
-                    })
-                    .collect(),
-                ..templates[0].clone()
-            };
-            templates.push(ectopic_template);
-            let n_ectopic = rng.random_range(1..=3usize);
-            let coupling = rng.random_range(0.6..0.75f32);
-            // Beats are laid out in one pass: a premature atrial beat resets the sinus node,
-            // so the next sinus beat follows it by one ordinary cycle (non-compensatory).
-            let base = sinus_rr_series(rng, mean_rr, first, end);
-            let candidates = eligible_ectopic_slots(&base, duration);
-            let chosen = pick_spread(&candidates, n_ectopic, rng);
-            let mut shift = 0.0f32;
-            for (i, &t0) in base.iter().enumerate() {
-                let t = t0 + shift;
-                if chosen.contains(&i) {
-                    let prev = base[i - 1] + shift;
-                    let early = prev + coupling * (t - prev);
-                    beats.push(PlacedBeat {
-                        qrs_onset: early,
-                        kind: BeatKind::PrematureAtrial,
-                        template: 1,
-                        with_p: true,
-                    });
-                    shift += early - t;
-                } else {
-                    beats.push(sinus(t));
-                }
-            }
-        }
-        _ => {
-            for t in sinus_rr_series(rng, mean_rr, first, end) {
-                beats.push(sinus(t));
-            }
+        let inside: Vec<f32> = times
+            .iter()
+            .copied()
+            .filter(|&t| (0.0..span.duration).contains(&t))
+            .collect();
+        let rr: Vec<f32> = inside.windows(2).map(|w| w[1] - w[0]).collect();
+        if rr.len() < 2 || coefficient_of_variation(&rr) >= 0.12 {
+            break;
         }
     }
-    let has_p = !matches!(
-        condition,
-        Condition::AtrialFibrillation | Condition::AtrialFlutter
-    );
+    let beats = times
+        .iter()
+        .map(|&t| PlacedBeat {
+            qrs_onset: t,
+            kind: BeatKind::AtrialConducted,
+            template: 0,
+            with_p: false,
+        })
+        .collect();
+    let mut rhythm = Rhythm::beats(beats, tm.mean_rr);
+    let freq = rng.random_range(5.0..8.0f32);
+    rhythm.atrial_rate_per_min = Some(freq * 60.0);
+    rhythm.atrial = AtrialActivity::Fibrillation {
+        amp: rng.random_range(0.04..0.1),
+        freq,
+        wobble: rng.random_range(0.5..1.5),
+        wobble_hz: rng.random_range(0.2..0.6),
+        envelope_hz: rng.random_range(0.3..0.9),
+        phase: [
+            rng.random_range(0.0..2.0 * PI),
+            rng.random_range(0.0..2.0 * PI),
+            rng.random_range(0.0..2.0 * PI),
+        ],
+        dir: normalise3([-0.3, 0.45, 0.85]),
+    };
+    rhythm
+}
+
+/// Flutter with a fixed conduction ratio; refits the dominant T wave to the ventricular rate.
+fn flutter(
+    tm: &Timing,
+    span: Span,
+    templates: &mut [BeatTemplate],
+    j_point: f32,
+    rng: &mut ChaCha8Rng,
+) -> Rhythm {
+    let atrial_per_min = rng.random_range(250.0..330.0f32);
+    let freq = atrial_per_min / 60.0;
+    let ratio = match rng.random_range(0..10) {
+        0..=4 => 2,
+        5..=6 => 3,
+        _ => 4,
+    };
+    let rr = ratio as f32 / freq;
+    // Typical (counter-clockwise) flutter: negative sawtooth in II, III, aVF, positive
+    // in V1.
+    let phase_s = rng.random_range(0.0..1.0 / freq);
+    let av_delay = rng.random_range(0.18..0.26f32);
+    // The QRS follows every `ratio`-th F wave by a fixed conduction delay.
+    let mut beats = Vec::new();
+    let mut t = phase_s + av_delay - rr;
+    while t < span.end {
+        beats.push(PlacedBeat {
+            qrs_onset: t,
+            kind: BeatKind::AtrialConducted,
+            template: 0,
+            with_p: false,
+        });
+        t += rr;
+    }
+    // The mean RR decides QT; refit the T wave to the actual ventricular rate.
+    let qt_flutter = bazett_qt(tm.qtc_ms, rr);
+    templates[0].t = retime_t(&templates[0].t, qt_flutter, j_point);
+    let mut rhythm = Rhythm::beats(beats, rr);
+    rhythm.flutter_conduction = Some(ratio);
+    rhythm.atrial_rate_per_min = Some(atrial_per_min);
+    rhythm.atrial = AtrialActivity::Flutter {
+        freq,
+        phase_s,
+        amp: rng.random_range(0.3..0.5),
+        dir: normalise3([0.15, -0.8, 0.45]),
+    };
+    rhythm
+}
+
+/// Sinus rhythm with 1-3 premature ventricular beats (their template is added as template 1)
+/// and full compensatory pauses.
+fn premature_ventricular(
+    tm: &Timing,
+    span: Span,
+    templates: &mut Vec<BeatTemplate>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<PlacedBeat> {
+    let sinus_times = sinus_rr_series(rng, tm.mean_rr, span.first, span.end);
+    let pvc_qrs = rng.random_range(0.14..0.18f32);
+    let focus = if rng.random_bool(0.5) {
+        // Right-ventricular outflow: LBBB-like, inferior axis.
+        [0.2, 0.95, -0.45]
+    } else {
+        // Left-ventricular free wall: RBBB-like, superior axis.
+        [-0.45, -0.6, 0.65]
+    };
+    let v_amp = tm.amp * rng.random_range(1.6..2.2f32);
+    let qrs_v = ventricular_qrs(pvc_qrs, v_amp, focus);
+    let dir = normalise3(focus);
+    let qt_v = tm.qt + (pvc_qrs - tm.qrs_s) * 0.8;
+    let t_v = t_bump(qt_v, scale3(dir, -0.55 * v_amp * 0.45));
+    templates.push(BeatTemplate {
+        p: Vec::new(),
+        qrs: qrs_v,
+        t: t_v,
+        st: None,
+    });
+    let n_ectopic = rng.random_range(1..=3usize);
+    let candidates = eligible_ectopic_slots(&sinus_times, span.duration);
+    let chosen = pick_spread(&candidates, n_ectopic, rng);
+    let coupling = rng.random_range(0.58..0.72f32);
+    let mut beats = Vec::new();
+    for (i, &t) in sinus_times.iter().enumerate() {
+        if chosen.contains(&i) {
+            // The ventricular beat comes early after the previous sinus beat; the
+            // sinus beat it replaces is blocked, so the next sinus beat keeps its time:
+            // a full compensatory pause.
+            let prev = sinus_times[i - 1];
+            beats.push(PlacedBeat {
+                qrs_onset: prev + coupling * (t - prev),
+                kind: BeatKind::PrematureVentricular,
+                template: 1,
+                with_p: false,
+            });
+        } else {
+            beats.push(sinus_beat(t));
+        }
+    }
+    beats
+}
+
+/// Sinus rhythm with 1-3 premature atrial beats (template 1: an abnormal P), each resetting
+/// the sinus node.
+fn premature_atrial(
+    tm: &Timing,
+    span: Span,
+    templates: &mut Vec<BeatTemplate>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<PlacedBeat> {
+    let ectopic_template = BeatTemplate {
+        p: ectopic_p(tm.p_s * 0.9, tm.p_amp)
+            .into_iter()
+            .map(|mut b| {
+                b.centre -= tm.pr * 0.9;
+                b
+            })
+            .collect(),
+        ..templates[0].clone()
+    };
+    templates.push(ectopic_template);
+    let n_ectopic = rng.random_range(1..=3usize);
+    let coupling = rng.random_range(0.6..0.75f32);
+    // Beats are laid out in one pass: a premature atrial beat resets the sinus node,
+    // so the next sinus beat follows it by one ordinary cycle (non-compensatory).
+    let base = sinus_rr_series(rng, tm.mean_rr, span.first, span.end);
+    let candidates = eligible_ectopic_slots(&base, span.duration);
+    let chosen = pick_spread(&candidates, n_ectopic, rng);
+    let mut shift = 0.0f32;
+    let mut beats = Vec::new();
+    for (i, &t0) in base.iter().enumerate() {
+        let t = t0 + shift;
+        if chosen.contains(&i) {
+            let prev = base[i - 1] + shift;
+            let early = prev + coupling * (t - prev);
+            beats.push(PlacedBeat {
+                qrs_onset: early,
+                kind: BeatKind::PrematureAtrial,
+                template: 1,
+                with_p: true,
+            });
+            shift += early - t;
+        } else {
+            beats.push(sinus_beat(t));
+        }
+    }
+    beats
+}
+
+fn build_plan(
+    condition: Condition,
+    patient: &PatientTraits,
+    duration: f32,
+    rng: &mut ChaCha8Rng,
+) -> Plan {
+    let tm = draw_timing(condition, patient, rng);
+    let (dominant, j_point, st_territory) = dominant_template(condition, patient, &tm, rng);
+    let mut templates = vec![dominant];
+    // Beats start before the record so it opens mid-cycle.
+    let span = Span {
+        first: -rng.random_range(0.3..1.0f32) * tm.mean_rr,
+        end: duration + 0.5,
+        duration,
+    };
+    let rhythm = match condition {
+        Condition::AtrialFibrillation => fibrillation(&tm, span, rng),
+        Condition::AtrialFlutter => flutter(&tm, span, &mut templates, j_point, rng),
+        Condition::PrematureVentricular => Rhythm::beats(
+            premature_ventricular(&tm, span, &mut templates, rng),
+            tm.mean_rr,
+        ),
+        Condition::PrematureAtrial => {
+            Rhythm::beats(premature_atrial(&tm, span, &mut templates, rng), tm.mean_rr)
+        }
+        _ => Rhythm::beats(
+            sinus_rr_series(rng, tm.mean_rr, span.first, span.end)
+                .into_iter()
+                .map(sinus_beat)
+                .collect(),
+            tm.mean_rr,
+        ),
+    };
     let qt_s = templates[0].t.end();
     Plan {
         templates,
-        beats,
-        atrial,
+        beats: rhythm.beats,
+        atrial: rhythm.atrial,
         dominant: 0,
-        pr_s: has_p.then_some(pr),
+        pr_s: has_sinus_p(condition).then_some(tm.pr),
         qt_s,
-        planned_rr_s,
+        planned_rr_s: rhythm.planned_rr_s,
         st_territory,
-        flutter_conduction,
-        atrial_rate_per_min: atrial_rate,
+        flutter_conduction: rhythm.flutter_conduction,
+        atrial_rate_per_min: rhythm.atrial_rate_per_min,
     }
 }
 
