@@ -11,7 +11,9 @@
 //!   MLflow's SQLite tracking store;
 //! - [`wfdb`]: WFDB records decoded per second, against the Python `wfdb` package;
 //! - [`sim`]: 12-lead records simulated per second by the built-in ECG simulator, against
-//!   NeuroKit2's `ecg_simulate(method="multileads")`.
+//!   NeuroKit2's `ecg_simulate(method="multileads")`;
+//! - [`delineate`]: LUDB records delineated per second, against NeuroKit2's `dwt` delineator
+//!   and `ecgdeli`, all three scored against the cardiologists' annotations.
 //!
 //! Every figure is a median over several timed rounds after untimed warm-up. Wall-clock rates
 //! are the headline; rates per CPU-second (user + system time of the process, all threads) are
@@ -19,6 +21,7 @@
 //! processes held the cores. Speed is only ever measured here, never asserted by a test.
 
 pub mod beat;
+pub mod delineate;
 pub mod mm;
 pub mod query;
 pub mod registry;
@@ -143,18 +146,20 @@ pub enum Which {
     Sim,
     Query,
     Mm,
+    Delineate,
     All,
 }
 
 impl Which {
     /// Every choice with its name on the command line.
-    pub const NAMES: [(Which, &'static str); 7] = [
+    pub const NAMES: [(Which, &'static str); 8] = [
         (Which::Beat, "beat"),
         (Which::Registry, "registry"),
         (Which::Wfdb, "wfdb"),
         (Which::Sim, "sim"),
         (Which::Query, "query"),
         (Which::Mm, "mm"),
+        (Which::Delineate, "delineate"),
         (Which::All, "all"),
     ];
 
@@ -394,6 +399,7 @@ pub struct BenchOptions {
     pub sim: sim::SimOptions,
     pub query: query::QueryOptions,
     pub mm: mm::MmOptions,
+    pub delineate: delineate::DelineateOptions,
 }
 
 impl BenchOptions {
@@ -411,6 +417,10 @@ impl BenchOptions {
             sim: sim::SimOptions::default(),
             query: query::QueryOptions::default(),
             mm: mm::MmOptions::default(),
+            delineate: delineate::DelineateOptions {
+                root: wfdb::default_data_root(repo_root).join("ludb"),
+                ..delineate::DelineateOptions::default()
+            },
         }
     }
 }
@@ -642,6 +652,9 @@ pub fn run(
     }
     if which.includes(Which::Mm) {
         results.extend(mm::run(&options.mm, peer, progress)?);
+    }
+    if which.includes(Which::Delineate) {
+        results.extend(delineate::run(&options.delineate, peer, progress)?);
     }
     machine.load_after = load_average();
     Ok(BenchReport { machine, results })

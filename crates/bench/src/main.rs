@@ -13,14 +13,14 @@ use clap::Parser;
 
 /// Speed against peers in one invocation, with ratios: Beat training (PyTorch), registry
 /// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2),
-/// `--where` filtering (the same filter in SQLite's SQL).
+/// `--where` filtering (the same filter in SQLite's SQL), LUDB delineation (NeuroKit2, ecgdeli).
 /// `scripts/bench.sh` sets up the peers' Python environment.
 ///
 /// Example: beatlab bench all --json > bench.json
 #[derive(Debug, Parser)]
 #[command(name = "beatlab bench", version)]
 struct BenchArgs {
-    /// beat, registry, wfdb, sim, query or all.
+    /// beat, registry, wfdb, sim, query, mm, delineate or all.
     #[arg(default_value = "all", value_parser = clap::value_parser!(Which))]
     which: Which,
     /// Print the report as JSON on standard output.
@@ -43,7 +43,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Timed rounds (median reported) for every benchmark; defaults: beat 5, registry 3, wfdb 5,
-    /// sim 5, query 5, mm 3.
+    /// sim 5, query 5, mm 3, delineate 1.
     #[arg(long)]
     rounds: Option<usize>,
     /// Beat: training steps per timed round.
@@ -65,7 +65,8 @@ struct BenchArgs {
     /// (Qwen2.5-0.5B's and SigLIP so400m's shapes) or all.
     #[arg(long, default_value = "all", value_parser = ["quickstart", "full", "all"])]
     mm_size: String,
-    /// WFDB: the records' root (default: BEATLAB_ECG_DATA or ../shared/data/ecg).
+    /// WFDB and delineate: the records' root (default: BEATLAB_ECG_DATA or ../shared/data/ecg;
+    /// delineate reads its `ludb/`).
     #[arg(long)]
     data: Option<PathBuf>,
 }
@@ -111,6 +112,7 @@ fn run(args: &BenchArgs) -> Result<()> {
         options.sim.rounds = rounds;
         options.query.rounds = rounds;
         options.mm.rounds = rounds;
+        options.delineate.rounds = rounds;
     }
     options.mm.sizes = match args.mm_size.as_str() {
         "quickstart" => vec![MmSize::Quickstart],
@@ -120,6 +122,7 @@ fn run(args: &BenchArgs) -> Result<()> {
     options.query.runs = args.query_runs;
     if let Some(data) = &args.data {
         options.wfdb.root = data.clone();
+        options.delineate.root = data.join("ludb");
     }
     let report = beatlab_bench::run(args.which, &options, &mut |line| eprintln!("{line}"))?;
     if args.json {
