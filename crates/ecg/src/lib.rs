@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod delineate;
 pub mod dsp;
 pub mod error;
+pub mod flexible;
 pub mod ludb;
 pub mod mat;
 pub mod preprocess;
