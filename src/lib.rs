@@ -9,6 +9,7 @@ pub mod device;
 pub mod parity;
 pub mod query;
 pub mod registry;
+pub mod report;
 pub mod runner;
 pub mod spec;
 pub mod stages;

@@ -510,7 +510,7 @@ fn tables_show_seed_statistics_missing_cells_and_paper_deltas() {
         <tr><th scope="row">256</th><td class="missing">—</td><td class="num" data-mean="2.2560000000000002" data-std="0" data-n="2" title="n = 2">2.26 ± 0.00</td><td></td><td></td></tr>
         <tr><th scope="row">512</th><td class="num" data-mean="1.512" data-std="0" data-n="2" title="n = 2">1.51 ± 0.00</td><td class="num" data-mean="0.9" data-std="0.14142135623730948" data-n="2" title="n = 2">0.90 ± 0.14</td><td class="num paper" data-value="0.76">0.76</td><td class="num delta pos" data-value="0.14" style="background:rgba(33,102,172,0.47)">+0.14</td></tr>
         </tbody>
-        <tfoot><tr><td colspan="5">2 of 8 cells have no finished run (—).<br>Paper: a paper<br>Paper claim: DVQ is better.</td></tr></tfoot>
+        <tfoot><tr><td colspan="5">2 of 8 cells have no finished run (—).<br/>Paper: a paper<br/>Paper claim: DVQ is better.</td></tr></tfoot>
         </table>
     "#]].assert_eq(&t.render(Format::Html));
 }

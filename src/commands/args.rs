@@ -150,6 +150,25 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "md")]
         format: Format,
     },
+    /// Write an HTML report of an experiment: its table beside the paper's values, training
+    /// curves, codebook use and every cell's run, from the registry and the run folders.
+    ///
+    /// Example: beatlab report quickstart -o reports/quickstart --open
+    Report {
+        /// Experiment name (a file in experiments/) or a path to a spec.
+        name: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output folder for index.html and its plots (default: reports/<experiment>).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Only runs matching EXPR (as `beatlab runs --where`); cells without one are left out.
+        #[arg(long = "where", value_name = "EXPR")]
+        filter: Option<String>,
+        /// Open the page in the desktop's browser (xdg-open) when it is written.
+        #[arg(long)]
+        open: bool,
+    },
     /// Run the missing cells of `experiments/NAME.toml`, then print its table.
     ///
     /// Example: beatlab reproduce table18_beat_fast

@@ -118,6 +118,13 @@ pub fn run(cli: Cli) -> Result<Exit> {
             print!("{}", table::build(&plan, registry.as_ref())?.render(format));
             Ok(Exit::Done)
         }
+        Command::Report {
+            name,
+            sets,
+            output,
+            filter,
+            open,
+        } => report(g, &name, sets, output, filter.as_deref(), open),
         Command::Runs {
             status,
             experiment,
@@ -525,6 +532,45 @@ fn runs(
             r.started_at.map(format_time).unwrap_or_default(),
             r.cell_label
         );
+    }
+    Ok(Exit::Done)
+}
+
+/// `beatlab report`: gathers the experiment's runs and writes its page.
+fn report(
+    g: &Global,
+    name: &str,
+    sets: Vec<String>,
+    output: Option<PathBuf>,
+    filter: Option<&str>,
+    open: bool,
+) -> Result<Exit> {
+    let (_, plan) = load_plan(g, &experiment_file(name)?, sets)?;
+    let query = parse_where(filter)?;
+    let out = output.unwrap_or_else(|| Path::new("reports").join(&plan.experiment));
+    if out.exists() && !out.is_dir() {
+        return Err(bad(anyhow::anyhow!(
+            "--output {}: not a folder (the report is a folder holding index.html and plots/)",
+            out.display()
+        )));
+    }
+    let registry = open_for_reading(g)?;
+    let data = beatlab::report::gather(
+        &plan,
+        registry.as_ref(),
+        &g.runs_dir,
+        filter.zip(query.as_ref()),
+    )?;
+    let index = beatlab::report::write(&data, &out)?;
+    println!("{}", index.display());
+    if open {
+        let status = std::process::Command::new("xdg-open").arg(&index).status();
+        if !matches!(&status, Ok(s) if s.success()) {
+            eprintln!(
+                "could not open {} (xdg-open: {status:?}); open it in a browser",
+                index.display()
+            );
+        }
     }
     Ok(Exit::Done)
 }

@@ -9,7 +9,7 @@ use crate::registry::{Registry, RegistryError};
 use crate::spec::{Plan, Spec, get_field, sweep::same_value};
 
 /// Cell hash -> summary of its latest finished run.
-type Finished = HashMap<String, BTreeMap<String, f64>>;
+pub type Finished = HashMap<String, BTreeMap<String, f64>>;
 
 /// The seed axis `[sweep] seeds` adds; the table aggregates over it.
 const SEED_KEY: &str = "experiment.seed";
@@ -37,11 +37,17 @@ pub fn build(plan: &Plan, registry: Option<&Registry>) -> Result<Table, Registry
         Some(r) => r.finished_summaries(&hashes)?,
         None => Default::default(),
     };
+    Ok(from_summaries(plan, &finished))
+}
+
+/// Builds the table of a plan from the summaries of the cells' finished runs, by cell hash (a
+/// cell not in `finished` is missing).
+pub fn from_summaries(plan: &Plan, finished: &Finished) -> Table {
     let t = &plan.base.table;
     if t.metrics.is_empty() && t.rows.is_empty() && t.columns.is_empty() {
-        return Ok(every_summary(plan, &finished));
+        return every_summary(plan, finished);
     }
-    Ok(grid(plan, &layout(plan, &finished), &finished))
+    grid(plan, &layout(plan, finished), finished)
 }
 
 fn layout(plan: &Plan, finished: &Finished) -> Layout {
@@ -164,6 +170,7 @@ fn header(
         .map(|f| Column {
             label: labels.field(f),
             kind: ColumnKind::Key,
+            group: String::new(),
         })
         .collect();
     for col in col_keys {
@@ -185,6 +192,7 @@ fn header(
                 kind: ColumnKind::Metric {
                     metric: metric.clone(),
                 },
+                group: group_label.clone(),
             });
             if has_paper(col, m) {
                 columns.push(Column {
@@ -192,10 +200,12 @@ fn header(
                     kind: ColumnKind::Paper {
                         metric: metric.clone(),
                     },
+                    group: group_label.clone(),
                 });
                 columns.push(Column {
                     label: "Δ".into(),
                     kind: ColumnKind::Delta { metric },
+                    group: group_label.clone(),
                 });
             }
         }
@@ -254,15 +264,20 @@ fn every_summary(plan: &Plan, finished: &Finished) -> Table {
     let mut columns = vec![Column {
         label: "metric".into(),
         kind: ColumnKind::Key,
+        group: String::new(),
     }];
-    columns.extend(plan.cells.iter().map(|c| Column {
-        label: match plan.cells.len() {
+    columns.extend(plan.cells.iter().map(|c| {
+        let label = match plan.cells.len() {
             1 => c.short_hash().to_string(),
             _ => c.label(),
-        },
-        kind: ColumnKind::Metric {
-            metric: String::new(),
-        },
+        };
+        Column {
+            group: label.clone(),
+            label,
+            kind: ColumnKind::Metric {
+                metric: String::new(),
+            },
+        }
     }));
     let rows = metrics
         .iter()

@@ -12,7 +12,7 @@
 mod build;
 pub mod render;
 
-pub use build::build;
+pub use build::{Finished, build, from_summaries};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,6 +49,9 @@ pub struct Table {
 pub struct Column {
     pub label: String,
     pub kind: ColumnKind,
+    /// The label of the column group (`[table] columns` values) the column belongs to; empty
+    /// for row keys and for a table without column groups.
+    pub group: String,
 }
 
 /// What a column holds.

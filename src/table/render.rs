@@ -246,7 +246,7 @@ pub fn html(t: &Table) -> String {
             t.columns.len().max(1)
         ));
         let lines: Vec<String> = footer.iter().map(|l| html_escape(l)).collect();
-        s.push_str(&lines.join("<br>"));
+        s.push_str(&lines.join("<br/>"));
         s.push_str("</td></tr></tfoot>\n");
     }
     s.push_str("</table>\n");
