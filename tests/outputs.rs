@@ -120,3 +120,153 @@ fn a_full_stdout_is_an_error_not_a_panic() {
         stderr(&out)
     );
 }
+
+/// A Beat-only toy run: its data cache (~750 KB) fits in [`SMALL_FS`], its first checkpoint
+/// (~580 KB with the optimiser state) does not.
+const FULL_DISK_SPEC: &str = r#"
+[experiment]
+name = "full"
+
+[data]
+source = "synthetic"
+synthetic_records = 40
+synthetic_duration_s = 4.0
+val_fraction = 0.2
+test_fraction = 0.2
+
+[beat]
+input_len = 250
+predict_len = 125
+width = 32
+head_dim = 8
+heads = 4
+depth = 1
+decoder_depth = 1
+codebook_size = 32
+
+[[stage]]
+name = "beat"
+kind = "beat"
+epochs = 3
+batch = 8
+checkpoint_every = 0
+checkpoint_every_steps = 3
+"#;
+
+/// The size of the file system the disk-full test runs on.
+const SMALL_FS: &str = "1100k";
+
+/// A tmpfs mounted over a folder for one test, unmounted when dropped.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// `None` (the test is skipped) where mounting is not allowed (not root) outside CI; in CI
+    /// (`CI` or `BEATLAB_TEST_SETUP` set, as root) a failed mount fails the test.
+    fn mount() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={SMALL_FS}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Self { dir }),
+            other => {
+                let why = format!("cannot mount a {SMALL_FS} tmpfs (needs root): {other:?}");
+                let ci = ["CI", "BEATLAB_TEST_SETUP"]
+                    .iter()
+                    .any(|v| std::env::var_os(v).is_some());
+                assert!(!ci, "{why}");
+                eprintln!("skipping the disk-full test: {why}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path()).status();
+    }
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Disk full during a checkpoint write (issue #14.13): the run fails with the OS's error
+/// naming the checkpoint, no temporary file is left, the registry still opens and records the
+/// failure; once there is room, `resume` finishes it with the results of an uninterrupted run.
+#[test]
+fn a_full_disk_fails_the_run_cleanly_and_resume_finishes_it() {
+    let Some(fs) = SmallFs::mount() else {
+        return;
+    };
+    let dir = fs.path().join("a");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("spec.toml"), FULL_DISK_SPEC).unwrap();
+    let out = beatlab(&dir, &["run", "spec.toml", "--quiet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("beat-00000003.safetensors: No space left on device"),
+        "{err}"
+    );
+    let files = files_under(&dir);
+    assert!(
+        files.iter().all(|f| !f.contains(".tmp-")),
+        "a temporary file was left: {files:?}"
+    );
+    let (_, run) = common::only_run(&dir);
+    assert_eq!(run.status, beatlab::registry::RunStatus::Failed);
+    assert!(
+        run.error
+            .as_deref()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "{:?}",
+        run.error
+    );
+
+    fs.resize("16m");
+    let out = beatlab(&dir, &["resume", &run.id, "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (reg, resumed) = common::only_run(&dir);
+    assert_eq!(resumed.status, beatlab::registry::RunStatus::Finished);
+
+    let clean = fs.path().join("b");
+    std::fs::create_dir(&clean).unwrap();
+    std::fs::write(clean.join("spec.toml"), FULL_DISK_SPEC).unwrap();
+    let out = beatlab(&clean, &["run", "spec.toml", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (clean_reg, clean_run) = common::only_run(&clean);
+    let summaries = reg.summaries(&resumed.id).unwrap();
+    assert!(summaries.contains_key("beat/test/loss"), "{summaries:?}");
+    assert_eq!(summaries, clean_reg.summaries(&clean_run.id).unwrap());
+}
