@@ -304,6 +304,29 @@ struct TorchRound {
 
 const PHASES: [&str; 4] = ["forward", "backward", "clip_adamw", "codebook_ema"];
 
+/// What the timed rounds measured, for the notes and details.
+struct Measured {
+    params: usize,
+    threads: usize,
+    flops: StepFlops,
+    our_loss: f32,
+    their_loss: f64,
+    /// The best f32 matmul rate in candle, before and after the rounds.
+    our_peak: f64,
+    /// The higher of the two peaks: both utilisations are taken against it.
+    machine_peak: f64,
+    our_phase_ms: [f64; 4],
+    their_phase_ms: Option<[f64; 4]>,
+    ours_rate: f64,
+    theirs_rate: Option<f64>,
+}
+
+impl Measured {
+    fn achieved(&self, windows_per_s: f64, batch: usize) -> f64 {
+        self.flops.total() * windows_per_s / batch as f64 / 1e9
+    }
+}
+
 /// Runs the benchmark: our warm-up, the peer's set-up and warm-up, then our timed rounds
 /// alternating with the peer's (same shapes, threads and steps).
 pub fn run(
@@ -335,28 +358,7 @@ pub fn run(
     let mut session = match peer {
         Some(peer) => {
             progress("beat: starting the PyTorch peer (bench/beat_torch.py): peak, warm-up");
-            let args = [
-                ("--batch", options.batch.to_string()),
-                ("--warmup", options.warmup.to_string()),
-                ("--steps", steps.to_string()),
-                ("--threads", threads.to_string()),
-                ("--device", torch_device(&options.device)),
-                ("--expect-params", params.to_string()),
-                ("--peak-size", options.peak_size.to_string()),
-                ("--peak-reps", options.peak_reps.to_string()),
-                ("--seed", options.seed.to_string()),
-            ]
-            .into_iter()
-            .flat_map(|(k, v)| [k.to_string(), v])
-            .collect::<Vec<_>>();
-            let (session, hello): (_, TorchHello) = peer.start("beat_torch.py", &args)?;
-            if hello.params != params {
-                return Err(BenchError::Mismatch {
-                    benchmark: "beat",
-                    what: format!("parameter counts: ours {params}, PyTorch {}", hello.params),
-                });
-            }
-            Some((session, hello))
+            Some(start_peer(peer, options, params, threads)?)
         }
         None => None,
     };
@@ -402,57 +404,151 @@ pub fn run(
     )?);
     let their_hello = finish_peer(session)?;
     let medians = |phases: &[Vec<f64>; 4]| phases.clone().map(|p| super::median(&p));
-    let our_phase_ms = medians(&our_phases);
-    let their_phase_ms = their_hello.as_ref().map(|_| medians(&their_phases));
-    let ours_rate = ours.median_wall();
-    let theirs_rate = their_hello.as_ref().map(|_| theirs.median_wall());
+    let measured = Measured {
+        params,
+        threads,
+        flops,
+        our_loss,
+        their_loss,
+        our_peak,
+        machine_peak: their_hello
+            .as_ref()
+            .map_or(our_peak, |t| our_peak.max(t.peak_gflops)),
+        our_phase_ms: medians(&our_phases),
+        their_phase_ms: their_hello.as_ref().map(|_| medians(&their_phases)),
+        ours_rate: ours.median_wall(),
+        theirs_rate: their_hello.as_ref().map(|_| theirs.median_wall()),
+    };
+    Ok(Comparison {
+        benchmark: "beat".into(),
+        workload: workload(&cfg, options),
+        unit: "windows/s".into(),
+        goal: None,
+        notes: notes(&measured, options, their_hello.as_ref()),
+        details: details(
+            &measured,
+            &cfg,
+            options,
+            their_hello.as_ref(),
+            &ours,
+            &theirs,
+        ),
+        ..Comparison::from_rates(
+            &ours,
+            their_hello.map(|t| (format!("pytorch {}", t.torch), &theirs)),
+        )
+    })
+}
 
-    let machine_peak = their_hello
-        .as_ref()
-        .map_or(our_peak, |t| our_peak.max(t.peak_gflops));
-    let achieved = |windows_per_s: f64| flops.total() * windows_per_s / options.batch as f64 / 1e9;
-    let percent = |windows_per_s: f64| 100.0 * achieved(windows_per_s) / machine_peak;
-    let with_peer =
-        |f: &dyn Fn(&TorchHello) -> String| their_hello.as_ref().map_or(String::new(), f);
-    let mut notes = vec![
+/// Starts `bench/beat_torch.py` with our shapes and checks its parameter count.
+fn start_peer(
+    peer: &Peer,
+    options: &BeatOptions,
+    params: usize,
+    threads: usize,
+) -> Result<(super::PeerSession, TorchHello), BenchError> {
+    let args = [
+        ("--batch", options.batch.to_string()),
+        ("--warmup", options.warmup.to_string()),
+        ("--steps", options.steps.max(1).to_string()),
+        ("--threads", threads.to_string()),
+        ("--device", torch_device(&options.device)),
+        ("--expect-params", params.to_string()),
+        ("--peak-size", options.peak_size.to_string()),
+        ("--peak-reps", options.peak_reps.to_string()),
+        ("--seed", options.seed.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect::<Vec<_>>();
+    let (session, hello): (_, TorchHello) = peer.start("beat_torch.py", &args)?;
+    if hello.params != params {
+        return Err(BenchError::Mismatch {
+            benchmark: "beat",
+            what: format!("parameter counts: ours {params}, PyTorch {}", hello.params),
+        });
+    }
+    Ok((session, hello))
+}
+
+/// The workload in words.
+fn workload(cfg: &BeatConfig, options: &BeatOptions) -> String {
+    format!(
+        "Beat training steps (paper config: codebook {}, input {}, predict {}, width {}, depth {} + {}, {} heads of {}, DVQ {} levels, AdamW, clip 1.0, EMA update), batch {}, {}",
+        cfg.codebook_size,
+        cfg.input_len,
+        cfg.predict_len,
+        cfg.width,
+        cfg.encoder_depth,
+        cfg.decoder_depth,
+        cfg.heads,
+        cfg.head_dim.unwrap_or(cfg.width / cfg.heads),
+        cfg.dvq_levels,
+        options.batch,
+        torch_device(&options.device)
+    )
+}
+
+/// The report's notes: parameters and losses, FLOPs, peaks, achieved rates, phase times.
+fn notes(m: &Measured, options: &BeatOptions, their_hello: Option<&TorchHello>) -> Vec<String> {
+    let batch = options.batch;
+    let percent = |windows_per_s: f64| 100.0 * m.achieved(windows_per_s, batch) / m.machine_peak;
+    let with_peer = |f: &dyn Fn(&TorchHello) -> String| their_hello.map_or(String::new(), f);
+    let fmt_phases =
+        |p: &[f64; 4]| format!("{:.0} / {:.0} / {:.0} / {:.0}", p[0], p[1], p[2], p[3]);
+    let (our_loss, their_loss, our_peak) = (m.our_loss, m.their_loss, m.our_peak);
+    vec![
         format!(
-            "model: {params} trainable parameters{}; loss after the last step: ours {our_loss:.4}{}",
+            "model: {} trainable parameters{}; loss after the last step: ours {our_loss:.4}{}",
+            m.params,
             with_peer(&|_| " (PyTorch: the same count)".into()),
             with_peer(&|_| format!(", PyTorch {their_loss:.4}")),
         ),
         format!(
             "matrix-product FLOPs per step (analytic): forward {:.1} G, backward {:.1} G, total {:.1} G",
-            flops.forward / 1e9,
-            flops.backward / 1e9,
-            flops.total() / 1e9
+            m.flops.forward / 1e9,
+            m.flops.backward / 1e9,
+            m.flops.total() / 1e9
         ),
         format!(
-            "f32 matmul peak ({0} x {0}, best of {2} before and {2} after the rounds), threads: {threads}: candle {our_peak:.0} GFLOP/s{1}",
+            "f32 matmul peak ({0} x {0}, best of {2} before and {2} after the rounds), threads: {3}: candle {our_peak:.0} GFLOP/s{1}",
             options.peak_size,
             with_peer(&|t| format!(
                 ", PyTorch {:.0} GFLOP/s (best of {}, threads: {})",
                 t.peak_gflops, options.peak_reps, t.threads
             )),
             options.peak_reps,
+            m.threads,
         ),
         format!(
-            "achieved: ours {:.1} GFLOP/s ({:.1}% of {machine_peak:.0}){}",
-            achieved(ours_rate),
-            percent(ours_rate),
-            theirs_rate.map_or(String::new(), |r| format!(
+            "achieved: ours {:.1} GFLOP/s ({:.1}% of {:.0}){}",
+            m.achieved(m.ours_rate, batch),
+            percent(m.ours_rate),
+            m.machine_peak,
+            m.theirs_rate.map_or(String::new(), |r| format!(
                 ", PyTorch {:.1} GFLOP/s ({:.1}%)",
-                achieved(r),
+                m.achieved(r, batch),
                 percent(r)
             )),
         ),
-    ];
-    let fmt_phases =
-        |p: &[f64; 4]| format!("{:.0} / {:.0} / {:.0} / {:.0}", p[0], p[1], p[2], p[3]);
-    notes.push(format!(
-        "median ms per step, forward / backward / clip + AdamW / codebook EMA: ours {}{}",
-        fmt_phases(&our_phase_ms),
-        their_phase_ms.map_or(String::new(), |p| format!("; PyTorch {}", fmt_phases(&p)))
-    ));
+        format!(
+            "median ms per step, forward / backward / clip + AdamW / codebook EMA: ours {}{}",
+            fmt_phases(&m.our_phase_ms),
+            m.their_phase_ms
+                .map_or(String::new(), |p| format!("; PyTorch {}", fmt_phases(&p)))
+        ),
+    ]
+}
+
+/// The report's machine-readable details.
+fn details(
+    m: &Measured,
+    cfg: &BeatConfig,
+    options: &BeatOptions,
+    their_hello: Option<&TorchHello>,
+    ours: &super::Rates,
+    theirs: &super::Rates,
+) -> serde_json::Value {
     let phase_json = |p: &[f64; 4]| {
         PHASES
             .iter()
@@ -460,47 +556,22 @@ pub fn run(
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect::<serde_json::Map<_, _>>()
     };
-    let details = serde_json::json!({
-        "config": &cfg,
+    serde_json::json!({
+        "config": cfg,
         "batch": options.batch,
-        "threads": threads,
-        "params": params,
-        "flops_per_step": { "forward": flops.forward, "backward": flops.backward },
-        "peak_gflops": { "candle": our_peak, "torch": their_hello.as_ref().map(|t| t.peak_gflops) },
+        "threads": m.threads,
+        "params": m.params,
+        "flops_per_step": { "forward": m.flops.forward, "backward": m.flops.backward },
+        "peak_gflops": { "candle": m.our_peak, "torch": their_hello.map(|t| t.peak_gflops) },
         "achieved_gflops": {
-            "ours": achieved(ours_rate),
-            "torch": theirs_rate.map(achieved),
+            "ours": m.achieved(m.ours_rate, options.batch),
+            "torch": m.theirs_rate.map(|r| m.achieved(r, options.batch)),
         },
         "phase_ms": {
-            "ours": phase_json(&our_phase_ms),
-            "torch": their_phase_ms.as_ref().map(phase_json),
+            "ours": phase_json(&m.our_phase_ms),
+            "torch": m.their_phase_ms.as_ref().map(phase_json),
         },
         "rounds_windows_per_s": { "ours": &ours.wall, "torch": &theirs.wall },
-    });
-    Ok(Comparison {
-        benchmark: "beat".into(),
-        workload: format!(
-            "Beat training steps (paper config: codebook {}, input {}, predict {}, width {}, depth {} + {}, {} heads of {}, DVQ {} levels, AdamW, clip 1.0, EMA update), batch {}, {}",
-            cfg.codebook_size,
-            cfg.input_len,
-            cfg.predict_len,
-            cfg.width,
-            cfg.encoder_depth,
-            cfg.decoder_depth,
-            cfg.heads,
-            cfg.head_dim.unwrap_or(cfg.width / cfg.heads),
-            cfg.dvq_levels,
-            options.batch,
-            torch_device(&options.device)
-        ),
-        unit: "windows/s".into(),
-        goal: None,
-        notes,
-        details,
-        ..Comparison::from_rates(
-            &ours,
-            their_hello.map(|t| (format!("pytorch {}", t.torch), &theirs)),
-        )
     })
 }
 

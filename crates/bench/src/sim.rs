@@ -127,76 +127,15 @@ fn check_same_work(ours: &Shape, theirs: &SimHello) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Runs the benchmark: ours, then the peer on as many records of the same length and rate.
-pub fn run(
-    options: &SimOptions,
-    peer: Option<&Peer>,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Comparison, BenchError> {
-    let cfg = sim_config();
-    let records = options.records.max(1);
-    progress(&format!(
-        "sim: simulating {records} records of {} s at {} Hz ({} timed rounds)",
-        cfg.duration_s, cfg.fs, options.rounds
-    ));
-    let warm = std::time::Instant::now();
-    let made = generate(&cfg, records, options.seed);
-    // Enough passes per round for a second of work: the CPU clock ticks in 10 ms.
-    let passes = (1.0 / warm.elapsed().as_secs_f64().max(1e-3))
-        .ceil()
-        .max(1.0) as usize;
-    let shape = Shape::of(&made);
-    drop(made);
-    let mut conditions: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for record in generate_with_truth(&cfg, records, options.seed) {
-        *conditions.entry(record.truth.condition.name()).or_default() += 1;
-    }
-    let mut session = match peer {
-        Some(peer) => {
-            progress(&format!(
-                "sim: starting the NeuroKit2 peer (bench/sim_neurokit.py): one untimed pass of {records} records"
-            ));
-            let args: Vec<String> = [
-                "--records".to_string(),
-                records.to_string(),
-                "--seed".into(),
-                options.seed.to_string(),
-                "--duration".into(),
-                cfg.duration_s.to_string(),
-                "--sampling-rate".into(),
-                (cfg.fs.round() as u64).to_string(),
-                "--min-seconds".into(),
-                "1".into(),
-            ]
-            .into();
-            let (session, hello) = peer.start::<SimHello>("sim_neurokit.py", &args)?;
-            check_same_work(&shape, &hello)?;
-            Some((session, hello))
-        }
-        None => None,
-    };
-    progress(&format!(
-        "sim: {} timed rounds{}",
-        options.rounds,
-        if session.is_some() {
-            ", ours and neurokit2's alternating"
-        } else {
-            ""
-        }
-    ));
-    let (ours, theirs) = alternate(
-        options.rounds,
-        session.as_mut().map(|(session, _)| session),
-        || {
-            let timer = Timer::start();
-            for _ in 0..passes {
-                std::hint::black_box(generate(&cfg, records, options.seed));
-            }
-            Ok(((records * passes) as f64, timer.stop()))
-        },
-        |_: &PeerRound<serde_json::Value>| Ok(()),
-    )?;
-    let theirs_hello = finish_peer(session)?;
+/// The report's notes: samples per second, what each side simulates, passes per round.
+fn notes(
+    shape: &Shape,
+    records: usize,
+    passes: usize,
+    conditions: &BTreeMap<&'static str, usize>,
+    (ours, theirs): (&super::Rates, &super::Rates),
+    theirs_hello: Option<&SimHello>,
+) -> Vec<String> {
     let samples_per_record =
         (shape.leads.unwrap_or(0) * shape.samples_per_record.unwrap_or(0)) as f64;
     let drawn: Vec<String> = conditions.iter().map(|(c, n)| format!("{n} {c}")).collect();
@@ -228,12 +167,107 @@ pub fn run(
          wave positions. Both sides run on one thread"
             .into(),
     ];
-    if let Some(hello) = &theirs_hello {
+    if let Some(hello) = theirs_hello {
         notes.push(format!(
             "passes per round: ours {passes} x {records} records, neurokit2 {} x {records}",
             hello.passes
         ));
     }
+    notes
+}
+
+/// Starts `bench/sim_neurokit.py` on as many records of the same length and rate, and checks
+/// it makes the same work.
+fn start_peer(
+    peer: &Peer,
+    cfg: &SimConfig,
+    records: usize,
+    seed: u64,
+    shape: &Shape,
+) -> Result<(super::PeerSession, SimHello), BenchError> {
+    let args: Vec<String> = [
+        "--records".to_string(),
+        records.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+        "--duration".into(),
+        cfg.duration_s.to_string(),
+        "--sampling-rate".into(),
+        (cfg.fs.round() as u64).to_string(),
+        "--min-seconds".into(),
+        "1".into(),
+    ]
+    .into();
+    let (session, hello) = peer.start::<SimHello>("sim_neurokit.py", &args)?;
+    check_same_work(shape, &hello)?;
+    Ok((session, hello))
+}
+
+/// Runs the benchmark: ours, then the peer on as many records of the same length and rate.
+pub fn run(
+    options: &SimOptions,
+    peer: Option<&Peer>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Comparison, BenchError> {
+    let cfg = sim_config();
+    let records = options.records.max(1);
+    progress(&format!(
+        "sim: simulating {records} records of {} s at {} Hz ({} timed rounds)",
+        cfg.duration_s, cfg.fs, options.rounds
+    ));
+    let warm = std::time::Instant::now();
+    let made = generate(&cfg, records, options.seed);
+    // Enough passes per round for a second of work: the CPU clock ticks in 10 ms.
+    let passes = (1.0 / warm.elapsed().as_secs_f64().max(1e-3))
+        .ceil()
+        .max(1.0) as usize;
+    let shape = Shape::of(&made);
+    drop(made);
+    let mut conditions: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for record in generate_with_truth(&cfg, records, options.seed) {
+        *conditions.entry(record.truth.condition.name()).or_default() += 1;
+    }
+    let mut session = match peer {
+        Some(peer) => {
+            progress(&format!(
+                "sim: starting the NeuroKit2 peer (bench/sim_neurokit.py): one untimed pass of {records} records"
+            ));
+            Some(start_peer(peer, &cfg, records, options.seed, &shape)?)
+        }
+        None => None,
+    };
+    progress(&format!(
+        "sim: {} timed rounds{}",
+        options.rounds,
+        if session.is_some() {
+            ", ours and neurokit2's alternating"
+        } else {
+            ""
+        }
+    ));
+    let (ours, theirs) = alternate(
+        options.rounds,
+        session.as_mut().map(|(session, _)| session),
+        || {
+            let timer = Timer::start();
+            for _ in 0..passes {
+                std::hint::black_box(generate(&cfg, records, options.seed));
+            }
+            Ok(((records * passes) as f64, timer.stop()))
+        },
+        |_: &PeerRound<serde_json::Value>| Ok(()),
+    )?;
+    let theirs_hello = finish_peer(session)?;
+    let samples_per_record =
+        (shape.leads.unwrap_or(0) * shape.samples_per_record.unwrap_or(0)) as f64;
+    let notes = notes(
+        &shape,
+        records,
+        passes,
+        &conditions,
+        (&ours, &theirs),
+        theirs_hello.as_ref(),
+    );
     Ok(Comparison {
         benchmark: "sim".into(),
         workload: format!(
