@@ -9,6 +9,7 @@ pub mod delineate;
 pub mod dsp;
 pub mod error;
 pub mod flexible;
+pub mod grounding;
 pub mod ludb;
 pub mod mat;
 pub mod preprocess;
