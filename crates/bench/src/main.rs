@@ -11,7 +11,8 @@ use beatlab_bench::mm::MmSize;
 use beatlab_bench::{BenchOptions, Peer, Which};
 use clap::Parser;
 
-/// Speed against peers in one invocation, with ratios: Beat training (PyTorch), registry
+/// Speed against peers in one invocation, with ratios: Beat training (PyTorch), the multimodal
+/// Qwen2 + LoRA step and SigLIP forward (PyTorch + transformers), registry
 /// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2),
 /// `--where` filtering (the same filter in SQLite's SQL), LUDB delineation (NeuroKit2, ecgdeli).
 /// `scripts/bench.sh` sets up the peers' Python environment.
