@@ -1427,7 +1427,9 @@ fn scale_options(options: &[&str], correct: usize) -> Option<(Vec<String>, usize
 
 fn closed_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts, pools: &Pools, n: usize) -> Vec<Draft> {
     let mut drafts = closed_finding_drafts(rng, f, pools, n);
-    drafts.extend(closed_interval_drafts(rng, f));
+    for scale in &INTERVAL_SCALES {
+        drafts.extend(scale_draft(rng, f, scale));
+    }
     drafts.extend(closed_patient_drafts(rng, f));
     drafts
 }
@@ -1481,85 +1483,93 @@ fn closed_finding_drafts(
             ));
         }
     }
-    if let Some(hr) = f.heart_rate_bpm {
-        let stem = pick(
-            rng,
-            &[
-                "what is the ventricular rate?",
-                "which range does the heart rate fall into?",
-            ],
-        );
-        drafts.push(Draft::choice(
-            Dimension::Rhythm,
-            stem,
-            scale_options(&RATE_OPTIONS, rate_category(hr)),
-            Some(format!("The heart rate is {hr:.0} bpm.")),
-        ));
-    }
+    drafts.extend(scale_draft(rng, f, &RATE_SCALE));
     drafts
 }
 
-/// Closed questions on the PR, QRS and QTc intervals.
-fn closed_interval_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
-    let mut drafts = Vec::new();
-    if let Some(pr) = f.pr_ms {
-        let stem = pick(
-            rng,
-            &[
-                "how is the PR interval best described?",
-                "what is the PR interval?",
-            ],
-        );
-        let category = pr_category(pr);
-        drafts.push(Draft::choice(
-            Dimension::Waveform,
-            stem,
-            scale_options(&PR_OPTIONS, category),
-            Some(format!(
-                "The PR interval is {pr:.0} ms, {}.",
-                PR_MEANING[category]
-            )),
-        ));
-    }
-    if let Some(qrs) = f.qrs_ms {
-        let stem = pick(
-            rng,
-            &[
-                "how wide is the QRS complex?",
-                "how is the QRS duration best described?",
-            ],
-        );
-        let category = qrs_category(qrs);
-        drafts.push(Draft::choice(
-            Dimension::Waveform,
-            stem,
-            scale_options(&QRS_OPTIONS, category),
-            Some(format!(
-                "The QRS duration is {qrs:.0} ms, {}.",
-                QRS_MEANING[category]
-            )),
-        ));
-    }
-    if let Some(qtc) = f.qtc_ms() {
-        let stem = pick(
-            rng,
-            &[
-                "how is the corrected QT interval (QTc) best described?",
-                "is the QTc short, normal or prolonged?",
-            ],
-        );
-        let category = qtc_category(qtc, f.sex);
-        drafts.push(Draft::choice(
-            Dimension::Waveform,
-            stem,
-            scale_options(&QTC_OPTIONS, category),
-            Some(format!(
-                "The QTc (Bazett) is {qtc:.0} ms, {}.",
-                QTC_MEANING[category]
-            )),
-        ));
-    }
-    drafts
+/// A closed question on a measurement, answered by the category it falls into.
+struct Scale {
+    dimension: Dimension,
+    stems: &'static [&'static str],
+    value: fn(&RecordFacts) -> Option<f32>,
+    options: &'static [&'static str],
+    category: fn(f32, &RecordFacts) -> usize,
+    /// The grounding sentence for the value and its category.
+    evidence: fn(f32, usize) -> String,
+}
+
+const RATE_SCALE: Scale = Scale {
+    dimension: Dimension::Rhythm,
+    stems: &[
+        "what is the ventricular rate?",
+        "which range does the heart rate fall into?",
+    ],
+    value: |f| f.heart_rate_bpm,
+    options: &RATE_OPTIONS,
+    category: |hr, _| rate_category(hr),
+    evidence: |hr, _| format!("The heart rate is {hr:.0} bpm."),
+};
+
+/// The closed questions on the PR, QRS and QTc intervals, in the order they are asked.
+const INTERVAL_SCALES: [Scale; 3] = [
+    Scale {
+        dimension: Dimension::Waveform,
+        stems: &[
+            "how is the PR interval best described?",
+            "what is the PR interval?",
+        ],
+        value: |f| f.pr_ms,
+        options: &PR_OPTIONS,
+        category: |pr, _| pr_category(pr),
+        evidence: |pr, c| format!("The PR interval is {pr:.0} ms, {}.", PR_MEANING[c]),
+    },
+    Scale {
+        dimension: Dimension::Waveform,
+        stems: &[
+            "how wide is the QRS complex?",
+            "how is the QRS duration best described?",
+        ],
+        value: |f| f.qrs_ms,
+        options: &QRS_OPTIONS,
+        category: |qrs, _| qrs_category(qrs),
+        evidence: |qrs, c| format!("The QRS duration is {qrs:.0} ms, {}.", QRS_MEANING[c]),
+    },
+    Scale {
+        dimension: Dimension::Waveform,
+        stems: &[
+            "how is the corrected QT interval (QTc) best described?",
+            "is the QTc short, normal or prolonged?",
+        ],
+        value: RecordFacts::qtc_ms,
+        options: &QTC_OPTIONS,
+        category: |qtc, f| qtc_category(qtc, f.sex),
+        evidence: |qtc, c| format!("The QTc (Bazett) is {qtc:.0} ms, {}.", QTC_MEANING[c]),
+    },
+];
+
+const AXIS_SCALE: Scale = Scale {
+    dimension: Dimension::Misc,
+    stems: &[
+        "what is the electrical axis?",
+        "how is the frontal QRS axis best described?",
+    ],
+    value: |f| f.axis_deg,
+    options: &AXIS_OPTIONS,
+    category: |axis, _| axis_category(axis),
+    evidence: |axis, c| format!("The QRS axis is {axis:.0} degrees, {}.", AXIS_MEANING[c]),
+};
+
+/// The question of `scale` when the record has its value.
+fn scale_draft(rng: &mut ChaCha8Rng, f: &RecordFacts, scale: &Scale) -> Option<Draft> {
+    let value = (scale.value)(f)?;
+    let stem = pick(rng, scale.stems);
+    let category = (scale.category)(value, f);
+    Some(Draft::choice(
+        scale.dimension,
+        stem,
+        scale_options(scale.options, category),
+        Some((scale.evidence)(value, category)),
+    ))
 }
 
 /// Closed questions on the patient's sex and age and the electrical axis.
@@ -1581,25 +1591,7 @@ fn closed_patient_drafts(rng: &mut ChaCha8Rng, f: &RecordFacts) -> Vec<Draft> {
             None,
         ));
     }
-    if let Some(axis) = f.axis_deg {
-        let stem = pick(
-            rng,
-            &[
-                "what is the electrical axis?",
-                "how is the frontal QRS axis best described?",
-            ],
-        );
-        let category = axis_category(axis);
-        drafts.push(Draft::choice(
-            Dimension::Misc,
-            stem,
-            scale_options(&AXIS_OPTIONS, category),
-            Some(format!(
-                "The QRS axis is {axis:.0} degrees, {}.",
-                AXIS_MEANING[category]
-            )),
-        ));
-    }
+    drafts.extend(scale_draft(rng, f, &AXIS_SCALE));
     if let Some(age) = f.age {
         drafts.push(Draft::choice(
             Dimension::Misc,
