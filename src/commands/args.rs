@@ -306,6 +306,23 @@ pub enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Read a long WFDB record and its beat annotations (MIT-BIH style): how it cuts into
+    /// chunks and its abnormal segments (runs of non-normal beats) as anyECG-chat's
+    /// localization answer ("Duration: 1.9s-3.1s, ...").
+    ///
+    /// Example: beatlab data localize mitdb/100 --annotator atr --json
+    Localize {
+        /// A WFDB record: its `.hea` file or its path without extension.
+        record: PathBuf,
+        /// Extension of the annotation file beside the record.
+        #[arg(long, default_value = "atr")]
+        annotator: String,
+        /// Chunk length in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        chunk_s: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a spec's instruction data (the Heartcare item format) and write it as JSONL.
     ///
     /// Example: beatlab data build-instructions experiments/pipeline_ablation.toml -o items.jsonl

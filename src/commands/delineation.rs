@@ -1,5 +1,5 @@
-//! `beatlab data delineate`, `data measure` and `data score-delineation`: thin wrappers over
-//! beatlab_ecg::delineate.
+//! `beatlab data delineate`, `data measure`, `data score-delineation` and `data localize`: thin
+//! wrappers over beatlab_ecg::delineate and beatlab_ecg::flexible.
 
 use std::path::Path;
 use std::time::Instant;
@@ -62,6 +62,20 @@ pub fn data_score_delineation(root: &Path, json: bool) -> Result<Exit> {
             score::TOLERANCE_S * 1000.0
         );
         print!("{}", total.to_markdown());
+    }
+    Ok(Exit::Done)
+}
+
+/// A long annotated record's chunks and abnormal segments.
+pub fn data_localize(record: &Path, annotator: &str, chunk_s: f64, json: bool) -> Result<Exit> {
+    let l = beatlab_ecg::flexible::localize_wfdb(record, annotator, chunk_s).map_err(bad)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&l)?);
+    } else {
+        println!(
+            "{}: {:.1} s at {} Hz, {} chunks of {} s, {} beats ({} abnormal)\n{}",
+            l.record, l.duration_s, l.fs, l.chunks, l.chunk_s, l.beats, l.abnormal_beats, l.answer
+        );
     }
     Ok(Exit::Done)
 }

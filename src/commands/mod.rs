@@ -156,6 +156,12 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Data(DataCommand::ScoreDelineation { root, json }) => {
             delineation::data_score_delineation(&root, json)
         }
+        Command::Data(DataCommand::Localize {
+            record,
+            annotator,
+            chunk_s,
+            json,
+        }) => delineation::data_localize(&record, &annotator, chunk_s, json),
         Command::Data(DataCommand::BuildInstructions {
             spec,
             output,

@@ -10,11 +10,19 @@
 //! cannot be parsed scores 0. [`score_localization`] gives the macro mean (of the items' IoUs)
 //! and the micro mean (summed intersections over summed unions).
 
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::DataError;
 use crate::record::{Record, STANDARD_LEADS};
 
 /// Invalid input to the chunking and lead-mask functions.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum FlexibleError {
+    /// The record or its annotation file could not be read.
+    #[error(transparent)]
+    Read(#[from] DataError),
     /// The chunk length is not a positive, finite number of seconds, or is shorter than one
     /// sample at the record's rate.
     #[error(
@@ -60,9 +68,9 @@ pub struct Chunk {
     pub signals: Vec<Vec<f32>>,
 }
 
-/// Cuts `record` into consecutive chunks of `chunk_s` seconds (rounded to whole samples),
-/// the last one zero-padded: a 25-s record gives three 10-s chunks, the third with 5 s of data.
-pub fn chunks(record: &Record, chunk_s: f64) -> Result<Vec<Chunk>, FlexibleError> {
+/// Samples per chunk of `chunk_s` seconds at the record's rate; an empty record or a chunk
+/// under one sample is an error.
+fn chunk_len(record: &Record, chunk_s: f64) -> Result<usize, FlexibleError> {
     let n = record.len();
     if n == 0 || !(record.fs.is_finite() && record.fs > 0.0) {
         return Err(FlexibleError::EmptyRecord {
@@ -79,7 +87,14 @@ pub fn chunks(record: &Record, chunk_s: f64) -> Result<Vec<Chunk>, FlexibleError
             fs: record.fs,
         });
     }
-    let len = per_chunk.round() as usize;
+    Ok(per_chunk.round() as usize)
+}
+
+/// Cuts `record` into consecutive chunks of `chunk_s` seconds (rounded to whole samples),
+/// the last one zero-padded: a 25-s record gives three 10-s chunks, the third with 5 s of data.
+pub fn chunks(record: &Record, chunk_s: f64) -> Result<Vec<Chunk>, FlexibleError> {
+    let n = record.len();
+    let len = chunk_len(record, chunk_s)?;
     Ok((0..n.div_ceil(len))
         .map(|index| {
             let start = index * len;
@@ -150,7 +165,7 @@ pub fn mask_leads(record: &Record, keep: &[&str]) -> Result<MaskedLeads, Flexibl
 }
 
 /// A segment of a record, in seconds from its start.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Interval {
     pub start_s: f64,
     pub end_s: f64,
@@ -273,6 +288,56 @@ pub fn simulated_segments(record: &crate::synthetic::SimRecord) -> Vec<Interval>
         .map(|b| (b.qrs.peak as f64 / fs, b.kind != BeatKind::Sinus))
         .collect();
     abnormal_segments(&flags, record.record.duration_s())
+}
+
+/// A long annotated record's localization truth: how it chunks, and its abnormal segments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Localized {
+    pub record: String,
+    pub fs: f64,
+    pub duration_s: f64,
+    pub chunk_s: f64,
+    /// Chunks of `chunk_s` the record cuts into (the last may be partial).
+    pub chunks: usize,
+    pub beats: usize,
+    /// Beats outside AAMI's normal class ([`is_abnormal_beat`]).
+    pub abnormal_beats: usize,
+    pub segments: Vec<Interval>,
+    /// The reference answer, as [`format_localization`] writes it.
+    pub answer: String,
+}
+
+/// Reads a WFDB record (its `.hea` or its path without extension) and its beat annotations
+/// (the file with extension `annotator`, e.g. `atr`, beside it), and gives its chunk count and
+/// abnormal segments.
+pub fn localize_wfdb(
+    record: &Path,
+    annotator: &str,
+    chunk_s: f64,
+) -> Result<Localized, FlexibleError> {
+    let rec = crate::wfdb::read_record(record)?;
+    let chunks = rec.len().div_ceil(chunk_len(&rec, chunk_s)?);
+    let base = if record.extension().is_some_and(|e| e == "hea") {
+        record.with_extension("")
+    } else {
+        record.to_path_buf()
+    };
+    let mut ann = base.into_os_string();
+    ann.push(".");
+    ann.push(annotator);
+    let beats = crate::annotation::beats(&crate::annotation::read_annotations(&ann)?, rec.fs);
+    let segments = merged(annotated_segments(&beats, rec.duration_s()));
+    Ok(Localized {
+        record: rec.id.clone(),
+        fs: rec.fs,
+        duration_s: rec.duration_s(),
+        chunk_s,
+        chunks,
+        beats: beats.len(),
+        abnormal_beats: beats.iter().filter(|b| is_abnormal_beat(b.symbol)).count(),
+        answer: format_localization(&segments),
+        segments,
+    })
 }
 
 /// Sorted, disjoint segments covering the same time as `segments`.
@@ -469,7 +534,10 @@ mod tests {
     fn unknown_and_missing_leads_are_named() {
         let r = record(&["I"], 500.0, 10);
         let e = mask_leads(&r, &["V7"]).unwrap_err();
-        assert_eq!(e, FlexibleError::UnknownLead { lead: "V7".into() });
+        assert!(
+            matches!(e, FlexibleError::UnknownLead { ref lead } if lead == "V7"),
+            "{e}"
+        );
         let e = mask_leads(&r, &["II"]).unwrap_err().to_string();
         assert!(e.contains("t/1") && e.contains("no lead II"), "{e}");
     }
@@ -581,6 +649,39 @@ mod tests {
         }
         let af = simulate(&cfg, Condition::AtrialFibrillation, 11);
         assert_eq!(simulated_segments(&af), [iv(0.0, 30.0)]);
+    }
+
+    #[test]
+    fn an_annotated_wfdb_record_gives_its_segments_and_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        // 30 s at 100 Hz, one lead of zeros; beats at 0.5 + k s, V at k = 10 and 11, A at 20.
+        std::fs::write(
+            dir.path().join("t.hea"),
+            "t 1 100 3000\nt.dat 16 200 16 0 0 0 0 MLII\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("t.dat"), vec![0u8; 6000]).unwrap();
+        let mut atr = Vec::new();
+        for k in 0..30u16 {
+            let code: u16 = match k {
+                10 | 11 => 5, // V
+                20 => 8,      // A
+                _ => 1,       // N
+            };
+            let diff: u16 = if k == 0 { 50 } else { 100 };
+            atr.extend_from_slice(&((code << 10) | diff).to_le_bytes());
+        }
+        atr.extend_from_slice(&[0, 0]);
+        std::fs::write(dir.path().join("t.atr"), atr).unwrap();
+        let l = localize_wfdb(&dir.path().join("t.hea"), "atr", 10.0).unwrap();
+        assert_eq!((l.chunks, l.beats, l.abnormal_beats), (3, 30, 3));
+        assert_eq!(l.segments, [iv(10.0, 12.0), iv(20.0, 21.0)]);
+        assert_eq!(l.answer, "Duration: 10.0s-12.0s, 20.0s-21.0s");
+        // A missing annotation file names it.
+        let e = localize_wfdb(&dir.path().join("t"), "qrs", 10.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.qrs"), "{e}");
     }
 
     #[test]
