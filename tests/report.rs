@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use beatlab::registry::{Registry, RunStatus};
 
+#[path = "report/browser.rs"]
+mod browser;
+
 /// Two cells (single VQ and DVQ) over two seeds, two epochs each, with a paper value.
 const SPEC: &str = r#"
 [experiment]
@@ -94,13 +97,17 @@ fn by_id<'a>(doc: &'a roxmltree::Document, id: &str) -> roxmltree::Node<'a, 'a> 
         .unwrap_or_else(|| panic!("no element #{id}"))
 }
 
+/// Trains [`SPEC`]'s four cells in `d`.
+fn train(d: &Path) {
+    std::fs::write(d.join("rep.toml"), SPEC).unwrap();
+    ok(&beatlab(d, &["sweep", "rep.toml", "--quiet"]));
+}
+
 #[test]
 fn the_report_of_a_trained_sweep_agrees_with_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("rep.toml"), SPEC).unwrap();
-    ok(&beatlab(d, &["sweep", "rep.toml", "--quiet"]));
-    // One failed run beside them, as a worker records it.
+    train(d);
     let reg = Registry::open_existing(&d.join("reg.db")).unwrap().unwrap();
     let runs = reg.runs(Some("rep"), None).unwrap();
     assert_eq!(runs.len(), 4);
@@ -359,4 +366,69 @@ fn failed_and_missing_cells_and_bad_input() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert!(!d.join("reports").exists(), "no report for bad input");
+}
+
+#[test]
+fn the_page_loads_in_headless_chromium() {
+    let Some(chromium) = browser::chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The checks see what they must reject: a console error and a request of a control page.
+    let control = d.join("control.html");
+    std::fs::write(
+        &control,
+        "<!DOCTYPE html><html><body><img src=\"http://127.0.0.1:9/x.png\">\
+         <script>console.error('control error')</script></body></html>",
+    )
+    .unwrap();
+    let seen = browser::load(&chromium, d, &control);
+    assert!(
+        seen.console.iter().any(|l| l.contains("control error")),
+        "console: {:?}",
+        seen.console
+    );
+    assert_eq!(seen.requests, ["http://127.0.0.1:9/x.png"]);
+
+    train(d);
+    ok(&beatlab(d, &["report", "rep.toml", "-o", "out"]));
+    let index = d.join("out/index.html");
+    let html = std::fs::read_to_string(&index).unwrap();
+    let page = browser::load(&chromium, d, &index);
+    assert_eq!(page.console, Vec::<String>::new(), "no console message");
+    assert_eq!(page.requests, Vec::<String>::new(), "no network request");
+    // The DOM the browser built holds the table and every plot kind, each curve included.
+    for part in [
+        "id=\"summary\"",
+        "<table class=\"beatlab-table\">",
+        "id=\"plot-loss-beat\"",
+        "class=\"plot plot-loss\"",
+        "id=\"plot-code_pct-beat\"",
+        "class=\"plot plot-codebook\"",
+        "<table class=\"cells\">",
+        "id=\"beatlab-data\"",
+    ] {
+        assert!(page.dom.contains(part), "{part} in the DOM");
+    }
+    let curves = |s: &str| s.matches("class=\"curve\"").count();
+    assert_eq!(curves(&page.dom), curves(&html));
+    assert!(
+        curves(&html) >= 4 + 2 * 3,
+        "loss, Code% and perplexity curves"
+    );
+
+    let shot = browser::screenshot(&chromium, d, &index, (1280, 1600));
+    assert_eq!((shot.width, shot.height), (1280, 1600));
+    let inked = shot.inked();
+    assert!(
+        inked > 0.03,
+        "{}: only {inked:.4} of pixels inked",
+        shot.file.display()
+    );
+    // The first two series colours (Okabe-Ito blue and vermillion) are drawn.
+    for rgb in [[0x00, 0x72, 0xB2], [0xD5, 0x5E, 0x00]] {
+        let n = shot.near(rgb, 24);
+        assert!(n > 100, "{rgb:?}: {n} pixels in {}", shot.file.display());
+    }
 }
