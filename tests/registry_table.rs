@@ -601,3 +601,86 @@ fn every_format_escapes_its_special_characters_and_names_averaged_axes() {
         "{csv}"
     );
 }
+
+/// A registry row edited by hand or by another tool (text in a number column, a status no
+/// version wrote) is an error naming the column, never a panic (issue #14.10): through the
+/// library and through `beatlab runs`, `show` and `plan`.
+#[test]
+fn a_malformed_registry_row_is_an_error_naming_its_column() {
+    let cases = [
+        ("seed", "seed = 'x'"),
+        ("created_at", "created_at = 'yesterday'"),
+        ("cell_index", "cell_index = x'00ff'"),
+        ("status", "status = 'exploded'"),
+    ];
+    // The row is the cell of this spec, so that `plan` reads it.
+    let text = "[experiment]\nname = \"x\"\n";
+    let plan = spec::load_str("x.toml", text, &Overrides::default())
+        .unwrap()
+        .plan()
+        .unwrap();
+    let hash = &plan.cells[0].hash;
+    for (column, set) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = open(dir.path());
+        let claim = reg
+            .claim(&policy("w1", dir.path()), &offers(1))
+            .unwrap()
+            .unwrap();
+        drop(reg);
+        let path = dir.path().join("reg.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            let mut conn = pool.acquire().await.unwrap();
+            // The status column has a CHECK constraint; another tool may not have honoured it.
+            sqlx::query("PRAGMA ignore_check_constraints = ON")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            // The statement is made of this test's constants.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE runs SET spec_hash = '{hash}', {set}"
+            )))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            drop(conn);
+            pool.close().await;
+        });
+        let reg = Registry::open_existing(&path).unwrap().unwrap();
+        let err = reg.runs(None, None).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("column `{column}`")),
+            "{column}: {err}"
+        );
+        drop(reg);
+
+        std::fs::write(dir.path().join("x.toml"), text).unwrap();
+        for args in [
+            vec!["runs"],
+            vec!["show", claim.run_id.as_str()],
+            vec!["plan", "x.toml"],
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_beatlab"))
+                .current_dir(dir.path())
+                .env("BEATLAB_REGISTRY", &path)
+                .args(&args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && out.status.code() != Some(101),
+                "{column} {args:?}: {out:?}"
+            );
+            assert!(
+                stderr.contains(&format!("malformed registry row: column `{column}`")),
+                "{column} {args:?}: {stderr}"
+            );
+        }
+    }
+}
