@@ -248,6 +248,50 @@ fn the_report_of_a_trained_sweep_agrees_with_the_registry() {
     by_id(&doc, "plot-code_pct-beat");
     by_id(&doc, "plot-perplexity-beat");
 
+    // ECG windows: per group, the first window of its first cell, 12 leads, each with the input,
+    // the reconstruction over its first part and the prediction after it, as saved by the stage.
+    let first = &runs.iter().rev().find(|r| r.cell_index == 0).unwrap();
+    let saved: beatlab::report::samples::BeatSamples = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&first.run_dir).join("samples-beat.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved.leads.len(), 12);
+    assert_eq!(saved.windows.len(), 2);
+    let figure = by_id(&doc, "plot-ecg-0");
+    let leads: Vec<roxmltree::Node> = figure
+        .descendants()
+        .filter(|n| n.has_tag_name("g") && n.attribute("class") == Some("lead"))
+        .collect();
+    assert_eq!(leads.len(), 12);
+    let w = &saved.windows[0];
+    for (i, g) in leads.iter().enumerate() {
+        assert_eq!(g.attribute("data-lead"), Some(saved.leads[i].as_str()));
+        let count = |class: &str| -> Vec<f64> {
+            let line = g
+                .children()
+                .find(|n| n.attribute("class") == Some(class))
+                .unwrap_or_else(|| panic!("{class} of lead {i}"));
+            line.attribute("points")
+                .unwrap()
+                .split(' ')
+                .map(|p| p.split_once(',').unwrap().0.parse().unwrap())
+                .collect()
+        };
+        let (signal, recon, pred) = (
+            count("ecg-signal"),
+            count("ecg-reconstruction"),
+            count("ecg-prediction"),
+        );
+        assert_eq!(signal.len(), w.signal[i].len());
+        assert_eq!(recon.len(), saved.input_len);
+        assert_eq!(pred.len(), saved.predict_len);
+        assert_eq!(signal.len(), saved.input_len + saved.predict_len);
+        // The reconstruction starts with the input; the prediction starts where it ends.
+        assert_eq!(recon[0], signal[0]);
+        assert_eq!(pred[0], signal[saved.input_len]);
+    }
+    by_id(&doc, "plot-ecg-1");
+
     // Cells: one row per cell with its run and status; the embedded data holds every point.
     let cells = by_id(&doc, "cells");
     let ids: Vec<String> = cells
@@ -406,6 +450,7 @@ fn the_page_loads_in_headless_chromium() {
         "class=\"plot plot-loss\"",
         "id=\"plot-code_pct-beat\"",
         "class=\"plot plot-codebook\"",
+        "class=\"plot plot-ecg\"",
         "<table class=\"cells\">",
         "id=\"beatlab-data\"",
     ] {

@@ -9,6 +9,7 @@
 
 pub mod chart;
 pub mod curves;
+pub mod ecg;
 pub mod gather;
 pub mod page;
 pub mod samples;
@@ -43,17 +44,21 @@ pub enum LoadError {
 pub fn write(data: &ReportData, out: &Path) -> Result<PathBuf, ReportError> {
     let curves = curves::loss_plots(data);
     let codebook = curves::codebook_plots(data);
+    let ecg = ecg::ecg_plots(data);
     let plots_dir = out.join("plots");
     std::fs::create_dir_all(&plots_dir).map_err(|source| ReportError::Write {
         path: plots_dir.clone(),
         source,
     })?;
-    for p in curves.iter().chain(&codebook) {
+    for p in curves.iter().chain(&codebook).chain(&ecg) {
         let path = plots_dir.join(format!("{}.svg", p.name));
         write_file(&path, p.svg.as_bytes())?;
     }
     let index = out.join(INDEX);
-    write_file(&index, page::render(data, &curves, &codebook).as_bytes())?;
+    write_file(
+        &index,
+        page::render(data, &curves, &codebook, &ecg).as_bytes(),
+    )?;
     Ok(index)
 }
 

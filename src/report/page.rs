@@ -40,7 +40,7 @@ code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 ";
 
 /// The whole document.
-pub fn render(data: &ReportData, curves: &[Plot], codebook: &[Plot]) -> String {
+pub fn render(data: &ReportData, curves: &[Plot], codebook: &[Plot], ecg: &[Plot]) -> String {
     let mut s = String::with_capacity(64 * 1024);
     let _ = write!(
         s,
@@ -62,6 +62,9 @@ pub fn render(data: &ReportData, curves: &[Plot], codebook: &[Plot]) -> String {
     );
     if !codebook.is_empty() {
         plots(&mut s, "codebook", "Codebook use", codebook, "");
+    }
+    if !ecg.is_empty() {
+        plots(&mut s, "ecg", "Validation ECG windows", ecg, "");
     }
     cells(&mut s, data);
     failures(&mut s, data);

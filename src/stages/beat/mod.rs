@@ -261,6 +261,16 @@ impl Stage for BeatStage {
             )?;
             summary.extend(test.entries("test"));
         }
+        // A few validation windows with their reconstruction and prediction, for the report.
+        crate::report::samples::save_beat_samples(
+            ctx.run_dir,
+            trainee.training.model(),
+            &data.val,
+            window_len,
+            data.fs,
+            dtype,
+            &device,
+        )?;
         let sizes = [
             at.step as f64,
             at.epoch as f64,
