@@ -121,37 +121,15 @@ fn a_full_stdout_is_an_error_not_a_panic() {
     );
 }
 
-/// A Beat-only toy run: its data cache (~750 KB) fits in [`SMALL_FS`], its first checkpoint
-/// (~580 KB with the optimiser state) does not.
-const FULL_DISK_SPEC: &str = r#"
-[experiment]
-name = "full"
-
-[data]
-source = "synthetic"
-synthetic_records = 40
-synthetic_duration_s = 4.0
-val_fraction = 0.2
-test_fraction = 0.2
-
-[beat]
-input_len = 250
-predict_len = 125
-width = 32
-head_dim = 8
-heads = 4
-depth = 1
-decoder_depth = 1
-codebook_size = 32
-
-[[stage]]
-name = "beat"
-kind = "beat"
-epochs = 3
-batch = 8
-checkpoint_every = 0
-checkpoint_every_steps = 3
-"#;
+/// A Beat-only run on the toy data of `tests/common`: its data cache (~750 KB) fits in
+/// [`SMALL_FS`], its first checkpoint (~580 KB with the optimiser state) does not.
+fn full_disk_spec() -> String {
+    format!(
+        "[experiment]\nname = \"full\"\n{}\n[[stage]]\nname = \"beat\"\nkind = \"beat\"\n\
+         epochs = 3\nbatch = 8\ncheckpoint_every = 0\ncheckpoint_every_steps = 3\n",
+        common::TOY_MULTIMODAL
+    )
+}
 
 /// The size of the file system the disk-full test runs on.
 const SMALL_FS: &str = "1100k";
@@ -231,7 +209,7 @@ fn a_full_disk_fails_the_run_cleanly_and_resume_finishes_it() {
     };
     let dir = fs.path().join("a");
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("spec.toml"), FULL_DISK_SPEC).unwrap();
+    std::fs::write(dir.join("spec.toml"), full_disk_spec()).unwrap();
     let out = beatlab(&dir, &["run", "spec.toml", "--quiet"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
@@ -262,7 +240,7 @@ fn a_full_disk_fails_the_run_cleanly_and_resume_finishes_it() {
 
     let clean = fs.path().join("b");
     std::fs::create_dir(&clean).unwrap();
-    std::fs::write(clean.join("spec.toml"), FULL_DISK_SPEC).unwrap();
+    std::fs::write(clean.join("spec.toml"), full_disk_spec()).unwrap();
     let out = beatlab(&clean, &["run", "spec.toml", "--quiet"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (clean_reg, clean_run) = common::only_run(&clean);

@@ -184,15 +184,7 @@ fn huge_grids_are_counted_not_expanded_and_refused_over_the_cell_limit() {
     let spec = std::env::current_dir()
         .unwrap()
         .join("tests/specs/bad/sweep_too_many_cells.toml");
-    let beatlab = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_beatlab"))
-            .args(args)
-            .arg(&spec)
-            .current_dir(dir.path())
-            .env_remove("BEATLAB_MAX_CELLS")
-            .output()
-            .unwrap()
-    };
+    let beatlab = |args: &[&str]| beatlab_on(dir.path(), args, &spec);
     let out = beatlab(&["plan", "--count"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1000000000000\n");
@@ -238,16 +230,7 @@ fn a_raised_cell_limit_lists_the_whole_grid() {
         ),
     )
     .unwrap();
-    let plan = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_beatlab"))
-            .arg("plan")
-            .args(args)
-            .arg(&spec)
-            .current_dir(dir.path())
-            .env_remove("BEATLAB_MAX_CELLS")
-            .output()
-            .unwrap()
-    };
+    let plan = |args: &[&str]| beatlab_on(dir.path(), &[&["plan"], args].concat(), &spec);
     assert_eq!(plan(&[]).status.code(), Some(2));
     let out = plan(&["--max-cells", "10100", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -259,4 +242,15 @@ fn a_raised_cell_limit_lists_the_whole_grid() {
     let hashes: std::collections::BTreeSet<_> =
         cells.iter().map(|c| c["hash"].as_str().unwrap()).collect();
     assert_eq!(hashes.len(), 10_100, "every cell has its own hash");
+}
+
+/// Runs the binary in `dir` with `args` then `spec`, with the default cell limit.
+fn beatlab_on(dir: &Path, args: &[&str], spec: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_beatlab"))
+        .args(args)
+        .arg(spec)
+        .current_dir(dir)
+        .env_remove("BEATLAB_MAX_CELLS")
+        .output()
+        .unwrap()
 }
