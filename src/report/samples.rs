@@ -96,19 +96,10 @@ pub fn beat_samples(
     })
 }
 
-/// Writes [`beat_samples`] into `run_dir` (atomically).
-pub fn save_beat_samples(
-    run_dir: &Path,
-    model: &Beat,
-    set: &WindowSet,
-    window_len: usize,
-    fs: f64,
-    dtype: DType,
-    device: &Device,
-) -> Result<(), StageError> {
-    let samples = beat_samples(model, set, window_len, fs, dtype, device)?;
+/// Writes `samples` into `run_dir` as [`BEAT_SAMPLES_FILE`] (atomically).
+pub fn save_beat_samples(run_dir: &Path, samples: &BeatSamples) -> Result<(), StageError> {
     let path = run_dir.join(BEAT_SAMPLES_FILE);
-    let text = serde_json::to_string(&samples)?;
+    let text = serde_json::to_string(samples)?;
     beatlab_fsio::write_atomically(&path, text.as_bytes())
         .map_err(|source| StageError::Io { path, source })
 }

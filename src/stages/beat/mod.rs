@@ -262,8 +262,7 @@ impl Stage for BeatStage {
             summary.extend(test.entries("test"));
         }
         // A few validation windows with their reconstruction and prediction, for the report.
-        crate::report::samples::save_beat_samples(
-            ctx.run_dir,
+        let samples = crate::report::samples::beat_samples(
             trainee.training.model(),
             &data.val,
             window_len,
@@ -271,6 +270,7 @@ impl Stage for BeatStage {
             dtype,
             &device,
         )?;
+        crate::report::samples::save_beat_samples(ctx.run_dir, &samples)?;
         let sizes = [
             at.step as f64,
             at.epoch as f64,
