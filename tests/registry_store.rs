@@ -3,40 +3,8 @@
 
 mod stores;
 
-use std::path::Path;
-
-use beatlab::registry::{CellOffer, ClaimPolicy, Registry, RunStatus};
-use stores::each_store;
-
-fn offers(n: usize) -> Vec<CellOffer> {
-    (0..n)
-        .map(|i| CellOffer {
-            index: i as i64,
-            label: format!("cell {i}"),
-            overrides: serde_json::json!({ "i": i }),
-            spec_json: format!("{{\"i\":{i}}}"),
-            hash: format!("{i:0>64}"),
-            seed: 0,
-        })
-        .collect()
-}
-
-fn policy(worker: &str, host: &str, dir: &Path) -> ClaimPolicy {
-    ClaimPolicy {
-        experiment: "x".into(),
-        worker: worker.into(),
-        host: host.into(),
-        device: "cpu".into(),
-        code_rev: "r".into(),
-        code_dirty: false,
-        lease_s: 60.0,
-        force_before: None,
-        rerun_failed_before: None,
-        experiment_dir: dir.join("x"),
-        max_failures: 3,
-        job: None,
-    }
-}
+use beatlab::registry::{ClaimPolicy, Registry, RunStatus};
+use stores::{each_store, offers, policy};
 
 fn this_host() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
@@ -180,4 +148,204 @@ fn a_released_run_is_pending_and_the_next_claim_continues_it() {
         assert_eq!(run.job.as_deref(), Some("77_2"));
         assert_eq!(run.failures, 0, "a release is not a failure");
     });
+}
+
+#[test]
+fn metrics_of_an_unknown_run_are_refused_and_nothing_is_written() {
+    each_store(|reg, dir| {
+        prepare(reg);
+        // The metrics table has no foreign keys (they cost a third of the write rate); the writer
+        // resolves the run itself.
+        let point = beatlab::registry::MetricPoint {
+            key: "train/loss".into(),
+            step: 0,
+            value: 1.0,
+            time: 0.0,
+        };
+        let err = reg.log_metrics("nope-1", &[point]).unwrap_err();
+        assert!(
+            matches!(err, beatlab::registry::RegistryError::NoSuchRun(ref id) if id == "nope-1"),
+            "{err}"
+        );
+        let run = reg
+            .claim(&policy("w", "h", dir), &offers(1))
+            .unwrap()
+            .unwrap();
+        assert!(reg.metrics(&run.run_id).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn claims_skip_finished_and_failed_cells_unless_asked() {
+    each_store(|reg, dir| {
+        prepare(reg);
+        let cells = offers(2);
+        let p = policy("w1", "h", dir);
+        let a = reg.claim(&p, &cells).unwrap().unwrap();
+        let b = reg.claim(&p, &cells).unwrap().unwrap();
+        assert_eq!((a.cell_index, b.cell_index), (0, 1));
+        assert!(
+            reg.claim(&p, &cells).unwrap().is_none(),
+            "both cells are held"
+        );
+        reg.end_run(&a.run_id, "w1", RunStatus::Finished, None)
+            .unwrap();
+        reg.end_run(&b.run_id, "w1", RunStatus::Failed, Some("boom"))
+            .unwrap();
+        assert!(
+            reg.claim(&p, &cells).unwrap().is_none(),
+            "finished and failed cells are skipped"
+        );
+
+        let rerun = ClaimPolicy {
+            rerun_failed_before: Some(reg.clock().unwrap() + 1.0),
+            ..p.clone()
+        };
+        let c = reg.claim(&rerun, &cells).unwrap().unwrap();
+        assert_eq!(c.cell_index, 1);
+        assert_ne!(
+            c.run_id, b.run_id,
+            "a failed cell is run again as a new run"
+        );
+        assert!(
+            reg.claim(&rerun, &cells).unwrap().is_none(),
+            "the new run is held"
+        );
+
+        let force = ClaimPolicy {
+            force_before: Some(reg.clock().unwrap() + 1.0),
+            ..p.clone()
+        };
+        let d = reg.claim(&force, &cells).unwrap().unwrap();
+        assert_eq!(d.cell_index, 0);
+        assert_ne!(
+            d.run_id, a.run_id,
+            "a finished cell is run again as a new run"
+        );
+        assert_eq!(reg.run(&a.run_id).unwrap().error, None);
+        assert_eq!(reg.run(&b.run_id).unwrap().error.as_deref(), Some("boom"));
+    });
+}
+
+#[test]
+fn an_expired_lease_makes_a_run_stale_and_the_next_worker_continues_it() {
+    each_store(|reg, dir| {
+        prepare(reg);
+        let cells = offers(1);
+        let short = ClaimPolicy {
+            lease_s: 0.2,
+            ..policy("w1", "h", dir)
+        };
+        let first = reg.claim(&short, &cells).unwrap().unwrap();
+        assert!(reg.heartbeat(&first.run_id, "w1").unwrap());
+        assert!(
+            reg.claim(&policy("w2", "h", dir), &cells)
+                .unwrap()
+                .is_none()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        assert_eq!(
+            reg.run(&first.run_id)
+                .unwrap()
+                .effective_status(reg.clock().unwrap()),
+            RunStatus::Stale
+        );
+        let second = reg.claim(&policy("w2", "h", dir), &cells).unwrap().unwrap();
+        assert_eq!(second.run_id, first.run_id);
+        assert_eq!((second.attempt, second.resumed), (2, true));
+        // The first worker lost the run: its heartbeat says so, and it must stop.
+        assert!(!reg.heartbeat(&first.run_id, "w1").unwrap());
+        assert!(reg.heartbeat(&first.run_id, "w2").unwrap());
+    });
+}
+
+#[test]
+fn workers_claiming_at_once_take_every_cell_exactly_once() {
+    for (name, address, dir) in stores::fresh_addresses() {
+        eprintln!("store: {name}");
+        prepare(&Registry::open(&address).unwrap());
+        let cells = offers(24);
+        let taken: Vec<Vec<i64>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..6)
+                .map(|w| {
+                    let (address, cells, dir) = (&address, &cells, dir.path());
+                    s.spawn(move || {
+                        // Each worker its own connection(s), as separate processes would have.
+                        let reg = Registry::open(address).unwrap();
+                        let p = policy(&format!("w{w}"), "h", dir);
+                        let mut mine = Vec::new();
+                        while let Some(c) = reg.claim(&p, cells).unwrap() {
+                            reg.end_run(&c.run_id, &p.worker, RunStatus::Finished, None)
+                                .unwrap();
+                            mine.push(c.cell_index);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut all: Vec<i64> = taken.concat();
+        all.sort();
+        assert_eq!(all, (0..24).collect::<Vec<_>>(), "{name}: {taken:?}");
+        let runs = Registry::open(&address)
+            .unwrap()
+            .runs(Some("x"), None)
+            .unwrap();
+        assert_eq!(runs.len(), 24, "{name}: one run per cell");
+    }
+}
+
+#[test]
+fn a_rewritten_metric_point_replaces_the_old_one() {
+    each_store(|reg, dir| {
+        prepare(reg);
+        let run = reg
+            .claim(&policy("w", "h", dir), &offers(1))
+            .unwrap()
+            .unwrap();
+        let point = |step, value| beatlab::registry::MetricPoint {
+            key: "train/loss".into(),
+            step,
+            value,
+            time: 1.0,
+        };
+        // Twice in one batch (the later wins), then again in a later batch.
+        reg.log_metrics(&run.run_id, &[point(0, 3.0), point(1, 2.0), point(0, 2.5)])
+            .unwrap();
+        reg.log_metrics(&run.run_id, &[point(1, 1.5), point(2, 1.0)])
+            .unwrap();
+        let got: Vec<(i64, f64)> = reg
+            .metrics(&run.run_id)
+            .unwrap()
+            .iter()
+            .map(|p| (p.step, p.value))
+            .collect();
+        assert_eq!(got, [(0, 2.5), (1, 1.5), (2, 1.0)]);
+    });
+}
+
+#[test]
+fn an_unreachable_or_unknown_postgres_database_is_bad_input() {
+    let Some(server) = stores::postgres_server() else {
+        return;
+    };
+    let (base, _) = server.rsplit_once('/').unwrap();
+    // A port nobody listens on, and a database that does not exist on the test server.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for address in [
+        format!("postgres://beatlab:secret@127.0.0.1:{port}/x"),
+        format!("{base}/no_such_database"),
+    ] {
+        let err = match Registry::open(&address) {
+            Err(e) => e,
+            Ok(_) => panic!("{address} opened"),
+        };
+        assert!(err.is_bad_input(), "{address}: {err}");
+        let text = err.to_string();
+        assert!(!text.contains("secret"), "the password is shown: {text}");
+        assert!(text.contains("cannot open registry"), "{text}");
+    }
 }

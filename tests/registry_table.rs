@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use beatlab::registry::{CellOffer, ClaimPolicy, Registry, RunStatus, now};
+use beatlab::registry::{CellOffer, ClaimPolicy, Registry, RunStatus};
 use beatlab::runner::checkpoint::{self, CheckpointError, CheckpointStore};
 use beatlab::spec::{self, Overrides, Plan};
 use beatlab::table::{self, Format};
@@ -158,113 +158,6 @@ fn a_registry_written_before_the_metrics_were_rekeyed_keeps_its_points() {
         .map(|p| (p.step, p.value))
         .collect();
     assert_eq!(lr, [(0, 0.1), (1, 0.3)]);
-}
-
-#[test]
-fn metrics_of_an_unknown_run_are_refused_and_nothing_is_written() {
-    // The metrics table has no foreign keys (they cost a third of the write rate); the writer
-    // resolves the run itself.
-    let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
-    let point = beatlab::registry::MetricPoint {
-        key: "train/loss".into(),
-        step: 0,
-        value: 1.0,
-        time: 0.0,
-    };
-    let err = reg.log_metrics("nope-1", &[point]).unwrap_err();
-    assert!(
-        matches!(err, beatlab::registry::RegistryError::NoSuchRun(ref id) if id == "nope-1"),
-        "{err}"
-    );
-    let run = reg
-        .claim(&policy("w", dir.path()), &offers(1))
-        .unwrap()
-        .unwrap();
-    assert!(reg.metrics(&run.run_id).unwrap().is_empty());
-}
-
-#[test]
-fn claims_skip_finished_and_failed_cells_unless_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
-    let cells = offers(2);
-    let p = policy("w1", dir.path());
-    let a = reg.claim(&p, &cells).unwrap().unwrap();
-    let b = reg.claim(&p, &cells).unwrap().unwrap();
-    assert_eq!((a.cell_index, b.cell_index), (0, 1));
-    assert!(
-        reg.claim(&p, &cells).unwrap().is_none(),
-        "both cells are held"
-    );
-    reg.end_run(&a.run_id, "w1", RunStatus::Finished, None)
-        .unwrap();
-    reg.end_run(&b.run_id, "w1", RunStatus::Failed, Some("boom"))
-        .unwrap();
-    assert!(
-        reg.claim(&p, &cells).unwrap().is_none(),
-        "finished and failed cells are skipped"
-    );
-
-    let rerun = ClaimPolicy {
-        rerun_failed_before: Some(now() + 1.0),
-        ..p.clone()
-    };
-    let c = reg.claim(&rerun, &cells).unwrap().unwrap();
-    assert_eq!(c.cell_index, 1);
-    assert_ne!(
-        c.run_id, b.run_id,
-        "a failed cell is run again as a new run"
-    );
-    assert!(
-        reg.claim(&rerun, &cells).unwrap().is_none(),
-        "the new run is held"
-    );
-
-    let force = ClaimPolicy {
-        force_before: Some(now() + 1.0),
-        ..p.clone()
-    };
-    let d = reg.claim(&force, &cells).unwrap().unwrap();
-    assert_eq!(d.cell_index, 0);
-    assert_ne!(
-        d.run_id, a.run_id,
-        "a finished cell is run again as a new run"
-    );
-    assert_eq!(reg.run(&a.run_id).unwrap().error, None);
-    assert_eq!(reg.run(&b.run_id).unwrap().error.as_deref(), Some("boom"));
-}
-
-#[test]
-fn an_expired_lease_makes_a_run_stale_and_the_next_worker_continues_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = open(dir.path());
-    let cells = offers(1);
-    let short = ClaimPolicy {
-        lease_s: 0.2,
-        ..policy("w1", dir.path())
-    };
-    let first = reg.claim(&short, &cells).unwrap().unwrap();
-    assert!(reg.heartbeat(&first.run_id, "w1").unwrap());
-    assert!(
-        reg.claim(&policy("w2", dir.path()), &cells)
-            .unwrap()
-            .is_none()
-    );
-    std::thread::sleep(std::time::Duration::from_millis(350));
-    assert_eq!(
-        reg.run(&first.run_id).unwrap().effective_status(now()),
-        RunStatus::Stale
-    );
-    let second = reg
-        .claim(&policy("w2", dir.path()), &cells)
-        .unwrap()
-        .unwrap();
-    assert_eq!(second.run_id, first.run_id);
-    assert_eq!((second.attempt, second.resumed), (2, true));
-    // The first worker lost the run: its heartbeat says so, and it must stop.
-    assert!(!reg.heartbeat(&first.run_id, "w1").unwrap());
-    assert!(reg.heartbeat(&first.run_id, "w2").unwrap());
 }
 
 #[test]

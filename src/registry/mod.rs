@@ -11,6 +11,8 @@
 //! the store. A store implements [`RunStore`]; what the two stores share (the address, the
 //! claim rules, run-id prefixes, effective status) lives here.
 
+mod postgres;
+mod rows;
 mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +23,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Why a registry operation failed.
@@ -532,7 +535,7 @@ pub fn worker_is_this_process(worker: &str, this_host: &str) -> bool {
 }
 
 /// The operations the runner, tracking, tables and commands need from a store. Implemented by
-/// [`SqliteStore`] (and the PostgreSQL store); every method blocks until the store answers.
+/// [`SqliteStore`] and [`PostgresStore`]; every method blocks until the store answers.
 pub trait RunStore: Send + Sync {
     /// The address, printable (no password).
     fn address(&self) -> String;
@@ -615,6 +618,31 @@ pub struct CheckReport {
     pub notes: Vec<String>,
 }
 
+/// Adds a problem to `report` when a recorded checkpoint file is missing or has another size.
+fn check_checkpoint_file(
+    report: &mut CheckReport,
+    (run, stage, step): (String, String, i64),
+    (path, bytes): (String, i64),
+) {
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() as i64 == bytes => {}
+        Ok(m) => report.problems.push(format!(
+            "run {run}: checkpoint {stage} step {step} ({path}) has {} bytes, {bytes} recorded",
+            m.len()
+        )),
+        Err(e) => report.problems.push(format!(
+            "run {run}: checkpoint {stage} step {step} ({path}): {e}"
+        )),
+    }
+}
+
+/// Notes in `report` a run whose holder's lease expired.
+fn note_expired(report: &mut CheckReport, id: String, worker: String) {
+    report.notes.push(format!(
+        "run {id}: its holder {worker} stopped heartbeating; the next worker takes it over"
+    ));
+}
+
 /// Handle to a registry; cheap to clone and shareable across threads.
 #[derive(Clone)]
 pub struct Registry {
@@ -626,10 +654,7 @@ impl Registry {
     pub fn open(address: &(impl AsRef<OsStr> + ?Sized)) -> Result<Self> {
         match Address::parse(address.as_ref())? {
             Address::Sqlite(path) => Ok(Self::over(SqliteStore::open(&path)?)),
-            Address::Postgres(url) => Err(RegistryError::Address {
-                address: redact_password(&url),
-                message: "this beatlab has no PostgreSQL store yet".into(),
-            }),
+            Address::Postgres(url) => Ok(Self::over(PostgresStore::open(&url)?)),
         }
     }
 
@@ -638,10 +663,7 @@ impl Registry {
     pub fn open_existing(address: &(impl AsRef<OsStr> + ?Sized)) -> Result<Option<Self>> {
         match Address::parse(address.as_ref())? {
             Address::Sqlite(path) => Ok(SqliteStore::open_existing(&path)?.map(Self::over)),
-            Address::Postgres(url) => Err(RegistryError::Address {
-                address: redact_password(&url),
-                message: "this beatlab has no PostgreSQL store yet".into(),
-            }),
+            Address::Postgres(url) => Ok(PostgresStore::open_existing(&url)?.map(Self::over)),
         }
     }
 

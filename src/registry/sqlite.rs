@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, SqlitePool};
 
+use super::rows::{RUN_COLUMNS, checkpoint_from_row, col, run_from_row, runs_from_rows, runtime};
 use super::{
     CellDecision, CellOffer, CheckReport, CheckpointRow, Claim, ClaimPolicy, MetricPoint,
     RACE_ATTEMPTS, RegistryError, Result, RunRow, RunStatus, RunStore, SchemaCheck, Summaries,
@@ -26,62 +25,6 @@ use super::{
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-const RUN_COLUMNS: &str = "id, experiment, cell_index, cell_label, overrides, spec_json, spec_hash, seed, status, \
-     attempt, stage, code_rev, code_dirty, host, device, worker, run_dir, created_at, started_at, \
-     heartbeat_at, lease_s, finished_at, error, failures, job";
-
-/// A column of a row, or an error naming it (a malformed row is an error, not a panic).
-fn col<'r, T>(r: &'r SqliteRow, name: &'static str) -> Result<T>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    r.try_get(name).map_err(|source| RegistryError::Malformed {
-        column: name,
-        source,
-    })
-}
-
-fn run_from_row(r: &SqliteRow) -> Result<RunRow> {
-    let status: String = col(r, "status")?;
-    let overrides: String = col(r, "overrides")?;
-    Ok(RunRow {
-        id: col(r, "id")?,
-        experiment: col(r, "experiment")?,
-        cell_index: col(r, "cell_index")?,
-        cell_label: col(r, "cell_label")?,
-        overrides: serde_json::from_str(&overrides).unwrap_or(serde_json::Value::Null),
-        spec_json: col(r, "spec_json")?,
-        hash: col(r, "spec_hash")?,
-        seed: col(r, "seed")?,
-        status: status
-            .parse()
-            .map_err(|message: String| RegistryError::Malformed {
-                column: "status",
-                source: sqlx::Error::Decode(message.into()),
-            })?,
-        attempt: col(r, "attempt")?,
-        stage: col(r, "stage")?,
-        code_rev: col(r, "code_rev")?,
-        code_dirty: col::<i64>(r, "code_dirty")? != 0,
-        host: col(r, "host")?,
-        device: col(r, "device")?,
-        worker: col(r, "worker")?,
-        run_dir: col(r, "run_dir")?,
-        created_at: col(r, "created_at")?,
-        started_at: col(r, "started_at")?,
-        heartbeat_at: col(r, "heartbeat_at")?,
-        lease_s: col(r, "lease_s")?,
-        finished_at: col(r, "finished_at")?,
-        error: col(r, "error")?,
-        failures: col(r, "failures")?,
-        job: col(r, "job")?,
-    })
-}
-
-fn runs_from_rows(rows: &[SqliteRow]) -> Result<Vec<RunRow>> {
-    rows.iter().map(run_from_row).collect()
-}
 
 /// A SQLite registry file.
 pub struct SqliteStore {
@@ -97,14 +40,6 @@ pub struct SqliteStore {
 struct IdCache {
     runs: HashMap<String, i64>,
     keys: HashMap<String, i64>,
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(RegistryError::Runtime)
 }
 
 impl SqliteStore {
@@ -677,20 +612,7 @@ impl RunStore for SqliteStore {
                 .fetch_all(&self.pool),
             )
             .map_err(q("reading checkpoints"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(CheckpointRow {
-                    run_id: col(r, "run_id")?,
-                    stage: col(r, "stage")?,
-                    step: col(r, "step")?,
-                    epoch: col(r, "epoch")?,
-                    is_final: col::<i64>(r, "final")? != 0,
-                    path: col(r, "path")?,
-                    sha256: col(r, "sha256")?,
-                    bytes: col(r, "bytes")?,
-                })
-            })
-            .collect()
+        rows.iter().map(checkpoint_from_row).collect()
     }
 
     fn list_runs(&self, experiment: Option<&str>) -> Result<Vec<RunRow>> {
@@ -895,19 +817,11 @@ async fn check(pool: &SqlitePool) -> Result<CheckReport> {
     .await
     .map_err(q("reading checkpoints"))?;
     for r in &rows {
-        let (run, stage, step): (String, String, i64) =
-            (col(r, "run_id")?, col(r, "stage")?, col(r, "step")?);
-        let (path, bytes): (String, i64) = (col(r, "path")?, col(r, "bytes")?);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() as i64 == bytes => {}
-            Ok(m) => report.problems.push(format!(
-                "run {run}: checkpoint {stage} step {step} ({path}) has {} bytes, {bytes} recorded",
-                m.len()
-            )),
-            Err(e) => report.problems.push(format!(
-                "run {run}: checkpoint {stage} step {step} ({path}): {e}"
-            )),
-        }
+        super::check_checkpoint_file(
+            &mut report,
+            (col(r, "run_id")?, col(r, "stage")?, col(r, "step")?),
+            (col(r, "path")?, col(r, "bytes")?),
+        );
     }
     let expired = sqlx::query(
         "SELECT id, worker FROM runs WHERE status = 'running' AND heartbeat_at IS NOT NULL
@@ -918,10 +832,7 @@ async fn check(pool: &SqlitePool) -> Result<CheckReport> {
     .await
     .map_err(q("reading runs"))?;
     for r in &expired {
-        let (id, worker): (String, String) = (col(r, "id")?, col(r, "worker")?);
-        report.notes.push(format!(
-            "run {id}: its holder {worker} stopped heartbeating; the next worker takes it over"
-        ));
+        super::note_expired(&mut report, col(r, "id")?, col(r, "worker")?);
     }
     Ok(report)
 }
