@@ -211,9 +211,24 @@ struct Hit {
     checkpoints: usize,
 }
 
-/// Starts a run, waits until it is inside `stage`, lets it go on for `delay`, SIGKILLs it, and
-/// reports where it was; `None` when it finished before the kill.
-fn kill_inside(env: &Env, name: &str, stage: &str, delay: Duration) -> Option<(RunRow, Hit)> {
+/// How a kill attempt ended.
+enum Attempt {
+    /// SIGKILLed inside the stage aimed at.
+    Killed(RunRow, Hit),
+    /// The run finished before the kill.
+    Finished,
+    /// The run left the stage before `delay` was up (it ran faster than the reference, e.g. on
+    /// a machine whose load changed); the stage took this long.
+    Overshot(Duration),
+}
+
+fn position(stage: &str) -> Option<usize> {
+    STAGES.iter().position(|x| *x == stage)
+}
+
+/// Starts a run, waits until it is inside `stage`, lets it go on for `delay` (watching that it
+/// stays there), SIGKILLs it, and reports where it was.
+fn kill_inside(env: &Env, name: &str, stage: &str, delay: Duration) -> Attempt {
     let mut child = env.spawn_run(name);
     let started = Instant::now();
     loop {
@@ -223,18 +238,27 @@ fn kill_inside(env: &Env, name: &str, stage: &str, delay: Duration) -> Option<(R
         );
         assert!(started.elapsed() < Duration::from_secs(300), "timed out");
         let at = env.run(name).and_then(|r| r.stage);
-        let position = |s: &str| STAGES.iter().position(|x| *x == s);
         if at.as_deref().and_then(position) >= position(stage) {
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(delay);
+    let entered = Instant::now();
+    while entered.elapsed() < delay {
+        let at = env.run(name).and_then(|r| r.stage);
+        if at.as_deref().and_then(position) > position(stage) || child.try_wait().unwrap().is_some()
+        {
+            let _ = child.kill();
+            wait(&mut child);
+            return Attempt::Overshot(entered.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let _ = child.kill();
     let status = wait(&mut child);
     let run = env.run(name).unwrap();
     if status.success() || run.status == RunStatus::Finished {
-        return None;
+        return Attempt::Finished;
     }
     let reg = Registry::open_existing(&env.registry_path(name))
         .unwrap()
@@ -246,7 +270,7 @@ fn kill_inside(env: &Env, name: &str, stage: &str, delay: Duration) -> Option<(R
         .iter()
         .filter(|c| c.stage == stage && !c.is_final)
         .count();
-    Some((run, Hit { stage, checkpoints }))
+    Attempt::Killed(run, Hit { stage, checkpoints })
 }
 
 /// Names of files under `dir` that a write left half-done (`.NAME.tmp-PID-N`).
@@ -286,13 +310,30 @@ fn runs_killed_at_random_points_of_every_stage_resume_exactly() {
     eprintln!("stage windows of the reference run: {windows:?}");
     for trial in 0..trials {
         let stage = STAGES[trial as usize % STAGES.len()];
-        let name = format!("trial{trial}");
-        // Anywhere in the stage but its very end, where the run may finish before the signal.
-        let delay = windows[stage].mul_f64(0.9 * rng.unit());
-        let Some((run, hit)) = kill_inside(&env, &name, stage, delay) else {
-            eprintln!("trial {trial}: {stage} +{delay:?}: finished before the kill");
-            continue;
+        // Anywhere in the stage but its very end, where the run may finish before the signal;
+        // a run that leaves the stage early is tried again, aiming inside the time it took.
+        let mut window = windows[stage];
+        let mut attempt = 0;
+        let (delay, run, hit) = loop {
+            let delay = window.mul_f64(0.9 * rng.unit());
+            let name = format!("trial{trial}-{attempt}");
+            match kill_inside(&env, &name, stage, delay) {
+                Attempt::Killed(run, hit) => break (delay, run, hit),
+                Attempt::Finished => {
+                    eprintln!("trial {trial}: {stage} +{delay:?}: finished before the kill");
+                }
+                Attempt::Overshot(took) => {
+                    eprintln!("trial {trial}: {stage} +{delay:?}: left `{stage}` after {took:?}");
+                    window = took;
+                }
+            }
+            attempt += 1;
+            assert!(
+                attempt < 5,
+                "trial {trial}: no kill inside `{stage}` in 5 attempts"
+            );
         };
+        let name = format!("trial{trial}-{attempt}");
         eprintln!(
             "trial {trial}: {stage} +{delay:?}: killed in `{}` with {} of its checkpoints kept",
             hit.stage, hit.checkpoints
