@@ -214,7 +214,7 @@ struct Hit {
 /// How a kill attempt ended.
 enum Attempt {
     /// SIGKILLed inside the stage aimed at.
-    Killed(RunRow, Hit),
+    Killed(Box<RunRow>, Hit),
     /// The run finished before the kill.
     Finished,
     /// The run left the stage before `delay` was up (it ran faster than the reference, e.g. on
@@ -270,7 +270,7 @@ fn kill_inside(env: &Env, name: &str, stage: &str, delay: Duration) -> Attempt {
         .iter()
         .filter(|c| c.stage == stage && !c.is_final)
         .count();
-    Attempt::Killed(run, Hit { stage, checkpoints })
+    Attempt::Killed(Box::new(run), Hit { stage, checkpoints })
 }
 
 /// Names of files under `dir` that a write left half-done (`.NAME.tmp-PID-N`).
