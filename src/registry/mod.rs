@@ -11,6 +11,7 @@
 //! the store. A store implements [`RunStore`]; what the two stores share (the address, the
 //! claim rules, run-id prefixes, effective status) lives here.
 
+pub mod netfs;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -94,6 +95,18 @@ pub enum RegistryError {
     /// `registry backup` could not write its copy.
     #[error("cannot back up the registry to {}: {message}", dest.display())]
     Backup { dest: PathBuf, message: String },
+    /// A SQLite registry on a network filesystem, where SQLite's locks are not safe.
+    #[error(
+        "registry {} is on a network filesystem ({filesystem}), where SQLite's locks and \
+         write-ahead log are not safe with several workers: use a PostgreSQL registry \
+         (--registry postgres://user@host/db), or set BEATLAB_SQLITE_NETWORK_FS=allow to use \
+         this file anyway",
+        path.display()
+    )]
+    NetworkFilesystem {
+        path: PathBuf,
+        filesystem: &'static str,
+    },
     /// A stored row has a value of the wrong type in a column.
     #[error("malformed registry row: column `{column}`: {source}")]
     Malformed {
@@ -117,6 +130,7 @@ impl RegistryError {
                 | RegistryError::NoSuchRun(_)
                 | RegistryError::Ambiguous { .. }
                 | RegistryError::Backup { .. }
+                | RegistryError::NetworkFilesystem { .. }
         )
     }
 }

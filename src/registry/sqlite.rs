@@ -49,6 +49,7 @@ impl SqliteStore {
             address: path.display().to_string(),
             source,
         };
+        super::netfs::refuse_network_filesystem(path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
         }
@@ -107,6 +108,7 @@ impl SqliteStore {
         if !path.exists() {
             return Ok(None);
         }
+        super::netfs::refuse_network_filesystem(path)?;
         let address = path.display().to_string();
         let rt = runtime()?;
         if !rt.block_on(inspect(path))?.for_reading(&address)? {
