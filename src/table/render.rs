@@ -167,11 +167,14 @@ pub fn latex(t: &Table) -> String {
     s
 }
 
-/// HTML text: `&`, `<`, `>`, `"` and `'` as entities.
+/// HTML text: `&`, `<`, `>`, `"` and `'` as entities, and every character that neither HTML
+/// nor XML allows in text (control characters other than tab and line breaks, U+FFFE, U+FFFF:
+/// a small model's generations hold them) as U+FFFD, so the page stays well-formed.
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
+            c if not_text(c) => out.push(char::REPLACEMENT_CHARACTER),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -181,6 +184,11 @@ pub fn html_escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `c` is not allowed in HTML or XML text ([`html_escape`] replaces it).
+pub fn not_text(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
 }
 
 /// The background of a Δ cell: blue above the paper, red below, stronger the larger the
@@ -271,6 +279,14 @@ mod tests {
         assert_eq!(md_escape("a|b*c_d`e[f]<g>"), r"a\|b\*c\_d\`e\[f\]\<g\>");
         assert_eq!(md_escape("+0.14 ± 0.02, -1.5e3"), "+0.14 ± 0.02, -1.5e3");
         assert_eq!(md_escape("two\nlines"), "two lines");
+    }
+
+    #[test]
+    fn html_escapes_markup_and_replaces_what_text_cannot_hold() {
+        assert_eq!(
+            html_escape("a<b>&\"c'\u{5}\u{7f}\u{85}\u{FFFF}\t\n"),
+            "a&lt;b&gt;&amp;&quot;c&#39;\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\t\n"
+        );
     }
 
     #[test]
