@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 
 use beatlab::registry::{Registry, RunRow, RunStatus};
 
+#[allow(dead_code)]
+mod common;
+
 /// A tiny Beat on simulated records: a few seconds of CPU per cell.
-const TINY: &str = r#"
+const TINY: &str = concat!(
+    r#"
 [experiment]
 name = "tiny"
 
@@ -25,18 +29,9 @@ synthetic_records = 48
 synthetic_duration_s = 4.0
 val_fraction = 0.2
 test_fraction = 0.1
-
-[beat]
-patch_size = 25
-input_len = 250
-predict_len = 125
-width = 32
-head_dim = 8
-heads = 2
-depth = 1
-decoder_depth = 1
-codebook_size = 32
-
+"#,
+    tiny_beat!(),
+    r#"
 [[stage]]
 name = "beat"
 kind = "beat"
@@ -46,7 +41,8 @@ lr = 0.001
 t_max = 12
 checkpoint_every = 0
 checkpoint_every_steps = 10
-"#;
+"#
+);
 
 struct Env {
     dir: tempfile::TempDir,

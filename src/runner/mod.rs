@@ -99,17 +99,21 @@ pub fn code_revision() -> (String, bool) {
 }
 
 fn offers(plan: &Plan) -> Vec<CellOffer> {
-    plan.cells
-        .iter()
-        .map(|c| CellOffer {
+    plan.cells.iter().map(CellOffer::of).collect()
+}
+
+impl CellOffer {
+    /// The offer of one plan cell, as a worker makes it.
+    pub fn of(c: &Cell) -> CellOffer {
+        CellOffer {
             index: c.index as i64,
             label: c.label(),
             overrides: c.overrides_json(),
             spec_json: c.canonical.clone(),
             hash: c.hash.clone(),
             seed: c.spec.experiment.seed as i64,
-        })
-        .collect()
+        }
+    }
 }
 
 impl RunnerConfig {

@@ -45,6 +45,27 @@ reports_per_record = 1
 predictions_per_record = 1
 "#;
 
+/// The `[beat]` section of a tiny Beat (patches of 25 samples, width 32, one layer each side, 32
+/// codes): seconds of CPU per cell on a few simulated records. A macro, so that a test's spec
+/// can stay one `concat!`ed constant.
+#[macro_export]
+macro_rules! tiny_beat {
+    () => {
+        r#"
+[beat]
+patch_size = 25
+input_len = 250
+predict_len = 125
+width = 32
+head_dim = 8
+heads = 2
+depth = 1
+decoder_depth = 1
+codebook_size = 32
+"#
+    };
+}
+
 /// The registry file [`beatlab`] keeps in `dir`.
 fn registry_path(dir: &Path) -> std::path::PathBuf {
     dir.join("reg.db")
