@@ -1,18 +1,25 @@
-//! `beatlab report` on a small experiment trained by the binary: the page is one well-formed
-//! document whose table, curves and cell rows agree with the registry, and bad input is refused
-//! with exit code 2.
+//! `beatlab report` on small experiments trained by the binary: the page is one well-formed
+//! document whose table, bar charts, parallel coordinates, curves, ECG windows, closed-QA
+//! matrix, generations and cell rows agree with the registry and the run folders; it loads in
+//! headless Chromium with no console message and no request; bad input is refused with exit
+//! code 2.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use beatlab::registry::{Registry, RunStatus};
+use beatlab::registry::{CellOffer, Registry, RunRow, RunStatus};
 
 #[path = "report/browser.rs"]
 mod browser;
+#[allow(dead_code)]
+mod common;
+use common::{TOY_MULTIMODAL, beatlab};
 
-/// Two cells (single VQ and DVQ) over two seeds, two epochs each, with a paper value.
-const SPEC: &str = r#"
+/// Two cells (single VQ and DVQ) over two seeds, two epochs each, with a paper value and
+/// display labels.
+const SPEC: &str = concat!(
+    r#"
 [experiment]
 name = "rep"
 description = "A report's <test> & its cells"
@@ -23,18 +30,9 @@ synthetic_records = 32
 synthetic_duration_s = 4.0
 val_fraction = 0.25
 test_fraction = 0.1
-
-[beat]
-patch_size = 25
-input_len = 250
-predict_len = 125
-width = 32
-head_dim = 8
-heads = 2
-depth = 1
-decoder_depth = 1
-codebook_size = 32
-
+"#,
+    tiny_beat!(),
+    r#"
 [[stage]]
 name = "beat"
 kind = "beat"
@@ -53,23 +51,18 @@ title = "Report test"
 rows = ["beat.dvq_levels"]
 metrics = ["beat/val/loss", "beat/val/code_pct"]
 
+[table.labels]
+"beat.dvq_levels" = "VQ levels"
+"beat/val/loss" = "val loss"
+
 [paper]
 source = "a paper"
 
 [[paper.cell]]
 at = { "beat.dvq_levels" = 2 }
 values = { "beat/val/loss" = 0.5 }
-"#;
-
-fn beatlab(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_beatlab"))
-        .current_dir(dir)
-        .env("BEATLAB_REGISTRY", dir.join("reg.db"))
-        .env("BEATLAB_RUNS_DIR", dir.join("runs"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+"#
+);
 
 fn ok(out: &Output) {
     assert!(
@@ -210,8 +203,8 @@ fn the_report_of_a_trained_sweep_agrees_with_the_registry() {
             curve
                 .attribute("data-label")
                 .unwrap()
-                .contains(&format!("={levels}")),
-            "groups in plan order"
+                .contains(&format!("VQ levels={levels} ")),
+            "groups in plan order, named by [table.labels]"
         );
         let mut expected: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
         for r in runs
@@ -292,6 +285,9 @@ fn the_report_of_a_trained_sweep_agrees_with_the_registry() {
     }
     by_id(&doc, "plot-ecg-1");
 
+    bars_agree_with_the_registry(&doc, &reg, &runs);
+    parallel_coordinates_agree_with_the_registry(&doc, &reg, &runs);
+
     // Cells: one row per cell with its run and status; the embedded data holds every point.
     let cells = by_id(&doc, "cells");
     let ids: Vec<String> = cells
@@ -321,6 +317,135 @@ fn the_report_of_a_trained_sweep_agrees_with_the_registry() {
     );
 }
 
+/// The elements under `node` of class `class`.
+fn of_class<'a, 'i>(node: roxmltree::Node<'a, 'i>, class: &str) -> Vec<roxmltree::Node<'a, 'i>> {
+    node.descendants()
+        .filter(|n| n.attribute("class") == Some(class))
+        .collect()
+}
+
+fn num(node: &roxmltree::Node, attr: &str) -> f64 {
+    node.attribute(attr)
+        .unwrap_or_else(|| panic!("no {attr}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{attr}: {e}"))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+/// The summaries of `key` of the runs of `dvq_levels`, one per seed.
+fn seed_values(reg: &Registry, runs: &[RunRow], levels: i64, key: &str) -> Vec<f64> {
+    runs.iter()
+        .filter(|r| r.cell_label.contains(&format!("beat.dvq_levels={levels}")))
+        .map(|r| reg.summaries(&r.id).unwrap()[key])
+        .collect()
+}
+
+/// One bar chart per table metric; each bar is the mean of its row's seeds with a whisker of
+/// their sample std, its height in proportion; the paper's value marks only the DVQ loss bar.
+fn bars_agree_with_the_registry(doc: &roxmltree::Document, reg: &Registry, runs: &[RunRow]) {
+    for (metric, id, title) in [
+        ("beat/val/loss", "plot-bars-beat-val-loss", "val loss"),
+        (
+            "beat/val/code_pct",
+            "plot-bars-beat-val-code_pct",
+            "beat/val/code_pct",
+        ),
+    ] {
+        let chart = by_id(doc, id);
+        let text: String = chart.descendants().filter_map(|n| n.text()).collect();
+        assert!(text.contains(title), "{id}: {text}");
+        assert!(text.contains("VQ levels"), "x axis named by [table.labels]");
+        let bars = of_class(chart, "bar");
+        assert_eq!(bars.len(), 2, "{id}: one bar per row");
+        let mut heights = Vec::new();
+        for (bar, levels) in bars.iter().zip([1, 2]) {
+            assert_eq!(bar.attribute("data-metric"), Some(metric));
+            assert_eq!(bar.attribute("data-row"), Some(levels.to_string().as_str()));
+            let v = seed_values(reg, runs, levels, metric);
+            assert_eq!(v.len(), 2);
+            let mean = (v[0] + v[1]) / 2.0;
+            let std = ((v[0] - mean).powi(2) + (v[1] - mean).powi(2)).sqrt();
+            assert!(close(num(bar, "data-mean"), mean), "{id} {levels}");
+            assert!(close(num(bar, "data-std"), std), "{id} {levels}");
+            assert_eq!(bar.attribute("data-n"), Some("2"));
+            let whisker = of_class(chart, "error-bar")
+                .into_iter()
+                .find(|w| w.attribute("data-row") == bar.attribute("data-row"))
+                .expect("a whisker on every bar of two seeds");
+            assert!(close(num(&whisker, "data-lo"), mean - std));
+            assert!(close(num(&whisker, "data-hi"), mean + std));
+            heights.push((num(bar, "height"), mean));
+        }
+        // Bars start at 0, so their heights are in the ratio of their means (to the pixel
+        // rounding).
+        let (h1, m1) = heights[0];
+        let (h2, m2) = heights[1];
+        assert!(
+            (h1 * m2 - h2 * m1).abs() <= 0.02 * (m1 + m2),
+            "{id}: heights {h1}, {h2} for means {m1}, {m2}"
+        );
+        let markers = of_class(chart, "paper-marker");
+        let marked: Vec<(&str, f64)> = markers
+            .iter()
+            .map(|m| (m.attribute("data-row").unwrap(), num(m, "data-value")))
+            .collect();
+        match metric {
+            "beat/val/loss" => assert_eq!(marked, [("2", 0.5)]),
+            _ => assert!(marked.is_empty(), "{id}: no paper value: {marked:?}"),
+        }
+    }
+}
+
+/// The sweep's parallel coordinates: the dvq_levels axis and the first table metric's, one
+/// line per finished run through its cell's value and its summary, higher values drawn higher.
+fn parallel_coordinates_agree_with_the_registry(
+    doc: &roxmltree::Document,
+    reg: &Registry,
+    runs: &[RunRow],
+) {
+    let plot = by_id(doc, "plot-parallel");
+    let axes: Vec<&str> = of_class(plot, "pc-axis")
+        .iter()
+        .filter_map(|a| a.attribute("data-key"))
+        .collect();
+    assert_eq!(axes, ["beat.dvq_levels", "beat/val/loss"]);
+    let text: String = plot.descendants().filter_map(|n| n.text()).collect();
+    assert!(
+        text.contains("VQ levels") && text.contains("val loss"),
+        "{text}"
+    );
+    let lines = of_class(plot, "pc-line");
+    assert_eq!(lines.len(), runs.len(), "one line per finished run");
+    let mut by_value: Vec<(f64, f64)> = Vec::new();
+    for line in &lines {
+        let cell: i64 = line.attribute("data-cell").unwrap().parse().unwrap();
+        let run = runs.iter().find(|r| r.cell_index == cell).unwrap();
+        let loss = reg.summaries(&run.id).unwrap()["beat/val/loss"];
+        assert!(close(num(line, "data-metric"), loss), "cell {cell}");
+        let levels = line.attribute("data-values").unwrap();
+        let pair = format!("beat.dvq_levels={levels}");
+        assert!(
+            run.cell_label.split(", ").any(|p| p == pair),
+            "{levels} for {}",
+            run.cell_label
+        );
+        let points: Vec<&str> = line.attribute("points").unwrap().split(' ').collect();
+        assert_eq!(points.len(), 2, "one vertex per axis");
+        let y: f64 = points[1].split_once(',').unwrap().1.parse().unwrap();
+        by_value.push((loss, y));
+    }
+    by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for w in by_value.windows(2) {
+        assert!(
+            w[0].1 >= w[1].1,
+            "a larger loss is drawn higher: {by_value:?}"
+        );
+    }
+}
+
 #[test]
 fn failed_and_missing_cells_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
@@ -341,15 +466,7 @@ fn failed_and_missing_cells_and_bad_input() {
         .unwrap();
     let reg = Registry::open(&d.join("reg.db")).unwrap();
     reg.upsert_experiment("rep", "rep.toml", "").unwrap();
-    let c = &plan.cells[1];
-    let offer = beatlab::registry::CellOffer {
-        index: c.index as i64,
-        label: c.label(),
-        overrides: c.overrides_json(),
-        spec_json: c.canonical.clone(),
-        hash: c.hash.clone(),
-        seed: c.spec.experiment.seed as i64,
-    };
+    let offer = CellOffer::of(&plan.cells[1]);
     let policy = beatlab::registry::ClaimPolicy {
         experiment: "rep".into(),
         worker: "w".into(),
@@ -402,6 +519,10 @@ fn failed_and_missing_cells_and_bad_input() {
             "--where",
         ),
         (vec!["report", "nope.toml"], "no experiment `nope.toml`"),
+        (
+            vec!["report", "rep.toml", "--metric", "beat/val/los"],
+            "did you mean `beat/val/loss`?",
+        ),
         (vec!["report", "rep.toml", "-o", "rep.toml"], "not a folder"),
     ] {
         let out = beatlab(d, &args);
@@ -453,6 +574,10 @@ fn the_page_loads_in_headless_chromium() {
         "class=\"plot plot-ecg\"",
         "<table class=\"cells\">",
         "id=\"beatlab-data\"",
+        "class=\"plot plot-bars\"",
+        "id=\"plot-bars-beat-val-loss\"",
+        "class=\"paper-marker\"",
+        "class=\"plot plot-parallel\"",
     ] {
         assert!(page.dom.contains(part), "{part} in the DOM");
     }
@@ -475,5 +600,194 @@ fn the_page_loads_in_headless_chromium() {
     for rgb in [[0x00, 0x72, 0xB2], [0xD5, 0x5E, 0x00]] {
         let n = shot.near(rgb, 24);
         assert!(n > 100, "{rgb:?}: {n} pixels in {}", shot.file.display());
+    }
+}
+
+/// Beat, warm-up, joint training and evaluation of a toy multimodal model (one cell).
+fn multimodal_spec() -> String {
+    format!(
+        r#"
+[experiment]
+name = "mm"
+
+{TOY_MULTIMODAL}
+[backbone.lora]
+rank = 4
+alpha = 8
+
+[eval]
+max_items = 6
+max_new_tokens = 6
+
+[[stage]]
+name = "beat"
+kind = "beat"
+epochs = 1
+batch = 8
+
+[[stage]]
+name = "warmup"
+kind = "warmup"
+epochs = 1
+batch = 8
+
+[[stage]]
+name = "joint"
+kind = "joint"
+epochs = 1
+batch = 8
+steps = 6
+
+[[stage]]
+name = "eval"
+kind = "eval"
+batch = 8
+
+[table]
+metrics = ["eval/accuracy", "eval/closed_qa/acc"]
+"#
+    )
+}
+
+/// An item type as the generations file spells it, reduced to letters (`diagnosisclosedqa`).
+fn compact(item_type: &str) -> String {
+    item_type
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+#[test]
+fn a_multimodal_run_shows_its_closed_qa_answers_and_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("mm.toml"), multimodal_spec()).unwrap();
+    ok(&beatlab(d, &["run", "mm.toml", "--quiet"]));
+    ok(&beatlab(d, &["report", "mm.toml", "-o", "out"]));
+    let reg = Registry::open_existing(&d.join("reg.db")).unwrap().unwrap();
+    let run = reg.runs(Some("mm"), None).unwrap().remove(0);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(Path::new(&run.run_dir).join("generations-eval.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let html = std::fs::read_to_string(d.join("out/index.html")).unwrap();
+    let doc = roxmltree::Document::parse_with_options(
+        &html,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("the page is well-formed");
+
+    // The matrix counts every closed-QA line of the file by (correct, chosen) option.
+    let mut expected: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for l in &lines {
+        let closed = compact(l["type"].as_str().unwrap()).ends_with("closedqa");
+        let Some(correct) = l["correct"].as_str().filter(|_| closed) else {
+            continue;
+        };
+        let chosen = l["chosen_by_likelihood"]
+            .as_str()
+            .or(l["chosen_by_generation"].as_str())
+            .unwrap_or("none");
+        *expected
+            .entry((correct.to_string(), chosen.to_string()))
+            .or_default() += 1;
+    }
+    let items: usize = expected.values().sum();
+    assert!(items > 0, "the toy eval answers closed questions");
+    let matrix = by_id(&doc, "plot-confusion-0");
+    let squares = of_class(matrix, "cm-cell");
+    let mut drawn = 0;
+    for sq in &squares {
+        let key = (
+            sq.attribute("data-correct").unwrap().to_string(),
+            sq.attribute("data-chosen").unwrap().to_string(),
+        );
+        let count: usize = sq.attribute("data-count").unwrap().parse().unwrap();
+        assert_eq!(count, expected.get(&key).copied().unwrap_or(0), "{key:?}");
+        drawn += count;
+    }
+    assert_eq!(drawn, items, "every answer in one square");
+    let accuracy = reg.summaries(&run.id).unwrap()["eval/closed_qa/acc"];
+    let text: String = matrix.descendants().filter_map(|n| n.text()).collect();
+    assert!(
+        text.contains(&format!("{:.1} % correct", 100.0 * accuracy)),
+        "the matrix's accuracy is the summary's ({accuracy}): {text}"
+    );
+
+    // Generations: the first three open answers and reports of the file, with their
+    // references, as written.
+    let mut per_task: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut wanted: Vec<(&str, &str)> = Vec::new();
+    for l in &lines {
+        let t = compact(l["type"].as_str().unwrap());
+        let task = if t.ends_with("openqa") {
+            "open"
+        } else if t.ends_with("reportgeneration") {
+            "report"
+        } else {
+            continue;
+        };
+        let Some(generation) = l["generation"].as_str() else {
+            continue;
+        };
+        let n = per_task.entry(task).or_default();
+        if *n < 3 {
+            *n += 1;
+            wanted.push((l["reference"].as_str().unwrap(), generation));
+        }
+    }
+    assert_eq!(per_task.len(), 2, "open answers and reports: {per_task:?}");
+    let table = by_id(&doc, "generations");
+    let shown: Vec<(String, String)> = table
+        .descendants()
+        .filter(|n| n.has_tag_name("tr") && n.attribute("data-type").is_some())
+        .map(|tr| {
+            let cell = |class: &str| -> String {
+                tr.children()
+                    .find(|c| c.attribute("class") == Some(class))
+                    .map(|c| {
+                        c.descendants()
+                            .filter(|t| t.is_text())
+                            .filter_map(|t| t.text())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            (cell("reference"), cell("generation"))
+        })
+        .collect();
+    // Characters text cannot hold (a toy model generates control characters) show as U+FFFD.
+    let text = |s: &str| -> String {
+        s.chars()
+            .map(|c| match beatlab::table::render::not_text(c) {
+                true => char::REPLACEMENT_CHARACTER,
+                false => c,
+            })
+            .collect()
+    };
+    let wanted: Vec<(String, String)> = wanted.iter().map(|(r, g)| (text(r), text(g))).collect();
+    assert_eq!(shown, wanted);
+
+    // In a real browser the page loads cleanly with the matrix and the generations.
+    let Some(chromium) = browser::chromium() else {
+        return;
+    };
+    let index = d.join("out/index.html");
+    let page = browser::load(&chromium, d, &index);
+    assert_eq!(page.console, Vec::<String>::new(), "no console message");
+    assert_eq!(page.requests, Vec::<String>::new(), "no network request");
+    for part in [
+        "class=\"plot plot-confusion\"",
+        "class=\"cm-cell\"",
+        "<table class=\"generations\"",
+        "class=\"plot plot-bars\"",
+    ] {
+        assert!(page.dom.contains(part), "{part} in the DOM");
     }
 }

@@ -150,8 +150,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "md")]
         format: Format,
     },
-    /// Write an HTML report of an experiment: its table beside the paper's values, training
-    /// curves, codebook use and every cell's run, from the registry and the run folders.
+    /// Write an HTML report of an experiment: its table beside the paper's values, bar charts
+    /// and parallel coordinates of its metrics, training curves, codebook use, ECG windows,
+    /// closed-QA answers, generations and every cell's run, from the registry and the run folders.
     ///
     /// Example: beatlab report quickstart -o reports/quickstart --open
     Report {
@@ -165,6 +166,10 @@ pub enum Command {
         /// Only runs matching EXPR (as `beatlab runs --where`); cells without one are left out.
         #[arg(long = "where", value_name = "EXPR")]
         filter: Option<String>,
+        /// The metric of the sweep's parallel-coordinates plot (default: the first table
+        /// metric a run has), e.g. `eval/accuracy`.
+        #[arg(long, value_name = "KEY")]
+        metric: Option<String>,
         /// Open the page in the desktop's browser (xdg-open) when it is written.
         #[arg(long)]
         open: bool,

@@ -123,8 +123,16 @@ pub fn run(cli: Cli) -> Result<Exit> {
             sets,
             output,
             filter,
+            metric,
             open,
-        } => report(g, &name, sets, output, filter.as_deref(), open),
+        } => report(
+            g,
+            &name,
+            sets,
+            output,
+            (filter.as_deref(), metric.as_deref()),
+            open,
+        ),
         Command::Runs {
             status,
             experiment,
@@ -548,11 +556,15 @@ fn report(
     name: &str,
     sets: Vec<String>,
     output: Option<PathBuf>,
-    filter: Option<&str>,
+    (filter, metric): (Option<&str>, Option<&str>),
     open: bool,
 ) -> Result<Exit> {
     let (_, plan) = load_plan(g, &experiment_file(name)?, sets)?;
     let query = parse_where(filter)?;
+    if let Some(m) = metric {
+        beatlab::report::parallel::check_metric(&plan, m)
+            .map_err(|e| bad(anyhow::anyhow!("--metric {e}")))?;
+    }
     let out = output.unwrap_or_else(|| Path::new("reports").join(&plan.experiment));
     if out.exists() && !out.is_dir() {
         return Err(bad(anyhow::anyhow!(
@@ -567,7 +579,7 @@ fn report(
         &g.runs_dir,
         filter.zip(query.as_ref()),
     )?;
-    let index = beatlab::report::write(&data, &out)?;
+    let index = beatlab::report::write(&data, &out, metric)?;
     println!("{}", index.display());
     if open {
         let status = std::process::Command::new("xdg-open").arg(&index).status();

@@ -80,7 +80,7 @@ fn group_lines(data: &ReportData, key: &str, what: &str, dash: &'static str) -> 
         }
         let label = match data.groups.len() {
             1 => what.to_string(),
-            _ => format!("{} {what}", group.label),
+            _ => format!("{} {what}", group.title),
         };
         lines.push(Line {
             key: key.to_string(),

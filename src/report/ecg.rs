@@ -31,7 +31,7 @@ pub fn ecg_plots(data: &ReportData) -> Vec<Plot> {
         };
         let title = format!(
             "{} — validation window {} (cell {})",
-            group.label, window.index, cell.index
+            group.title, window.index, cell.index
         );
         plots.push(Plot {
             name: format!("ecg-{g}"),

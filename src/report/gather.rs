@@ -11,12 +11,13 @@ use crate::query::Query;
 use crate::registry::{Registry, RegistryError, RunRow, RunStatus};
 use crate::spec::{Plan, StageKind, get_field};
 use crate::table::{self, Table};
+use beatlab_heartcare::instruct::{ItemType, Task};
 
 /// The seed axis, which the report aggregates over.
 pub const SEED_KEY: &str = "experiment.seed";
 
-/// Generations shown per cell.
-const GENERATIONS_SHOWN: usize = 6;
+/// Generations shown per cell and task (open QA, report generation).
+const GENERATIONS_PER_TASK: usize = 3;
 
 /// Everything the page shows.
 pub struct ReportData {
@@ -38,6 +39,9 @@ pub struct ReportData {
     pub stages: Vec<(String, StageKind)>,
     /// The table's metrics (`[table] metrics`).
     pub metrics: Vec<String>,
+    /// The fields that make the table's rows and column groups (`[table] rows`, `columns`).
+    pub table_rows: Vec<String>,
+    pub table_columns: Vec<String>,
 }
 
 /// One plan cell and the run it shows.
@@ -66,6 +70,8 @@ pub struct Group {
     /// The cell label without the seed (`beat.dvq_levels=2`), or the experiment's name for a
     /// plan without other axes.
     pub label: String,
+    /// The same with `[table.labels]` applied (`VQ levels=2`): what legends and titles show.
+    pub title: String,
     /// Indices into [`ReportData::cells`].
     pub cells: Vec<usize>,
 }
@@ -73,6 +79,7 @@ pub struct Group {
 /// One line of a `generations-<stage>.jsonl` file, as the report reads it.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Generation {
+    /// The item's Heartcare type (`DiagnosisClosedQA`, `ReportGeneration`, ...).
     #[serde(rename = "type")]
     pub item_type: String,
     #[serde(default)]
@@ -141,6 +148,7 @@ pub fn gather(
         .filter(|k| k.as_str() != SEED_KEY)
         .cloned()
         .collect();
+    let labels = &plan.base.table.labels;
     let mut cells = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     for cell in &plan.cells {
@@ -158,6 +166,7 @@ pub fn gather(
             Some(g) => g,
             None => {
                 groups.push(Group {
+                    title: group_title(&axes, &axis_values, &plan.experiment, labels),
                     label,
                     cells: Vec::new(),
                 });
@@ -205,7 +214,7 @@ pub fn gather(
         cells,
         groups,
         axes,
-        labels: plan.base.table.labels.clone(),
+        labels: labels.clone(),
         stages: plan
             .base
             .stage
@@ -214,6 +223,8 @@ pub fn gather(
             .map(|s| (s.name.clone(), s.kind))
             .collect(),
         metrics: plan.base.table.metrics.clone(),
+        table_rows: plan.base.table.rows.clone(),
+        table_columns: plan.base.table.columns.clone(),
     })
 }
 
@@ -232,16 +243,22 @@ fn read_run(
             .push((p.step, p.value));
     }
     data.samples = load_beat_samples(dir)?;
+    let mut shown: BTreeMap<Task, usize> = BTreeMap::new();
     for path in generation_files(dir) {
         for g in load_generations(&path)? {
-            if g.item_type == "closed_qa"
+            let task = ItemType::parse(g.item_type.as_str()).task();
+            if task == Some(Task::ClosedQa)
                 && let Some(c) = g.correct
             {
                 data.answers
                     .push((c, g.chosen_by_likelihood.or(g.chosen_by_generation)));
             }
-            let free = matches!(g.item_type.as_str(), "open_qa" | "report");
-            if free && g.generation.is_some() && data.generations.len() < GENERATIONS_SHOWN {
+            let Some(task @ (Task::OpenQa | Task::ReportGeneration)) = task else {
+                continue;
+            };
+            let n = shown.entry(task).or_default();
+            if g.generation.is_some() && *n < GENERATIONS_PER_TASK {
+                *n += 1;
                 data.generations.push(g);
             }
         }
@@ -302,6 +319,34 @@ fn group_label(axes: &[String], values: &[String], name: &str) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// [`group_label`] with `[table.labels]`: a `field=value` label where there is one, else the
+/// field's label, `=` and the value.
+fn group_title(
+    axes: &[String],
+    values: &[String],
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> String {
+    if axes.is_empty() {
+        return name.to_string();
+    }
+    axes.iter()
+        .zip(values)
+        .map(|(k, v)| value_label(labels, k, v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `field=value` as a reader sees it: the `[table.labels]` entry of the pair, else the
+/// field's label (or key), `=` and the value.
+pub fn value_label(labels: &BTreeMap<String, String>, field: &str, value: &str) -> String {
+    if let Some(l) = labels.get(&format!("{field}={value}")) {
+        return l.clone();
+    }
+    let field = labels.get(field).map_or(field, String::as_str);
+    format!("{field}={value}")
 }
 
 /// A spec value as text (strings without quotes).

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use super::Figures;
 use super::curves::Plot;
 use super::gather::{CellData, ReportData};
 use crate::registry::RunStatus;
@@ -36,11 +37,14 @@ figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:6px;backg
 figure svg{display:block;max-width:100%;height:auto}
 pre.error{white-space:pre-wrap;background:#fff5f5;border:1px solid #f4c7c3;padding:8px;border-radius:4px;font-size:12px;max-height:320px;overflow:auto}
 .none{color:var(--muted)}
+table.generations{font-size:12.5px;max-width:100%}table.generations td{max-width:420px}
+table.generations td.reference{background:#fafafa}
+p.note{color:var(--muted);font-size:12.5px;margin:4px 0 8px}
 code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 ";
 
 /// The whole document.
-pub fn render(data: &ReportData, curves: &[Plot], codebook: &[Plot], ecg: &[Plot]) -> String {
+pub fn render(data: &ReportData, figures: &Figures) -> String {
     let mut s = String::with_capacity(64 * 1024);
     let _ = write!(
         s,
@@ -55,16 +59,41 @@ pub fn render(data: &ReportData, curves: &[Plot], codebook: &[Plot], ecg: &[Plot
     s.push_str("</section>\n");
     plots(
         &mut s,
+        "bars",
+        "Table metrics",
+        &figures.bars,
+        "No finished run has a table metric yet.",
+    );
+    if let Some(p) = &figures.parallel {
+        plots(&mut s, "sweep", "Sweep", std::slice::from_ref(p), "");
+    }
+    plots(
+        &mut s,
         "curves",
         "Training curves",
-        curves,
+        &figures.curves,
         "No metric points recorded yet.",
     );
-    if !codebook.is_empty() {
-        plots(&mut s, "codebook", "Codebook use", codebook, "");
+    if !figures.codebook.is_empty() {
+        plots(&mut s, "codebook", "Codebook use", &figures.codebook, "");
     }
-    if !ecg.is_empty() {
-        plots(&mut s, "ecg", "Validation ECG windows", ecg, "");
+    if !figures.ecg.is_empty() {
+        plots(&mut s, "ecg", "Validation ECG windows", &figures.ecg, "");
+    }
+    if !figures.confusion.is_empty() {
+        plots(
+            &mut s,
+            "closed-qa",
+            "Closed-QA answers",
+            &figures.confusion,
+            "",
+        );
+    }
+    let generations = super::qa::generations_html(data);
+    if !generations.is_empty() {
+        s.push_str("<section id=\"generations\"><h2>Generations beside their references</h2>\n");
+        s.push_str(&generations);
+        s.push_str("</section>\n");
     }
     cells(&mut s, data);
     failures(&mut s, data);

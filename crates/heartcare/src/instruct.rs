@@ -294,6 +294,11 @@ impl ItemType {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The task the type names; `None` for a type this crate does not know.
+    pub fn task(&self) -> Option<Task> {
+        self.task
+    }
 }
 
 impl std::fmt::Display for ItemType {
