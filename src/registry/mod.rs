@@ -460,6 +460,44 @@ pub struct Claim {
     pub run_dir: PathBuf,
 }
 
+impl Claim {
+    /// The claim of an existing run of cell `cell_index` that this worker takes over (pending
+    /// or stale): a run that had started counts one attempt more and continues from its
+    /// checkpoints.
+    pub(crate) fn taken_over(run: &RunRow, cell_index: i64) -> Self {
+        let resumed = run.started_at.is_some();
+        Self {
+            run_id: run.id.clone(),
+            cell_index,
+            attempt: run.attempt + i64::from(resumed),
+            resumed,
+            run_dir: PathBuf::from(&run.run_dir),
+        }
+    }
+
+    /// The claim of a new run `id` of cell `cell_index`.
+    pub(crate) fn fresh(id: &str, cell_index: i64, policy: &ClaimPolicy) -> Self {
+        Self {
+            run_id: id.to_string(),
+            cell_index,
+            attempt: 1,
+            resumed: false,
+            run_dir: policy.experiment_dir.join(id),
+        }
+    }
+
+    /// The claim of a run `beatlab resume` continues, whatever state it was left in.
+    pub(crate) fn resumed(run: &RunRow) -> Self {
+        Self {
+            run_id: run.id.clone(),
+            cell_index: run.cell_index,
+            attempt: run.attempt + 1,
+            resumed: true,
+            run_dir: PathBuf::from(&run.run_dir),
+        }
+    }
+}
+
 /// A metric point.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetricPoint {

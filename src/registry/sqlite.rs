@@ -362,25 +362,12 @@ impl RunStore for SqliteStore {
                     }
                     (CellDecision::TakeOver, Some(run)) => {
                         take_over(&mut tx, &run.id, policy, t).await?;
-                        let resumed = run.started_at.is_some();
-                        claim = Some(Claim {
-                            run_id: run.id.clone(),
-                            cell_index: cell.index,
-                            attempt: run.attempt + i64::from(resumed),
-                            resumed,
-                            run_dir: PathBuf::from(&run.run_dir),
-                        });
+                        claim = Some(Claim::taken_over(&run, cell.index));
                     }
                     _ => {
                         let id = next_run_id(&mut tx, &cell.hash).await?;
                         insert_run(&mut tx, &id, policy, cell, "running", t).await?;
-                        claim = Some(Claim {
-                            run_id: id.clone(),
-                            cell_index: cell.index,
-                            attempt: 1,
-                            resumed: false,
-                            run_dir: policy.experiment_dir.join(&id),
-                        });
+                        claim = Some(Claim::fresh(&id, cell.index, policy));
                     }
                 }
                 break;
@@ -437,13 +424,7 @@ impl RunStore for SqliteStore {
             .await
             .map_err(q("claiming a run"))?;
             tx.commit().await.map_err(q("claiming a run"))?;
-            Ok(Ok(Claim {
-                run_id: run.id.clone(),
-                cell_index: run.cell_index,
-                attempt: run.attempt + 1,
-                resumed: true,
-                run_dir: PathBuf::from(&run.run_dir),
-            }))
+            Ok(Ok(Claim::resumed(&run)))
         })
     }
 
