@@ -6,6 +6,7 @@
 
 pub mod data;
 pub mod device;
+pub mod launch;
 pub mod parity;
 pub mod query;
 pub mod registry;

@@ -131,6 +131,25 @@ pub enum Command {
         /// Worker threads in this process, each claiming cells from the registry.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
         workers: u32,
+        /// Where the workers run: threads of this process, or the tasks of a Slurm job array
+        /// (one sbatch script, submitted with sbatch; see README "Running on a cluster").
+        #[arg(long, value_enum, default_value = "local")]
+        launcher: beatlab::launch::Launcher,
+        #[command(flatten)]
+        slurm: beatlab::launch::slurm::SlurmArgs,
+    },
+    /// An experiment's cells by status: which worker and Slurm job/array task holds each
+    /// running one and its last heartbeat, from the registry alone.
+    ///
+    /// Example: beatlab --registry postgres://beatlab@db/beatlab status table18_beat
+    Status {
+        /// Experiment name (as in the spec's `[experiment] name`).
+        experiment: String,
+        /// List finished cells too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// One worker pulling cells of a spec from a shared registry (for cluster job arrays).
     ///

@@ -33,6 +33,7 @@ macro_rules! eprintln {
 pub mod args;
 mod delineation;
 pub mod exit;
+mod launch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,14 +94,30 @@ pub fn run(cli: Cli) -> Result<Exit> {
             spec,
             train,
             workers,
-        } => train_cells(
-            g,
-            &spec.file,
-            spec.sets,
-            &train,
-            workers as usize,
-            Some(Format::Md),
-        ),
+            launcher: beatlab::launch::Launcher::Slurm,
+            slurm,
+        } => launch::slurm(g, &spec, &train, workers, &slurm),
+        Command::Status {
+            experiment,
+            all,
+            json,
+        } => launch::status(g, &experiment, all, json),
+        Command::Sweep {
+            spec,
+            train,
+            workers,
+            launcher: beatlab::launch::Launcher::Local,
+            slurm,
+        } => launch::local_only(&slurm).and_then(|()| {
+            train_cells(
+                g,
+                &spec.file,
+                spec.sets,
+                &train,
+                workers as usize,
+                Some(Format::Md),
+            )
+        }),
         Command::Worker { spec, train } => train_cells(g, &spec.file, spec.sets, &train, 1, None),
         Command::Reproduce {
             name,
