@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -114,4 +116,24 @@ pub fn policy(worker: &str, host: &str, dir: &Path) -> ClaimPolicy {
         max_failures: 3,
         job: None,
     }
+}
+
+/// Whether the test setup's Slurm cluster is up (`BEATLAB_TEST_SLURM`, from
+/// scripts/test.d/30-slurm.sh, which also sets `SLURM_CONF`); `false`, saying so, outside it.
+pub fn slurm_cluster() -> bool {
+    if std::env::var_os("BEATLAB_TEST_SLURM").is_some() {
+        return true;
+    }
+    let under_setup = ["BEATLAB_TEST_SETUP", "CI"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    assert!(
+        !under_setup,
+        "BEATLAB_TEST_SLURM is not set under the test setup: scripts/test.d/30-slurm.sh starts \
+         the Slurm cluster these tests need"
+    );
+    eprintln!(
+        "skipping: BEATLAB_TEST_SLURM is not set (scripts/test.sh starts a single-node Slurm)"
+    );
+    false
 }
