@@ -23,6 +23,9 @@ pub enum FlexibleError {
     /// The record or its annotation file could not be read.
     #[error(transparent)]
     Read(#[from] DataError),
+    /// The record could not be preprocessed into model chunks.
+    #[error(transparent)]
+    Preprocess(#[from] crate::preprocess::PreprocessError),
     /// The chunk length is not a positive, finite number of seconds, or is shorter than one
     /// sample at the record's rate.
     #[error(
@@ -162,6 +165,74 @@ pub fn mask_leads(record: &Record, keep: &[&str]) -> Result<MaskedLeads, Flexibl
         mask[slot] = true;
     }
     Ok(MaskedLeads { signals, mask })
+}
+
+/// A record as a model takes it in chunks: preprocessed (lead mapping, resampling, cleaning),
+/// cut into consecutive windows, each normalised on its own, leads not kept zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelChunks {
+    /// `chunks x 12 x chunk_len` values: chunk-major, then lead-major in standard order.
+    pub data: Vec<f32>,
+    /// Chunks (at least 1).
+    pub chunks: usize,
+    /// Samples per chunk and lead.
+    pub chunk_len: usize,
+    /// Leads that carry signal: recorded and kept.
+    pub lead_mask: [bool; 12],
+}
+
+/// Cuts `record`, preprocessed by `cfg`, into at most `max_chunks` consecutive chunks of
+/// `chunk_len` samples at `cfg.target_fs` (the last zero-padded after the record ends), keeps the
+/// leads named in `keep` (all 12 when empty) and zero-fills the others, and normalises each
+/// chunk by `cfg.normalise` over its own samples and kept leads. A record longer than
+/// `max_chunks` chunks keeps its first ones.
+pub fn model_chunks(
+    record: &Record,
+    cfg: &crate::preprocess::PreprocessConfig,
+    chunk_len: usize,
+    max_chunks: usize,
+    keep: &[&str],
+) -> Result<ModelChunks, FlexibleError> {
+    use crate::preprocess::{normalise, prepare};
+    let prep = prepare(record, cfg)?;
+    let n = prep.len();
+    if chunk_len == 0 || n == 0 {
+        return Err(FlexibleError::EmptyRecord {
+            record: record.id.clone(),
+            samples: n,
+            fs: prep.fs,
+        });
+    }
+    let mut lead_mask = prep.lead_mask;
+    if !keep.is_empty() {
+        for (k, name) in STANDARD_LEADS.iter().enumerate() {
+            lead_mask[k] &= keep.contains(name);
+        }
+        if let Some(&lead) = keep.iter().find(|l| !STANDARD_LEADS.contains(l)) {
+            return Err(FlexibleError::UnknownLead { lead: lead.into() });
+        }
+    }
+    let chunks = n.div_ceil(chunk_len).clamp(1, max_chunks.max(1));
+    let per_chunk = 12 * chunk_len;
+    let mut data = vec![0.0; chunks * per_chunk];
+    for c in 0..chunks {
+        let start = c * chunk_len;
+        let valid = chunk_len.min(n - start);
+        let out = &mut data[c * per_chunk..(c + 1) * per_chunk];
+        for (k, signal) in prep.signals.iter().enumerate() {
+            if lead_mask[k] {
+                out[k * chunk_len..k * chunk_len + valid]
+                    .copy_from_slice(&signal[start..start + valid]);
+            }
+        }
+        normalise(out, &lead_mask, chunk_len, valid, valid, cfg.normalise);
+    }
+    Ok(ModelChunks {
+        data,
+        chunks,
+        chunk_len,
+        lead_mask,
+    })
 }
 
 /// A segment of a record, in seconds from its start.
@@ -341,7 +412,7 @@ pub fn localize_wfdb(
 }
 
 /// Sorted, disjoint segments covering the same time as `segments`.
-fn merged(segments: impl IntoIterator<Item = Interval>) -> Vec<Interval> {
+pub fn merged(segments: impl IntoIterator<Item = Interval>) -> Vec<Interval> {
     let mut all: Vec<Interval> = segments.into_iter().collect();
     all.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     let mut out: Vec<Interval> = Vec::with_capacity(all.len());
@@ -649,6 +720,76 @@ mod tests {
         }
         let af = simulate(&cfg, Condition::AtrialFibrillation, 11);
         assert_eq!(simulated_segments(&af), [iv(0.0, 30.0)]);
+        // The record's metadata carries the same truth, merged.
+        let in_meta = |r: &Record| -> Vec<Interval> {
+            r.meta
+                .abnormal_segments
+                .clone()
+                .unwrap()
+                .iter()
+                .map(|&[a, b]| iv(a, b))
+                .collect()
+        };
+        assert_eq!(in_meta(&sim.record), merged(segments));
+        assert_eq!(in_meta(&af.record), [iv(0.0, 30.0)]);
+        let sinus = simulate(&cfg, Condition::NormalSinus, 11);
+        assert!(in_meta(&sinus.record).is_empty());
+    }
+
+    #[test]
+    fn model_chunks_tile_the_prepared_record_and_normalise_each_chunk_on_kept_leads() {
+        use crate::preprocess::{PreprocessConfig, prepare};
+        use crate::synthetic::{Condition, SimConfig, simulate};
+        let sim = simulate(
+            &SimConfig {
+                duration_s: 9.0,
+                ..SimConfig::default()
+            },
+            Condition::NormalSinus,
+            3,
+        );
+        let cfg = PreprocessConfig::default();
+        // 9 s at 250 Hz = 2250 samples: chunks of 1000 give 3, the last with 250 samples.
+        let all = model_chunks(&sim.record, &cfg, 1000, 8, &[]).unwrap();
+        assert_eq!((all.chunks, all.chunk_len), (3, 1000));
+        assert_eq!(all.lead_mask, [true; 12]);
+        assert_eq!(
+            model_chunks(&sim.record, &cfg, 1000, 2, &[])
+                .unwrap()
+                .chunks,
+            2
+        );
+        let two = model_chunks(&sim.record, &cfg, 1000, 8, &["I", "II"]).unwrap();
+        assert_eq!(&two.lead_mask[..3], &[true, true, false]);
+        // Recompute chunk 1 of lead II by hand: lead means removed, one std over leads I, II.
+        let prep = prepare(&sim.record, &cfg).unwrap();
+        let part = |k: usize| &prep.signals[k][1000..2000];
+        let mean = |x: &[f32]| x.iter().map(|&v| f64::from(v)).sum::<f64>() / x.len() as f64;
+        let (m0, m1) = (mean(part(0)), mean(part(1)));
+        let var = (part(0)
+            .iter()
+            .map(|&v| (f64::from(v) - m0).powi(2))
+            .sum::<f64>()
+            + part(1)
+                .iter()
+                .map(|&v| (f64::from(v) - m1).powi(2))
+                .sum::<f64>())
+            / 2000.0;
+        let at = 12 * 1000 + 1000;
+        for t in [0, 137, 999] {
+            let expected = (f64::from(part(1)[t]) - m1) / var.sqrt();
+            assert!((f64::from(two.data[at + t]) - expected).abs() < 1e-4, "{t}");
+        }
+        // Dropped leads and the padding after the record's end are zeros.
+        assert!(
+            two.data[12 * 1000 + 2 * 1000..12 * 1000 + 3 * 1000]
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        let last = &all.data[2 * 12 * 1000..];
+        assert!(last[250..1000].iter().all(|&v| v == 0.0));
+        assert!(last[..250].iter().any(|&v| v != 0.0));
+        assert!(model_chunks(&sim.record, &cfg, 1000, 8, &["V7"]).is_err());
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub struct RecordMeta {
     pub qrs_ms: Option<f32>,
     pub qt_ms: Option<f32>,
     pub axis_deg: Option<f32>,
+    /// Abnormal segments `[start_s, end_s]` (runs of non-sinus beats: ectopic beats, AF and
+    /// flutter), merged and sorted, when known (the simulator's truth, or beat annotations);
+    /// `Some(empty)` for a record known to have none. anyECG-chat's localization truth.
+    #[serde(default)]
+    pub abnormal_segments: Option<Vec<[f64; 2]>>,
 }
 
 /// A multi-lead ECG in physical units.

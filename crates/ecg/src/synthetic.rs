@@ -1898,6 +1898,21 @@ fn report(truth: &SimTruth, diagnoses: &[String]) -> String {
     )
 }
 
+/// The record's abnormal segments from its beats' kinds (see
+/// [`crate::flexible::abnormal_segments`]), merged.
+fn true_segments(truth: &SimTruth, fs: f64, n: usize) -> Vec<[f64; 2]> {
+    let flags: Vec<(f64, bool)> = truth
+        .beats
+        .iter()
+        .map(|b| (b.qrs.peak as f64 / fs, b.kind != BeatKind::Sinus))
+        .collect();
+    let segments = crate::flexible::abnormal_segments(&flags, n as f64 / fs);
+    crate::flexible::merged(segments)
+        .into_iter()
+        .map(|s| [s.start_s, s.end_s])
+        .collect()
+}
+
 fn build_record(id: String, fs: f64, signals: Vec<Vec<f32>>, truth: &SimTruth, n: usize) -> Record {
     let diagnoses = diagnoses(truth);
     let meta = RecordMeta {
@@ -1916,6 +1931,7 @@ fn build_record(id: String, fs: f64, signals: Vec<Vec<f32>>, truth: &SimTruth, n
         qrs_ms: Some(truth.qrs_ms),
         qt_ms: Some(truth.qt_ms),
         axis_deg: Some(truth.axis_deg),
+        abnormal_segments: Some(true_segments(truth, fs, n)),
     };
     let inside = |s: &WaveSpan| s.onset >= 0 && s.offset < n as i64;
     let as_wave = |kind: WaveKind, s: &WaveSpan| Wave {
