@@ -60,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )),
         vision: VisionSource::Random(tiny_siglip()),
         beat: Some(beat),
+        vit: None,
         seed: 7,
         dtype: DType::F32,
     };

@@ -1,7 +1,9 @@
 //! Turning an item's ECG inputs into backbone embeddings: validation of each input against the
-//! model, Beat and SigLIP run once per batch (or skipped for precomputed inputs), the
-//! projectors, and the blocks that tell the sequence layout where each projected input lies in
-//! the batch's table of embeddings ("codes" mode: which code tokens it becomes).
+//! model, the signal encoder (Beat, or the ECG ViT) and SigLIP run once per batch (or skipped
+//! for precomputed inputs), the projectors, and the blocks that tell the sequence layout where
+//! each projected input lies in the batch's table of embeddings ("codes" mode: which code
+//! tokens it becomes). A chunked input's chunks run through the encoder with the batch's other
+//! windows; its block gets the chunk-position and lead-mask tokens of [`crate::flexible`].
 
 use beatlab_heartcare::instruct::Modality;
 use beatlab_lm::SiglipVision;
@@ -24,9 +26,13 @@ enum Planned {
 
 /// The batch's inputs by kind, filled as they are checked (precomputed ones) or by the encoders'
 /// one run over the batch (`windows`, `pixels`: slot and input).
+///
+/// `latents[s]` is `[chunks * Q, width]`, with `signal_shape[s]` = (chunks, lead mask);
+/// `windows` holds `(slot, [n, leads, L])`, `n` the input's chunks (1 for a plain window).
 #[derive(Default)]
 struct Slots {
     latents: Vec<Option<Tensor>>,
+    signal_shape: Vec<(usize, Option<Vec<bool>>)>,
     codes: Vec<Option<Vec<Vec<u32>>>>,
     features: Vec<Option<Tensor>>,
     windows: Vec<(usize, Tensor)>,
@@ -35,7 +41,12 @@ struct Slots {
 
 impl Slots {
     fn push_latents(&mut self, t: Option<Tensor>) -> usize {
+        self.push_chunked(t, 1, None)
+    }
+
+    fn push_chunked(&mut self, t: Option<Tensor>, chunks: usize, mask: Option<Vec<bool>>) -> usize {
         self.latents.push(t);
+        self.signal_shape.push((chunks, mask));
         self.latents.len() - 1
     }
 
@@ -96,12 +107,35 @@ impl HeartcareModel {
         })
     }
 
-    /// Beat's quantized latents `[N, Q, width]` of windows `[N, leads, L]`; detached unless
-    /// Beat is trainable.
+    /// The part that encodes signal windows: the ECG ViT when the model has one, else Beat.
+    fn signal_encoder_part(&self) -> Option<Part> {
+        if self.vit.is_some() {
+            Some(Part::Vit)
+        } else {
+            self.beat.as_ref().map(|_| Part::Beat)
+        }
+    }
+
+    /// `(leads, input_len)` of the windows the signal encoder takes.
+    fn window_shape(&self) -> Result<(usize, usize)> {
+        match &self.vit {
+            Some(vit) => Ok((vit.config().leads, vit.config().input_len)),
+            None => {
+                let c = self.require_beat()?.config();
+                Ok((c.leads, c.input_len))
+            }
+        }
+    }
+
+    /// The signal encoder's output `[N, Q, width]` of windows `[N, leads, L]`: the ECG ViT's
+    /// tokens, else Beat's quantized latents; detached unless that encoder is trainable.
     pub fn signal_latents(&self, windows: &Tensor) -> Result<Tensor> {
-        let beat = self.require_beat()?;
-        let latents = beat.encode(&windows.to_dtype(DType::F32)?)?;
-        Ok(if self.trainable.contains(&Part::Beat) {
+        let windows = windows.to_dtype(DType::F32)?;
+        let (latents, part) = match &self.vit {
+            Some(vit) => (vit.forward(&windows)?, Part::Vit),
+            None => (self.require_beat()?.encode(&windows)?, Part::Beat),
+        };
+        Ok(if self.trainable.contains(&part) {
             latents
         } else {
             latents.detach()
@@ -130,38 +164,18 @@ impl HeartcareModel {
         })
     }
 
-    /// Run the frozen encoders once: windows become latents (or codes in "codes" mode) when
-    /// Beat is frozen, pixels become pooled features when the vision tower is frozen; other
-    /// inputs are returned as they are. Inputs of one kind are encoded in one batch.
+    /// Run the frozen encoders once: windows (and chunks) become latents (or codes in "codes"
+    /// mode) when the signal encoder is frozen, pixels become pooled features when the vision
+    /// tower is frozen; other inputs are returned as they are. Inputs of one kind are encoded
+    /// in one batch.
     pub fn precompute(&self, inputs: &[EcgInput]) -> Result<Vec<EcgInput>> {
         let mut out: Vec<EcgInput> = inputs.to_vec();
-        let beat_frozen = self.beat.is_some() && !self.trainable.contains(&Part::Beat);
+        let signal_frozen = self
+            .signal_encoder_part()
+            .is_some_and(|p| !self.trainable.contains(&p));
         let vision_frozen = self.vision.is_some() && !self.trainable.contains(&Part::Vision);
-        if beat_frozen {
-            let input_len = self.require_beat()?.config().input_len;
-            let mut slots = Vec::new();
-            let mut windows = Vec::new();
-            for (i, input) in inputs.iter().enumerate() {
-                if let EcgInput::Window(w) = input {
-                    let w = self.check_window(w, "precompute", i)?;
-                    windows.push(w.narrow(1, 0, input_len)?);
-                    slots.push(i);
-                }
-            }
-            if !windows.is_empty() {
-                let stacked = Tensor::stack(&windows, 0)?;
-                let encoded = match self.config.signal_input {
-                    SignalInput::Latents => self.signal_latents(&stacked)?,
-                    SignalInput::Codes => self.signal_codes(&stacked)?,
-                };
-                for (k, &slot) in slots.iter().enumerate() {
-                    let one = encoded.get(k)?;
-                    out[slot] = match self.config.signal_input {
-                        SignalInput::Latents => EcgInput::Latents(one),
-                        SignalInput::Codes => EcgInput::Codes(one),
-                    };
-                }
-            }
+        if signal_frozen {
+            self.precompute_signals(inputs, &mut out)?;
         }
         if vision_frozen {
             let mut slots = Vec::new();
@@ -185,6 +199,47 @@ impl HeartcareModel {
         Ok(out)
     }
 
+    /// The frozen signal encoder over every window and chunk of `inputs`, in one batch.
+    fn precompute_signals(&self, inputs: &[EcgInput], out: &mut [EcgInput]) -> Result<()> {
+        let input_len = self.window_shape()?.1;
+        let mut slots = Vec::new();
+        let mut windows = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let w = match input {
+                EcgInput::Window(w) => self.check_window(w, "precompute", i)?.unsqueeze(0)?,
+                EcgInput::Chunks { windows, .. } => self.check_chunks(windows, "precompute", i)?,
+                _ => continue,
+            };
+            slots.push((i, w.dim(0)?));
+            windows.push(w.narrow(2, 0, input_len)?);
+        }
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let stacked = Tensor::cat(&windows, 0)?;
+        let encoded = match self.config.signal_input {
+            SignalInput::Latents => self.signal_latents(&stacked)?,
+            SignalInput::Codes => self.signal_codes(&stacked)?,
+        };
+        let mut offset = 0;
+        for (slot, n) in slots {
+            let lead_mask = match &inputs[slot] {
+                EcgInput::Chunks { lead_mask, .. } => Some(lead_mask.clone()),
+                _ => None,
+            };
+            out[slot] = match (lead_mask, self.config.signal_input) {
+                (Some(lead_mask), _) => EcgInput::ChunkLatents {
+                    latents: encoded.narrow(0, offset, n)?,
+                    lead_mask,
+                },
+                (None, SignalInput::Latents) => EcgInput::Latents(encoded.get(offset)?),
+                (None, SignalInput::Codes) => EcgInput::Codes(encoded.get(offset)?),
+            };
+            offset += n;
+        }
+        Ok(())
+    }
+
     fn input_error(
         &self,
         item: &str,
@@ -204,15 +259,41 @@ impl HeartcareModel {
 
     /// A window `[leads, L >= input_len]`, as f32.
     fn check_window(&self, w: &Tensor, item: &str, index: usize) -> Result<Tensor> {
-        let beat = self.require_beat()?;
-        let c = beat.config();
+        let (leads, input_len) = self.window_shape()?;
         match w.dims() {
-            &[leads, len] if leads == c.leads && len >= c.input_len => Ok(w.to_dtype(DType::F32)?),
+            &[l, len] if l == leads && len >= input_len => Ok(w.to_dtype(DType::F32)?),
             other => Err(self.input_error(
                 item,
                 index,
                 "signal",
-                format!("a window [{}, L >= {}]", c.leads, c.input_len),
+                format!("a window [{leads}, L >= {input_len}]"),
+                format!("shape {other:?}"),
+            )),
+        }
+    }
+
+    /// Chunks `[k, leads, L >= input_len]`, `1 <= k <=` the model's chunk limit, as f32.
+    fn check_chunks(&self, w: &Tensor, item: &str, index: usize) -> Result<Tensor> {
+        let (leads, input_len) = self.window_shape()?;
+        let max = self.flexible.as_ref().map_or(1, |f| f.max_chunks());
+        if self.config.signal_input == SignalInput::Codes {
+            return Err(self.input_error(
+                item,
+                index,
+                "signal",
+                "a window or codes (chunked recordings need signal_input = \"latents\")",
+                format!("chunks of shape {:?}", w.dims()),
+            ));
+        }
+        match w.dims() {
+            &[k, l, len] if (1..=max).contains(&k) && l == leads && len >= input_len => {
+                Ok(w.to_dtype(DType::F32)?)
+            }
+            other => Err(self.input_error(
+                item,
+                index,
+                "signal",
+                format!("chunks [1..={max}, {leads}, L >= {input_len}] (max_chunks = {max})"),
                 format!("shape {other:?}"),
             )),
         }
@@ -280,7 +361,7 @@ impl HeartcareModel {
             .map(|(k, ex)| self.plan_example(ex, k, &mut slots))
             .collect::<Result<Vec<_>>>()?;
         self.run_encoders(&mut slots)?;
-        let (table, rows) = self.project(slots.latents, slots.features)?;
+        let (table, rows) = self.project(slots.latents, &slots.signal_shape, slots.features)?;
         let blocks = plans
             .into_iter()
             .map(|plan| self.blocks_of(plan, &rows, &slots.codes))
@@ -365,12 +446,12 @@ impl HeartcareModel {
         };
         Ok(match (input, codes_mode) {
             (EcgInput::Window(w), false) => {
-                let w = self.check_window(w, name, i)?;
+                let w = self.check_window(w, name, i)?.unsqueeze(0)?;
                 slots.windows.push((slots.latents.len(), w));
                 Planned::Signal(slots.push_latents(None))
             }
             (EcgInput::Window(w), true) => {
-                let w = self.check_window(w, name, i)?;
+                let w = self.check_window(w, name, i)?.unsqueeze(0)?;
                 slots.windows.push((slots.codes.len(), w));
                 Planned::Codes(slots.push_codes(None))
             }
@@ -399,6 +480,39 @@ impl HeartcareModel {
             }
             (EcgInput::Codes(c), true) => {
                 Planned::Codes(slots.push_codes(Some(self.check_codes(c, name, i)?)))
+            }
+            (EcgInput::Chunks { windows, lead_mask }, _) => {
+                let w = self.check_chunks(windows, name, i)?;
+                slots.windows.push((slots.latents.len(), w.clone()));
+                let k = w.dim(0)?;
+                Planned::Signal(slots.push_chunked(None, k, lead_mask.clone()))
+            }
+            (EcgInput::ChunkLatents { latents, lead_mask }, false) => {
+                let width = self
+                    .signal_proj
+                    .as_ref()
+                    .map_or(self.config.signal_feature_dim, |p| p.in_dim());
+                let max = self.flexible.as_ref().map_or(1, |f| f.max_chunks());
+                let &[k, q, w] = latents.dims() else {
+                    return Err(wrong(
+                        format!("encoded chunks [k, Q, {width}]"),
+                        format!("shape {:?}", latents.dims()),
+                    ));
+                };
+                if !(1..=max).contains(&k) || q == 0 || w != width {
+                    return Err(wrong(
+                        format!("encoded chunks [1..={max}, Q, {width}]"),
+                        format!("shape {:?}", latents.dims()),
+                    ));
+                }
+                let rows = latents.reshape((k * q, w))?.to_dtype(DType::F32)?;
+                Planned::Signal(slots.push_chunked(Some(rows), k, lead_mask.clone()))
+            }
+            (EcgInput::ChunkLatents { latents, .. }, true) => {
+                return Err(wrong(
+                    "a window or codes (the model runs in \"codes\" mode)".into(),
+                    format!("encoded chunks of shape {:?}", latents.dims()),
+                ));
             }
             (EcgInput::Pixels(p), _) => {
                 let p = self.check_pixels(p, name, i)?;
@@ -433,28 +547,38 @@ impl HeartcareModel {
         Ok(l.to_dtype(DType::F32)?.detach())
     }
 
-    /// Runs Beat once over every window of the batch and SigLIP once over every image, filling
-    /// their slots.
+    /// Runs the signal encoder once over every window and chunk of the batch and SigLIP once
+    /// over every image, filling their slots.
     fn run_encoders(&self, slots: &mut Slots) -> Result<()> {
         if !slots.windows.is_empty() {
-            let input_len = self.require_beat()?.config().input_len;
-            let stacked = Tensor::stack(
+            let input_len = self.window_shape()?.1;
+            let stacked = Tensor::cat(
                 &slots
                     .windows
                     .iter()
-                    .map(|(_, w)| w.narrow(1, 0, input_len))
+                    .map(|(_, w)| w.narrow(2, 0, input_len))
                     .collect::<candle_core::Result<Vec<_>>>()?,
                 0,
             )?;
             if self.config.signal_input == SignalInput::Codes {
+                // Codes mode takes single windows only (chunks are refused when planned).
                 let all = self.signal_codes(&stacked)?;
                 for (k, (slot, _)) in slots.windows.iter().enumerate() {
                     slots.codes[*slot] = Some(all.get(k)?.to_vec2::<u32>()?);
                 }
             } else {
                 let all = self.signal_latents(&stacked)?;
-                for (k, (slot, _)) in slots.windows.iter().enumerate() {
-                    slots.latents[*slot] = Some(all.get(k)?);
+                let mut offset = 0;
+                for (slot, w) in &slots.windows {
+                    let n = w.dim(0)?;
+                    let (_, q, width) = all.dims3()?;
+                    let rows = if n == 1 {
+                        all.get(offset)?
+                    } else {
+                        all.narrow(0, offset, n)?.reshape((n * q, width))?
+                    };
+                    slots.latents[*slot] = Some(rows);
+                    offset += n;
                 }
             }
         }
@@ -476,6 +600,7 @@ impl HeartcareModel {
     fn project(
         &self,
         latents: Vec<Option<Tensor>>,
+        signal_shape: &[(usize, Option<Vec<bool>>)],
         features: Vec<Option<Tensor>>,
     ) -> Result<(Option<Tensor>, TableRows)> {
         let (latents, features) = (filled(latents), filled(features));
@@ -486,16 +611,48 @@ impl HeartcareModel {
                 .signal_proj
                 .as_ref()
                 .ok_or_else(|| self.absent(Part::SignalProjector))?;
-            for l in &latents {
-                let r = rows.take(l.dim(0)?);
-                rows.signal.push(r);
-            }
-            let proj = if self.trainable.contains(&Part::SignalProjector) {
+            let trained = self.trainable.contains(&Part::SignalProjector);
+            let proj = if trained {
                 proj.clone()
             } else {
                 proj.detached()
             };
-            pieces.push(proj.forward(&Tensor::cat(&latents, 0)?)?);
+            let projected = proj.forward(&Tensor::cat(&latents, 0)?)?;
+            match &self.flexible {
+                None => {
+                    for ((l, (chunks, _)), k) in latents.iter().zip(signal_shape).zip(0..) {
+                        if *chunks > 1 {
+                            return Err(MmError::config(
+                                "max_chunks",
+                                format!(
+                                    "= 0 but signal input {k} of the batch has {chunks} chunks \
+                                     (a model for chunked recordings needs max_chunks > 0)"
+                                ),
+                            ));
+                        }
+                        let r = rows.take(l.dim(0)?);
+                        rows.signal.push(r);
+                    }
+                    pieces.push(projected);
+                }
+                Some(flex) => {
+                    let flex = if trained {
+                        flex.clone()
+                    } else {
+                        flex.detached()
+                    };
+                    let mut offset = 0;
+                    for (l, (chunks, mask)) in latents.iter().zip(signal_shape) {
+                        let n = l.dim(0)?;
+                        let block =
+                            flex.block(&projected.narrow(0, offset, n)?, *chunks, mask.as_deref())?;
+                        offset += n;
+                        let r = rows.take(block.dim(0)?);
+                        rows.signal.push(r);
+                        pieces.push(block);
+                    }
+                }
+            }
         }
         if !features.is_empty() {
             let proj = self

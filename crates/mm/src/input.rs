@@ -3,6 +3,12 @@
 //! pixels for SigLIP) or precomputed ones (Beat latents or codes, pooled image features), so a
 //! training loop with frozen encoders runs them once per ECG instead of once per step (see
 //! [`crate::HeartcareModel::precompute`]). Also the helpers that turn a record into image input.
+//!
+//! anyECG-chat's flexible inputs (`paper-facts.md` §3) are [`EcgInput::Chunks`]: a long
+//! recording cut into consecutive windows, each encoded on its own, and optionally the lead
+//! mask of a reduced-lead recording (its missing leads zero-filled in standard order). How
+//! they enter the sequence (chunk-position tokens, the lead-mask token) is
+//! [`crate::flexible`]'s.
 
 use beatlab_ecg::Record;
 use beatlab_heartcare::instruct::Modality;
@@ -21,7 +27,8 @@ pub enum EcgInput {
     /// A signal window `[leads, L]` (`L >= ` Beat's `input_len`; the first `input_len` samples
     /// are encoded), preprocessed as Beat was trained.
     Window(Tensor),
-    /// Beat's quantized latents `[Q, width]`, precomputed.
+    /// The signal encoder's output `[Q, width]` (Beat's quantized latents, or the ECG ViT's
+    /// tokens), precomputed.
     Latents(Tensor),
     /// Beat's codes `[levels, Q]` (u32), precomputed; what "codes" mode turns into tokens.
     Codes(Tensor),
@@ -30,13 +37,32 @@ pub enum EcgInput {
     Pixels(Tensor),
     /// Pooled vision features `[n, F]` (n = 1, or 12 tiles), precomputed.
     Features(Tensor),
+    /// A recording as `k >= 1` consecutive windows `[k, leads, L]`, each encoded on its own,
+    /// with the recording's lead mask (`leads` flags, true = recorded; `None` = all leads).
+    Chunks {
+        /// The windows, preprocessed as the signal encoder expects.
+        windows: Tensor,
+        /// Which leads carry signal; the others are zeros.
+        lead_mask: Option<Vec<bool>>,
+    },
+    /// [`EcgInput::Chunks`] after the frozen signal encoder: `[k, Q, width]`.
+    ChunkLatents {
+        /// The encoder's output per chunk.
+        latents: Tensor,
+        /// As in [`EcgInput::Chunks`].
+        lead_mask: Option<Vec<bool>>,
+    },
 }
 
 impl EcgInput {
     /// The modality this input carries.
     pub fn modality(&self) -> Modality {
         match self {
-            Self::Window(_) | Self::Latents(_) | Self::Codes(_) => Modality::Signal,
+            Self::Window(_)
+            | Self::Latents(_)
+            | Self::Codes(_)
+            | Self::Chunks { .. }
+            | Self::ChunkLatents { .. } => Modality::Signal,
             Self::Pixels(_) | Self::Features(_) => Modality::Image,
         }
     }
@@ -49,6 +75,8 @@ impl EcgInput {
             Self::Codes(t) => ("Beat codes", t),
             Self::Pixels(t) => ("pixels", t),
             Self::Features(t) => ("image features", t),
+            Self::Chunks { windows, .. } => ("signal chunks", windows),
+            Self::ChunkLatents { latents, .. } => ("encoded signal chunks", latents),
         };
         format!("{kind} of shape {:?}", t.dims())
     }

@@ -42,7 +42,9 @@ use candle_nn::Init;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::ecg_vit::{EcgVit, EcgVitConfig};
 use crate::error::{MmError, Result};
+use crate::flexible::FlexibleTokens;
 use crate::input::{EcgInput, TILES_PER_IMAGE};
 use crate::parts::{self, Part};
 use crate::projector::{ImageProjector, SignalProjector};
@@ -97,6 +99,11 @@ pub struct HeartcareConfig {
     pub image_feature_dim: usize,
     /// Epsilon of the signal projector's LayerNorm (PyTorch's default).
     pub layer_norm_eps: f64,
+    /// Most chunks of one signal input (anyECG-chat's long recordings), each after a learned
+    /// chunk-position token (see [`crate::flexible`]); 0 = single windows, no such tokens.
+    pub max_chunks: usize,
+    /// Every signal block starts with a lead-mask token (reduced-lead recordings).
+    pub lead_mask: bool,
 }
 
 impl Default for HeartcareConfig {
@@ -114,6 +121,8 @@ impl Default for HeartcareConfig {
             signal_feature_dim: 128,
             image_feature_dim: 1152,
             layer_norm_eps: 1e-5,
+            max_chunks: 0,
+            lead_mask: false,
         }
     }
 }
@@ -198,6 +207,9 @@ pub struct ModelSpec {
     /// Beat; `None` when signal inputs arrive as precomputed latents (a trained Beat is
     /// restored into the `beat` part with [`HeartcareModel::load_parts`]).
     pub beat: Option<BeatConfig>,
+    /// An ECG ViT (GEM / anyECG-chat) that encodes the signal stream instead of Beat (Beat,
+    /// when also given, stays for its own stage and its prediction head).
+    pub vit: Option<EcgVitConfig>,
     /// Seeds every randomly initialised part.
     pub seed: u64,
     /// Dtype of the backbone and vision tower (projectors, LoRA and Beat keep f32 weights).
@@ -339,6 +351,7 @@ struct Stores {
     backbone: ParamStore,
     vision: ParamStore,
     beat: ParamStore,
+    vit: ParamStore,
     /// Rows for tokenizer ids past the backbone's table: never trained, never saved (they are
     /// reproduced from the seed).
     added: ParamStore,
@@ -352,6 +365,7 @@ pub struct HeartcareModel {
     backbone_config: BackboneConfig,
     vision_origin: Option<VisionOrigin>,
     beat_config: Option<BeatConfig>,
+    vit_config: Option<EcgVitConfig>,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
     stores: Stores,
@@ -360,6 +374,8 @@ pub struct HeartcareModel {
     backbone: Backbone,
     pub(crate) vision: Option<SiglipVision>,
     pub(crate) beat: Option<Beat>,
+    pub(crate) vit: Option<EcgVit>,
+    pub(crate) flexible: Option<FlexibleTokens>,
     pub(crate) signal_proj: Option<SignalProjector>,
     pub(crate) image_proj: Option<ImageProjector>,
     pub(crate) codes: Option<CodeVocab>,
@@ -374,6 +390,7 @@ impl std::fmt::Debug for HeartcareModel {
             .field("backbone", &self.backbone)
             .field("vision", &self.vision.is_some())
             .field("beat", &self.beat.is_some())
+            .field("vit", &self.vit.is_some())
             .field("trainable", &self.trainable)
             .finish()
     }
@@ -421,6 +438,35 @@ fn resolve_tokenizer(
     })
 }
 
+/// The signal stream's options that need each other: code tokens need Beat and rule out the
+/// ViT and the flexible tokens (which are embeddings beside projected latents).
+fn check_signal_options(config: &HeartcareConfig, spec: &ModelSpec) -> Result<()> {
+    if config.signal_input != SignalInput::Codes || !config.signal {
+        return Ok(());
+    }
+    if spec.beat.is_none() {
+        return Err(MmError::config(
+            "signal_input",
+            "= \"codes\" needs a Beat configuration (its levels and codebook size define \
+             the code tokens)",
+        ));
+    }
+    if spec.vit.is_some() {
+        return Err(MmError::config(
+            "signal_input",
+            "= \"codes\" tokenizes Beat's codes; an ECG ViT gives latents (use \"latents\")",
+        ));
+    }
+    if config.max_chunks > 0 || config.lead_mask {
+        return Err(MmError::config(
+            "max_chunks / lead_mask",
+            "need signal_input = \"latents\" (their tokens are embeddings beside the projected \
+             latents)",
+        ));
+    }
+    Ok(())
+}
+
 /// Where the backbone's weights come from, and its configuration.
 fn backbone_origin(
     backbone: &BackboneSource,
@@ -458,7 +504,7 @@ fn code_vocab(beat: Option<&BeatConfig>, config: &HeartcareConfig) -> Option<Cod
 /// dimension without Beat) to the backbone's.
 fn build_signal_projector(
     config: &HeartcareConfig,
-    beat: Option<&BeatConfig>,
+    encoder_width: Option<usize>,
     hidden: usize,
     stores: &Stores,
     device: &Device,
@@ -466,7 +512,7 @@ fn build_signal_projector(
     if !config.signal || config.signal_input != SignalInput::Latents {
         return Ok(None);
     }
-    let in_dim = beat.map_or(config.signal_feature_dim, |b| b.width);
+    let in_dim = encoder_width.unwrap_or(config.signal_feature_dim);
     Ok(Some(SignalProjector::new(
         in_dim,
         hidden,
@@ -508,6 +554,7 @@ impl Stores {
             backbone: ParamStore::new(part_seed(seed, Part::Backbone.name())),
             vision: ParamStore::new(part_seed(seed, Part::Vision.name())),
             beat: ParamStore::new(part_seed(seed, Part::Beat.name())),
+            vit: ParamStore::new(part_seed(seed, Part::Vit.name())),
             added: ParamStore::new(part_seed(seed, ADDED_ROWS)),
         }
     }
@@ -536,16 +583,17 @@ impl HeartcareModel {
             VisionSource::Random(c) => Some(VisionOrigin::Store(c.clone())),
             VisionSource::Checkpoint(s) => Some(VisionOrigin::Checkpoint(s.clone())),
         };
-        if config.signal_input == SignalInput::Codes && config.signal && spec.beat.is_none() {
-            return Err(MmError::config(
-                "signal_input",
-                "= \"codes\" needs a Beat configuration (its levels and codebook size define \
-                 the code tokens)",
-            ));
-        }
+        check_signal_options(&config, &spec)?;
         let stores = Stores::seeded(spec.seed);
         let beat = match &spec.beat {
             Some(c) => Some(Beat::new(c.clone(), &stores.beat, DType::F32, device)?),
+            None => None,
+        };
+        let vit = match &spec.vit {
+            Some(c) => Some(EcgVit::new(
+                c.clone(),
+                stores.vit.var_builder(DType::F32, device),
+            )?),
             None => None,
         };
         let mut codes = code_vocab(spec.beat.as_ref(), &config);
@@ -561,12 +609,34 @@ impl HeartcareModel {
                 .as_ref()
                 .map(|o| matches!(o, VisionOrigin::Store(_))),
             beat: beat.is_some(),
+            vit: vit.is_some(),
         };
         let trainable_set = check.resolve(trainable)?;
         check.check(&trainable_set)?;
         let hidden = backbone_config.hidden_size();
-        let signal_proj =
-            build_signal_projector(&config, spec.beat.as_ref(), hidden, &stores, device)?;
+        let encoder_width = match (&spec.vit, &spec.beat) {
+            (Some(v), _) => Some(v.width),
+            (None, Some(b)) => Some(b.width),
+            (None, None) => None,
+        };
+        let signal_proj = build_signal_projector(&config, encoder_width, hidden, &stores, device)?;
+        let flexible = if signal_proj.is_some() {
+            let leads = spec
+                .vit
+                .as_ref()
+                .map(|v| v.leads)
+                .or(spec.beat.as_ref().map(|b| b.leads))
+                .unwrap_or(beatlab_ecg::STANDARD_LEADS.len());
+            FlexibleTokens::new(
+                hidden,
+                config.max_chunks,
+                config.lead_mask,
+                leads,
+                stores.signal.var_builder(DType::F32, device).pp("flexible"),
+            )?
+        } else {
+            None
+        };
         let vision = build_vision(
             vision_origin.as_ref(),
             &stores.vision,
@@ -597,6 +667,7 @@ impl HeartcareModel {
             backbone_config,
             vision_origin,
             beat_config: spec.beat.clone(),
+            vit_config: spec.vit.clone(),
             dtype: spec.dtype,
             device: device.clone(),
             stores,
@@ -605,6 +676,8 @@ impl HeartcareModel {
             backbone,
             vision,
             beat,
+            vit,
+            flexible,
             signal_proj,
             image_proj,
             codes,
@@ -651,6 +724,16 @@ impl HeartcareModel {
     /// Beat, if any.
     pub fn beat(&self) -> Option<&Beat> {
         self.beat.as_ref()
+    }
+
+    /// The ECG ViT, if the signal stream is encoded by one.
+    pub fn vit(&self) -> Option<&EcgVit> {
+        self.vit.as_ref()
+    }
+
+    /// The chunk-position and lead-mask tokens, when the model has any.
+    pub fn flexible_tokens(&self) -> Option<&FlexibleTokens> {
+        self.flexible.as_ref()
     }
 
     /// The signal projector ("latents" mode with the signal stream on).
@@ -704,6 +787,7 @@ impl HeartcareModel {
                 _ => None,
             },
             Part::Beat => self.beat.as_ref().map(|_| &s.beat),
+            Part::Vit => self.vit.as_ref().map(|_| &s.vit),
         }
     }
 
@@ -718,6 +802,7 @@ impl HeartcareModel {
                 .as_ref()
                 .map(|o| matches!(o, VisionOrigin::Store(_))),
             beat: self.beat.is_some(),
+            vit: self.vit.is_some(),
         }
     }
 
@@ -889,6 +974,12 @@ impl HeartcareModel {
     fn rebuild_all(&mut self) -> Result<()> {
         if let (Some(beat), Some(config)) = (&mut self.beat, &self.beat_config) {
             *beat = Beat::new(config.clone(), &self.stores.beat, DType::F32, &self.device)?;
+        }
+        if let (Some(vit), Some(config)) = (&mut self.vit, &self.vit_config) {
+            *vit = EcgVit::new(
+                config.clone(),
+                self.stores.vit.var_builder(DType::F32, &self.device),
+            )?;
         }
         self.rebuild_backbone()?;
         self.rebuild_vision()
@@ -1077,6 +1168,7 @@ struct TrainableCheck {
     /// `None`: no tower; `Some(true)`: randomly initialised (trainable).
     vision: Option<bool>,
     beat: bool,
+    vit: bool,
 }
 
 impl TrainableCheck {
@@ -1095,6 +1187,10 @@ impl TrainableCheck {
             ),
             Part::Vision => (false, "the model has no vision tower"),
             Part::Beat => (false, "the model was built without a Beat configuration"),
+            Part::Vit => (
+                false,
+                "the model was built without an ECG ViT configuration",
+            ),
         };
         if trainable_elsewhere {
             MmError::NotTrainable {
@@ -1117,6 +1213,7 @@ impl TrainableCheck {
             Part::Backbone => self.backbone_store,
             Part::Vision => self.vision == Some(true),
             Part::Beat => self.beat,
+            Part::Vit => self.vit,
         }
     }
 

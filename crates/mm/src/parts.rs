@@ -27,17 +27,20 @@ pub enum Part {
     Vision,
     /// `beat`: the Beat ECG tokenizer (parameters and codebook buffers).
     Beat,
+    /// `ecg_vit`: the ECG ViT signal encoder (GEM / anyECG-chat), when the model has one.
+    Vit,
 }
 
 impl Part {
     /// Every part, in a fixed order.
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::SignalProjector,
         Part::ImageProjector,
         Part::Lora,
         Part::Backbone,
         Part::Vision,
         Part::Beat,
+        Part::Vit,
     ];
 
     /// The part's name in specs, file keys and variable names.
@@ -49,6 +52,7 @@ impl Part {
             Part::Backbone => "backbone",
             Part::Vision => "vision",
             Part::Beat => "beat",
+            Part::Vit => "ecg_vit",
         }
     }
 

@@ -5,8 +5,8 @@ use beatlab_heartcare::instruct::{Item, ItemType, Modality};
 use beatlab_lm::presets::tiny_siglip;
 use beatlab_lm::{BackbonePreset, LmTokenizer, LoraConfig};
 use beatlab_mm::{
-    BackboneSource, EcgInput, HeartcareConfig, HeartcareModel, ModelSpec, Part, SignalInput,
-    VisionSource,
+    BackboneSource, EcgInput, EcgVitConfig, HeartcareConfig, HeartcareModel, ModelSpec, Part,
+    PatchLayout, SignalInput, VisionSource,
 };
 use beatlab_nn::optim::{AdamW, AdamWConfig};
 use beatlab_nn::{BeatConfig, Mode};
@@ -52,6 +52,24 @@ pub fn tiny_beat() -> BeatConfig {
     }
 }
 
+/// An ECG ViT at toy size over Beat's 100-sample input: per-lead patches of 25 (48 tokens
+/// and a CLS token) of width 16.
+pub fn tiny_vit() -> EcgVitConfig {
+    EcgVitConfig {
+        leads: 12,
+        input_len: 100,
+        patch_size: 25,
+        layout: PatchLayout::PerLead,
+        width: 16,
+        depth: 1,
+        heads: 2,
+        head_dim: 8,
+        mlp_ratio: 2.0,
+        cls_token: true,
+        norm_eps: 1e-6,
+    }
+}
+
 pub const WINDOW_LEN: usize = 150;
 pub const IMAGE_SIZE: usize = 64;
 
@@ -63,6 +81,7 @@ pub struct Setup {
     pub lora: bool,
     pub vision: bool,
     pub seed: u64,
+    pub vit: Option<EcgVitConfig>,
 }
 
 impl Default for Setup {
@@ -76,6 +95,7 @@ impl Default for Setup {
             lora: true,
             vision: true,
             seed: 11,
+            vit: None,
         }
     }
 }
@@ -94,6 +114,7 @@ impl Setup {
                 VisionSource::None
             },
             beat: Some(tiny_beat()),
+            vit: self.vit.clone(),
             seed: self.seed,
             dtype: DType::F32,
         }
