@@ -44,28 +44,43 @@ pub enum Task {
     ReportGeneration,
     #[serde(rename = "prediction")]
     SignalPrediction,
+    /// GEM's grounded interpretation: findings with per-lead measured evidence.
+    #[serde(rename = "grounded")]
+    Grounded,
+    /// anyECG-chat's abnormal-segment localization ("Duration: 1.9s-3.1s").
+    #[serde(rename = "localization")]
+    Localization,
+    /// anyECG-chat's questions over several ECGs (k >= 2).
+    #[serde(rename = "multi_ecg")]
+    MultiEcg,
     #[serde(rename = "caption")]
     Caption,
 }
 
 impl Task {
     /// Every task, the captioning set last.
-    pub const ALL: [Task; 6] = [
+    pub const ALL: [Task; 9] = [
         Task::ClosedQa,
         Task::OpenQa,
         Task::ComparisonQa,
         Task::ReportGeneration,
         Task::SignalPrediction,
+        Task::Grounded,
+        Task::Localization,
+        Task::MultiEcg,
         Task::Caption,
     ];
 
     /// Every task's name, in [`Task::ALL`]'s order.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 9] = [
         "closed_qa",
         "open_qa",
         "comparison_qa",
         "report",
         "prediction",
+        "grounded",
+        "localization",
+        "multi_ecg",
         "caption",
     ];
 
@@ -82,6 +97,9 @@ impl Task {
             Task::ComparisonQa => "ComparisonQA",
             Task::ReportGeneration => "ReportGeneration",
             Task::SignalPrediction => "SignalPrediction",
+            Task::Grounded => "GroundedInterpretation",
+            Task::Localization => "Localization",
+            Task::MultiEcg => "MultiECGQA",
             Task::Caption => "Caption",
         }
     }
@@ -343,6 +361,9 @@ fn parse_type(item_type: &str) -> (Option<Task>, Option<Dimension>) {
         "comparisonqa" | "compareqa" | "comparison" => Some(Task::ComparisonQa),
         "reportgeneration" | "report" => Some(Task::ReportGeneration),
         "signalprediction" | "prediction" | "predict" => Some(Task::SignalPrediction),
+        "groundedinterpretation" | "grounded" | "groundedqa" => Some(Task::Grounded),
+        "localization" | "localisation" | "abnormallocalization" => Some(Task::Localization),
+        "multiecgqa" | "multiecg" => Some(Task::MultiEcg),
         "caption" | "captioning" => Some(Task::Caption),
         _ => None,
     };
@@ -976,7 +997,7 @@ fn lower_first(text: &str) -> String {
     }
 }
 
-fn who(facts: &RecordFacts) -> String {
+pub(crate) fn who(facts: &RecordFacts) -> String {
     let sex = facts.sex.map(|s| format!("{s} ")).unwrap_or_default();
     match facts.age {
         Some(age) if age_is_masked(age) => format!("a {sex}patient over 89 years old"),
@@ -1163,6 +1184,25 @@ pub struct BuildConfig {
     pub prefer_source_report: bool,
     pub prediction: PredictionWindow,
     pub split: SplitConfig,
+    /// GEM-style grounded interpretations per record (see [`crate::peers`]).
+    #[serde(default)]
+    pub grounded_per_record: usize,
+    /// What grounded answers cite.
+    #[serde(default)]
+    pub grounding: crate::peers::GroundingSource,
+    /// anyECG-chat localization items per record with known abnormal segments.
+    #[serde(default)]
+    pub localization_per_record: usize,
+    /// anyECG-chat multi-ECG questions per record.
+    #[serde(default)]
+    pub multi_ecg_per_record: usize,
+    /// Most ECGs in a multi-ECG question (2..=8; anyECG-chat's k up to 4).
+    #[serde(default = "default_multi_ecg_max")]
+    pub multi_ecg_max: usize,
+}
+
+fn default_multi_ecg_max() -> usize {
+    4
 }
 
 impl Default for BuildConfig {
@@ -1186,6 +1226,11 @@ impl Default for BuildConfig {
             prefer_source_report: true,
             prediction: PredictionWindow::default(),
             split: SplitConfig::default(),
+            grounded_per_record: 0,
+            grounding: crate::peers::GroundingSource::default(),
+            localization_per_record: 0,
+            multi_ecg_per_record: 0,
+            multi_ecg_max: default_multi_ecg_max(),
         }
     }
 }
@@ -1221,6 +1266,9 @@ impl BuildConfig {
         if self.pair_inputs.is_empty() && self.comparison_per_record > 0 {
             return bad("pair_inputs", "must name at least one pair form");
         }
+        if !(2..=8).contains(&self.multi_ecg_max) {
+            return bad("multi_ecg_max", "must be in 2..=8");
+        }
         if !(0.0..=1.0).contains(&self.consecutive_fraction) {
             return bad("consecutive_fraction", "must be in [0, 1]");
         }
@@ -1250,7 +1298,7 @@ impl BuildConfig {
 
 /// FNV-1a over the seed and a string: a stable hash (unlike `std`'s, which may change between
 /// releases), so splits and per-record streams never move with the toolchain.
-fn stable_hash(seed: u64, text: &str) -> u64 {
+pub(crate) fn stable_hash(seed: u64, text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in seed.to_le_bytes().iter().chain(text.as_bytes()) {
         hash ^= u64::from(*byte);
@@ -1903,17 +1951,25 @@ pub fn build_items(records: &[Record], config: &BuildConfig) -> Result<Vec<Item>
         record.comparisons(index, &corpus, &mut items);
         record.reports(&mut items);
         record.predictions(&mut items);
+        crate::peers::PeerItems {
+            record: &records[index],
+            f,
+            index,
+            split: corpus.splits[&f.patient_id],
+            config,
+        }
+        .build(&corpus, &mut items);
     }
     Ok(items)
 }
 
 /// The corpus as the item builder looks it up: every record's facts, the split of each
 /// patient, each patient's records in id order (for consecutive pairs), the records by split.
-struct CorpusIndex<'a> {
-    facts: &'a [RecordFacts],
-    splits: BTreeMap<String, Split>,
-    by_patient: BTreeMap<&'a str, Vec<usize>>,
-    by_split: BTreeMap<Split, Vec<usize>>,
+pub(crate) struct CorpusIndex<'a> {
+    pub(crate) facts: &'a [RecordFacts],
+    pub(crate) splits: BTreeMap<String, Split>,
+    pub(crate) by_patient: BTreeMap<&'a str, Vec<usize>>,
+    pub(crate) by_split: BTreeMap<Split, Vec<usize>>,
 }
 
 impl<'a> CorpusIndex<'a> {
@@ -2182,6 +2238,11 @@ fn trim_number(x: f32) -> String {
     } else {
         format!("{x}")
     }
+}
+
+/// A multiple-choice question: the stem, then its options lettered "A: ...; B: ...".
+pub(crate) fn format_choice_question(stem: &str, options: &[String]) -> String {
+    format!("{stem} {}", format_options(&lettered(options)))
 }
 
 fn lettered(options: &[String]) -> Vec<ChoiceOption> {
