@@ -148,10 +148,11 @@ pub fn grounded_answer(reference: &Reference, quantities: &[Quantity], leads: &[
     for &q in quantities {
         for &lead in leads {
             if let Some(v) = reference.value(q, lead) {
+                // `+ 0.0` turns a negative zero into zero, so nothing prints as "-0.00".
                 let value = if q.is_interval() {
-                    format!("{v:.0}")
+                    format!("{:.0}", v.round() + 0.0)
                 } else {
-                    format!("{v:.2}")
+                    format!("{:.2}", (v * 100.0).round() / 100.0 + 0.0)
                 };
                 sentences.push(format!("{} {value} {} in {lead}.", q.name(), q.unit()));
             }

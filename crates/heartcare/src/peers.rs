@@ -121,8 +121,10 @@ impl PeerItems<'_> {
             }
         }
         if let Some(segments) = true_segments(self.record) {
-            for _ in 0..self.config.localization_per_record {
-                let mut item = self.localization(&mut rng, &segments);
+            let first = rng.random_range(0..LOCALIZATION.len());
+            for k in 0..self.config.localization_per_record {
+                let template = LOCALIZATION[(first + k) % LOCALIZATION.len()];
+                let mut item = self.localization(template, &segments);
                 item.id = Some(next_id("Localization"));
                 items.push(item);
             }
@@ -191,7 +193,13 @@ impl PeerItems<'_> {
             return None;
         }
         let findings = match (self.f.diagnoses.is_empty(), &self.f.rhythm) {
-            (false, _) => self.f.diagnoses.join("; "),
+            (false, _) => self
+                .f
+                .diagnoses
+                .iter()
+                .map(|d| d.trim_end_matches('.'))
+                .collect::<Vec<_>>()
+                .join("; "),
             (true, Some(r)) => r.clone(),
             (true, None) => "No labelled findings".into(),
         };
@@ -217,14 +225,7 @@ impl PeerItems<'_> {
         ))
     }
 
-    fn localization(&self, rng: &mut ChaCha8Rng, segments: &[Interval]) -> Item {
-        let template = [
-            "Locate the abnormal waveform segments in this {d}-second ECG signal of {who}.",
-            "Which parts of this {d}-second ECG signal of {who} are abnormal? Give their times.",
-            "Find every abnormal segment of the {d}-second ECG signal of {who}.",
-        ]
-        .choose(rng)
-        .expect("non-empty");
+    fn localization(&self, template: &str, segments: &[Interval]) -> Item {
         let question = template
             .replace("{d}", &format!("{:.0}", self.f.duration_s))
             .replace("{who}", &who(self.f));
@@ -326,6 +327,13 @@ impl PeerItems<'_> {
         })
     }
 }
+
+/// Localization questions; a record's items take them in turn.
+const LOCALIZATION: [&str; 3] = [
+    "Locate the abnormal waveform segments in this {d}-second ECG signal of {who}.",
+    "Which parts of this {d}-second ECG signal of {who} are abnormal? Give their times.",
+    "Find every abnormal segment of the {d}-second ECG signal of {who}.",
+];
 
 /// A measurement a multi-ECG question asks about.
 #[derive(Clone, Copy)]
