@@ -39,6 +39,10 @@ spec_section! {
         beat: BeatSpec = BeatSpec::default(),
         /// DSPA projectors.
         projector: ProjectorSpec = ProjectorSpec::default(),
+        /// The signal stream's encoder and flexible inputs.
+        signal: SignalSpec = SignalSpec::default(),
+        /// The ECG ViT.
+        vit: VitSpec = VitSpec::default(),
         /// Image stream.
         vision: VisionSpec = VisionSpec::default(),
         /// Language-model backbone.

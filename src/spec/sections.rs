@@ -218,6 +218,82 @@ spec_section! {
 }
 
 spec_choice! {
+    /// What encodes the signal stream.
+    pub enum SignalEncoder {
+        /// The Beat tokenizer's quantized latents (HeartcareGPT).
+        Beat = "beat",
+        /// An ECG ViT over signal patches (GEM, anyECG-chat; shaped by `[vit]`).
+        Vit = "vit",
+    }
+}
+
+spec_section! {
+    /// The signal stream's encoder and anyECG-chat's flexible inputs: long recordings cut into
+    /// consecutive windows of `beat.input_len` samples, each encoded and placed after a
+    /// chunk-position token; reduced lead sets with a lead-mask token. With the defaults the
+    /// stream is the paper's (one Beat window per ECG).
+    pub struct SignalSpec in "signal" {
+        /// Encoder of the signal windows. A `vit` is trained by the stages whose `train` list
+        /// names `ecg_vit` and frozen elsewhere (GEM keeps its encoder frozen).
+        encoder: SignalEncoder = SignalEncoder::Beat,
+        /// Most chunks per recording (0 = one window per ECG, no chunk-position tokens); a
+        /// recording longer than `chunks` windows keeps its first `chunks`.
+        chunks: u32 = 0 => range(0, 1024),
+        /// Leads kept, the others zero-filled in standard order: 12, 6 (the limb leads I, II,
+        /// III, aVR, aVL, aVF), 2 (I, II) or 1 (II, the rhythm strip). anyECG-chat does not
+        /// name its subsets; these are the usual ones.
+        leads: u32 = 12 => range(1, 12),
+        /// Start every signal block with a lead-mask token (which leads are recorded).
+        lead_mask: bool = false,
+    }
+}
+
+spec_choice! {
+    /// What one ViT patch covers.
+    pub enum VitPatches {
+        /// All leads over `patch_size` samples (GEM).
+        AllLeads = "all_leads",
+        /// One lead over `patch_size` samples (anyECG-chat).
+        PerLead = "per_lead",
+    }
+}
+
+spec_section! {
+    /// The ECG ViT of `signal.encoder = "vit"` (GEM: 12 layers, width 768, patch 50 at 500 Hz;
+    /// anyECG-chat: ViT-Base, patches of 1 lead x 200 samples at 100 Hz, CLS). It reads the
+    /// first `beat.input_len` samples of a window. Neither paper's weights are public: it
+    /// starts random (seeded).
+    pub struct VitSpec in "vit" {
+        /// Samples per patch; divides `beat.input_len`.
+        patch_size: u32 = 50 => range(1, 100_000),
+        /// Patch layout.
+        patches: VitPatches = VitPatches::AllLeads,
+        /// Token width.
+        width: u32 = 64 => range(8, 8192),
+        /// Transformer blocks.
+        depth: u32 = 2 => range(1, 64),
+        /// Attention heads.
+        heads: u32 = 4 => range(1, 128),
+        /// Width of one head.
+        head_dim: u32 = 16 => range(1, 4096),
+        /// MLP hidden size as a multiple of the width.
+        mlp_ratio: f64 = 4.0 => range(0.25, 16),
+        /// A learned CLS token first (anyECG-chat).
+        cls_token: bool = false,
+    }
+}
+
+spec_choice! {
+    /// What GEM-style grounded answers cite.
+    pub enum GroundingSource {
+        /// The delineator's per-lead medians (GEM).
+        Delineator = "delineator",
+        /// The record's own intervals in every lead (the simulator's true values).
+        Truth = "truth",
+    }
+}
+
+spec_choice! {
     /// Vision encoder choice.
     pub enum VisionModel {
         /// A small randomly initialised SigLIP of the same code (CPU-friendly).
@@ -427,6 +503,17 @@ spec_section! {
         predictions_per_record: u32 = 1 => range(0, 100),
         /// Options per closed question (A, B, ...).
         num_options: u32 = 4 => range(2, 8),
+        /// GEM-style grounded interpretations per record: findings with per-lead evidence.
+        grounded_per_record: u32 = 0 => range(0, 100),
+        /// What grounded answers cite.
+        grounding: GroundingSource = GroundingSource::Delineator,
+        /// anyECG-chat abnormal-segment localization items per record whose segments are known
+        /// (simulated records).
+        localization_per_record: u32 = 0 => range(0, 100),
+        /// anyECG-chat questions over several ECGs per record.
+        multi_ecg_per_record: u32 = 0 => range(0, 100),
+        /// Most ECGs in one multi-ECG question (anyECG-chat: up to 4).
+        multi_ecg_max: u32 = 4 => range(2, 8),
     }
 }
 

@@ -4,7 +4,8 @@
 use super::diag::{Diagnostic, did_you_mean};
 use super::schema::{SectionSchema, Ty};
 use super::sections::{
-    BackboneModel, BeatSpec, DataSource, DataSpec, StageKind, StageSpec, VisionModel,
+    BackboneModel, BeatSpec, DataSource, DataSpec, SignalEncoder, SignalInput, StageKind,
+    StageSpec, VisionModel,
 };
 use super::tree::{Node, Origin, Value, lookup};
 use super::{LORA_TARGETS, Spec};
@@ -508,12 +509,50 @@ fn model_rules(r: &mut Rules<'_>, spec: &Spec) {
             "vision model `siglip` needs `weights` (a local folder or a Hugging Face model id)",
         );
     }
+    signal_rules(r, spec);
     r.members(
         "backbone.lora.targets",
         &spec.backbone.lora.targets,
         LORA_TARGETS,
         "module",
     );
+}
+
+/// The signal stream: a lead set anyECG-chat's ablation knows, ViT patches that tile Beat's
+/// input, heads of a usable size.
+fn signal_rules(r: &mut Rules<'_>, spec: &Spec) {
+    let sig = &spec.signal;
+    if beatlab_ecg::flexible::reduced_leads(sig.leads as usize).is_none() {
+        r.err(
+            "signal.leads",
+            format!("{} is not a lead set; expected 12, 6, 2 or 1", sig.leads),
+        );
+    }
+    if sig.encoder == SignalEncoder::Vit {
+        if !spec.beat.input_len.is_multiple_of(spec.vit.patch_size) {
+            r.err(
+                "vit.patch_size",
+                format!(
+                    "{} does not divide beat.input_len ({}), the samples the ViT reads",
+                    spec.vit.patch_size, spec.beat.input_len
+                ),
+            );
+        }
+        if spec.projector.signal_input == SignalInput::Codes {
+            r.err(
+                "projector.signal_input",
+                "\"codes\" tokenizes Beat's codes; signal.encoder = \"vit\" needs \"latents\"",
+            );
+        }
+    }
+    let flexible = sig.chunks > 0 || sig.lead_mask || sig.leads != 12;
+    if flexible && spec.projector.signal_input == SignalInput::Codes {
+        r.err(
+            "projector.signal_input",
+            "\"codes\" takes single 12-lead windows; chunks, reduced leads and lead-mask \
+             tokens (signal.chunks, signal.leads, signal.lead_mask) need \"latents\"",
+        );
+    }
 }
 
 /// `[table]` rows and columns and `[paper]` cells name spec fields.

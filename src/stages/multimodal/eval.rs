@@ -10,7 +10,8 @@
 //!   (`bertscore_f1`, `bertscore_precision`, `bertscore_recall`; the paper's F1-Bio with a
 //!   biomedical BERT), the encoder loaded once per stage before anything is evaluated;
 //! - signal prediction: whether the model emits `<prediction>`, and the MSE of Beat's prediction
-//!   head on the test windows (the waveform itself comes from Beat, paper §1.2).
+//!   head on the test windows (the waveform itself comes from Beat, paper §1.2);
+//! - the peer systems' tasks (grounded, localization, multi-ECG): see [`super::peers`].
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -23,6 +24,7 @@ use beatlab_mm::{EcgInput, Example, HeartcareModel};
 use beatlab_nn::beat::Mode;
 use candle_core::{DType, Tensor};
 
+use super::peers::{self, PeerTruth};
 use super::run_data::RunData;
 use super::train::INSTRUCTION_TASKS;
 use super::{Corpus, Inputs, build_model, restore_earlier};
@@ -60,6 +62,9 @@ fn item_metrics(task: Task) -> &'static [&'static str] {
         Task::ReportGeneration => &["rouge_l", BERTSCORE[0], BERTSCORE[1], BERTSCORE[2]],
         Task::SignalPrediction => &["token_acc"],
         Task::Caption => &[],
+        Task::Grounded | Task::Localization | Task::MultiEcg => {
+            peers::item_metrics(task).unwrap_or_default()
+        }
     }
 }
 
@@ -92,6 +97,9 @@ fn summary_keys(_: &Spec, stage: &StageSpec) -> Vec<String> {
     }
     if stage.tasks.contains(&Task::SignalPrediction) {
         keys.push("prediction/mse".into());
+    }
+    if stage.tasks.contains(&Task::Localization) {
+        keys.push("localization/iou_micro".into());
     }
     keys.extend(["accuracy", "items"].map(String::from));
     keys
@@ -182,7 +190,10 @@ impl Stage for EvalStage {
             started.elapsed().as_secs_f64()
         ));
 
-        let mut scored = Scored::default();
+        let mut scored = Scored {
+            peers: PeerTruth::new(spec, &corpus.records, &items),
+            ..Scored::default()
+        };
         let batch = ctx.stage.batch as usize;
         let bar = ctx.bar(items.len() as u64, "items");
         for chunk in items.chunks(batch.max(1)) {
@@ -263,6 +274,8 @@ struct Scored<'a> {
     means: Means,
     lines: Vec<Record<'a>>,
     report_pairs: Vec<(String, String)>,
+    /// The truths of the peer tasks' items.
+    peers: PeerTruth,
 }
 
 impl<'a> Scored<'a> {
@@ -311,6 +324,7 @@ impl<'a> Scored<'a> {
                 prediction_id,
                 &mut self.means,
                 &mut self.report_pairs,
+                &mut self.peers,
             )?;
             self.lines.push(line);
         }
@@ -324,6 +338,7 @@ impl<'a> Scored<'a> {
         if let Some(mse) = prediction_mse {
             summary.push(("prediction/mse".into(), mse));
         }
+        summary.extend(self.peers.summary());
         summary.sort_by(|a, b| a.0.cmp(&b.0));
         if !self.report_pairs.is_empty() {
             let cands: Vec<Vec<String>> = self
@@ -470,6 +485,7 @@ fn score_item<'a>(
     prediction_id: u32,
     means: &mut Means,
     reports: &mut Vec<(String, String)>,
+    peer_truth: &mut PeerTruth,
 ) -> Result<Record<'a>, StageError> {
     let task = item.task();
     let name = task.map_or("other", Task::name);
@@ -545,6 +561,11 @@ fn score_item<'a>(
                 "token_acc",
                 f64::from(u8::from(g.ids.contains(&prediction_id))),
             );
+        }
+        Some(Task::Grounded | Task::Localization) => {
+            for (metric, value) in peer_truth.score(item, &g.text) {
+                record(metric, value);
+            }
         }
         _ => {}
     }

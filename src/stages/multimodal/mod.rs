@@ -10,6 +10,7 @@
 //! trained on is ever evaluated.
 
 pub mod eval;
+pub mod peers;
 pub mod run_data;
 pub mod train;
 
@@ -89,6 +90,11 @@ impl Corpus {
                 input_s: (f64::from(spec.beat.input_len) / spec.data.target_fs) as f32,
                 horizon_s: (f64::from(spec.beat.predict_len) / spec.data.target_fs) as f32,
             },
+            grounded_per_record: ins.grounded_per_record as usize,
+            grounding: peers::grounding_source(spec),
+            localization_per_record: ins.localization_per_record as usize,
+            multi_ecg_per_record: ins.multi_ecg_per_record as usize,
+            multi_ecg_max: ins.multi_ecg_max as usize,
             ..BuildConfig::default()
         };
         build.split.assigned = dataset
@@ -327,6 +333,8 @@ pub fn build_model(
         missing_modality: MissingModality::Drop,
         max_seq_len: spec.backbone.max_seq_len as usize,
         signal_feature_dim: beat.width,
+        max_chunks: spec.signal.chunks as usize,
+        lead_mask: spec.signal.lead_mask,
         ..HeartcareConfig::default()
     };
     let model_spec = ModelSpec {
@@ -336,6 +344,7 @@ pub fn build_model(
             .then(|| LoraConfig::new(lora.rank as usize, lora.alpha, lora.dropout, &targets)),
         vision,
         beat: Some(beat),
+        vit: peers::vit_config(spec),
         seed: spec.experiment.seed,
         dtype,
     };
@@ -455,7 +464,13 @@ impl Inputs {
         let mut ids = Vec::new();
         let mut raw = Vec::new();
         for (id, (signal, image)) in &needed {
-            if *signal {
+            if *signal && peers::flexible(spec) {
+                let record = records
+                    .get(*id)
+                    .ok_or_else(|| missing(id, "is not loaded"))?;
+                ids.push((id.to_string(), false));
+                raw.push(peers::chunked_input(spec, record, device)?);
+            } else if *signal {
                 let (set, i) = windows
                     .get(*id)
                     .ok_or_else(|| missing(id, "has no window"))?;
