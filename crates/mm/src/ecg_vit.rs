@@ -105,7 +105,7 @@ impl EcgVitConfig {
                 return Err(MmError::config(field, "is 0, expected at least 1"));
             }
         }
-        if self.input_len % self.patch_size != 0 {
+        if !self.input_len.is_multiple_of(self.patch_size) {
             return Err(MmError::config(
                 "vit.patch_size",
                 format!(

@@ -103,7 +103,7 @@ impl FlexibleTokens {
         lead_mask: Option<&[bool]>,
     ) -> Result<Tensor> {
         let (rows, h) = projected.dims2()?;
-        if chunks == 0 || rows % chunks != 0 || h != self.hidden {
+        if chunks == 0 || !rows.is_multiple_of(chunks) || h != self.hidden {
             return Err(MmError::config(
                 "chunks",
                 format!("{rows} projected rows of width {h} do not split into {chunks} chunks"),
