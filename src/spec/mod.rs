@@ -6,6 +6,7 @@
 //! `[sweep]` into [`Cell`]s; each cell's resolved spec has a canonical JSON form (sorted keys,
 //! normalised numbers, no comments) whose sha256 identifies the cell in the registry.
 
+pub mod cells;
 pub mod diag;
 pub mod metrics;
 pub mod reference;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use cells::{LazyPlan, PlanCells};
 pub use diag::{Diagnostic, SpecError};
 pub use schema::{FieldSchema, SectionSchema, Ty};
 pub use sections::*;
@@ -611,35 +613,17 @@ impl Loaded {
         let mut diags = Vec::new();
         let mut metrics = metrics::KnownMetrics::new(&self.spec);
         for (index, overrides) in self.sweep.cells().enumerate() {
-            let mut tree = self.tree.clone();
-            for (key, node) in &overrides {
-                // Sweep keys were checked against the schema; stage names exist.
-                let _ = tree::set_path(&mut tree, key, node.clone());
-            }
-            let mut cell_diags = Vec::new();
-            let spec = check_and_type(&mut tree, &mut cell_diags);
-            let ov: Vec<(String, toml::Value)> = overrides
-                .iter()
-                .map(|(k, n)| (k.clone(), n.to_toml()))
-                .collect();
+            let (cell, cell_diags) = self.make_cell(index, &overrides);
             if !cell_diags.is_empty() {
-                let label = overrides_label(&ov);
+                let label = cell.label();
                 for mut d in cell_diags {
                     d.message = format!("in sweep cell {{{label}}}: {}", d.message);
                     diags.push(d);
                 }
                 continue;
             }
-            metrics.add(&spec);
-            let canonical = canonical_json(&spec);
-            let hash = hash_text(&canonical);
-            keep(Cell {
-                index,
-                overrides: ov,
-                spec,
-                canonical,
-                hash,
-            });
+            metrics.add(&cell.spec);
+            keep(cell);
         }
         if diags.is_empty() {
             diags = metrics.check(&self.spec, &self.tree);
@@ -648,6 +632,32 @@ impl Loaded {
             return Err(SpecError::Invalid { diagnostics: diags });
         }
         Ok(())
+    }
+
+    /// The cell at `index` of the grid, made from its sweep values, with the problems of its
+    /// resolved spec (none once [`Loaded::each_cell`] accepted the sweep: making a cell is
+    /// deterministic).
+    fn make_cell(&self, index: usize, overrides: &[(String, Node)]) -> (Cell, Vec<Diagnostic>) {
+        let mut tree = self.tree.clone();
+        for (key, node) in overrides {
+            // Sweep keys were checked against the schema; stage names exist.
+            let _ = tree::set_path(&mut tree, key, node.clone());
+        }
+        let mut diags = Vec::new();
+        let spec = check_and_type(&mut tree, &mut diags);
+        let canonical = canonical_json(&spec);
+        let hash = hash_text(&canonical);
+        let cell = Cell {
+            index,
+            overrides: overrides
+                .iter()
+                .map(|(k, n)| (k.clone(), n.to_toml()))
+                .collect(),
+            spec,
+            canonical,
+            hash,
+        };
+        (cell, diags)
     }
 }
 
@@ -805,12 +815,12 @@ impl Loaded {
     }
 
     /// Checks what running needs beyond a valid spec: every cell's data root exists.
-    pub fn check_runtime(&self, plan: &Plan) -> Result<(), SpecError> {
+    pub fn check_runtime(&self, plan: &(impl PlanCells + ?Sized)) -> Result<(), SpecError> {
         let origin = tree::lookup(&self.tree, "data.root")
             .map(|n| n.origin.clone())
             .unwrap_or(Origin::Default);
         let mut diags: Vec<Diagnostic> = Vec::new();
-        for cell in &plan.cells {
+        for cell in plan.cells() {
             let problem = match data_root(&cell.spec) {
                 None => None,
                 Some(Err(e)) => Some(e),
