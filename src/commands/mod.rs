@@ -44,7 +44,7 @@ use beatlab::device::{self, DeviceChoice};
 use beatlab::query::Query;
 use beatlab::registry::{Registry, RunRow, RunStatus};
 use beatlab::runner::{self, CellOutcome, RunnerConfig};
-use beatlab::spec::{self, Overrides, Plan};
+use beatlab::spec::{self, Overrides, Plan, PlanCells};
 use beatlab::table::{self, Format};
 use beatlab::tracking::Console;
 
@@ -130,7 +130,8 @@ pub fn run(cli: Cli) -> Result<Exit> {
             train_cells(g, &file, sets, &train, workers as usize, Some(format))
         }
         Command::Table { spec, format } => {
-            let (_, plan) = load_plan(g, &spec.file, spec.sets)?;
+            let loaded = load_spec(&spec.file, spec.sets)?;
+            let plan = loaded.lazy_plan(g.max_cells).map_err(bad)?;
             let registry = Registry::open_existing(&g.registry)?;
             print!("{}", table::build(&plan, registry.as_ref())?.render(format));
             Ok(Exit::Done)
@@ -239,8 +240,14 @@ fn experiment_file(name: &str) -> Result<PathBuf> {
     )))
 }
 
+fn load_spec(file: &Path, sets: Vec<String>) -> Result<spec::Loaded> {
+    spec::load(file, &Overrides::from_process(sets)).map_err(bad)
+}
+
+/// The spec and all its cells, made at once (`report` keeps them; the commands that run or
+/// tabulate a grid use [`spec::Loaded::lazy_plan`], which makes them a chunk at a time).
 fn load_plan(g: &Global, file: &Path, sets: Vec<String>) -> Result<(spec::Loaded, Plan)> {
-    let loaded = spec::load(file, &Overrides::from_process(sets)).map_err(bad)?;
+    let loaded = load_spec(file, sets)?;
     let plan = loaded.plan_within(g.max_cells).map_err(bad)?;
     Ok((loaded, plan))
 }
@@ -388,16 +395,17 @@ fn train_cells(
     table_format: Option<Format>,
 ) -> Result<Exit> {
     // Everything that can be wrong with the input is checked before the registry is touched.
-    let (loaded, plan) = load_plan(g, file, sets)?;
+    // The cells are made a chunk at a time whenever they are needed, never all at once.
+    let loaded = load_spec(file, sets)?;
+    let plan = loaded.lazy_plan(g.max_cells).map_err(bad)?;
     loaded.check_runtime(&plan).map_err(bad)?;
     check_weights(&loaded, &plan)?;
     share_cores(workers);
-    loaded.check_runtime(&plan).map_err(bad)?;
     let cfg = runner_config(g, train.device, RunChoices::of(train))?;
     cfg.console.line(&format!(
         "{}: {} cells, {} worker{}, device {}",
-        plan.experiment,
-        plan.cells.len(),
+        plan.experiment(),
+        plan.count(),
         workers,
         if workers == 1 { "" } else { "s" },
         cfg.device_name
@@ -423,7 +431,7 @@ fn train_cells(
         .count();
     eprintln!(
         "{}: {finished} cell(s) finished, {} failed{} in this process",
-        plan.experiment,
+        plan.experiment(),
         failed.len(),
         if stopped { ", some interrupted" } else { "" }
     );
@@ -436,7 +444,7 @@ fn train_cells(
         eprintln!(
             "{}: left {} cell(s) held by other live workers (--no-wait); they finish there, or \
              are taken over once their lease expires:",
-            plan.experiment,
+            plan.experiment(),
             left.len()
         );
         for (r, holder) in &left {
@@ -458,9 +466,9 @@ fn train_cells(
 }
 
 /// Real checkpoints a spec names must exist before anything runs.
-fn check_weights(loaded: &spec::Loaded, plan: &Plan) -> Result<()> {
+fn check_weights(loaded: &spec::Loaded, plan: &dyn PlanCells) -> Result<()> {
     let mut diagnostics: Vec<spec::Diagnostic> = Vec::new();
-    for cell in &plan.cells {
+    for cell in plan.cells() {
         for (field, problem) in beatlab::stages::multimodal::missing_weights(&cell.spec) {
             let d = loaded.diagnostic_at(field, format!("weights not found: {problem}"));
             if !diagnostics.contains(&d) {
@@ -834,11 +842,16 @@ fn data_render(
 }
 
 fn build_instructions(g: &Global, args: &SpecArgs, output: &Path, captions: bool) -> Result<Exit> {
-    let (loaded, plan) = load_plan(g, &args.file, args.sets.clone())?;
+    let loaded = load_spec(&args.file, args.sets.clone())?;
+    let plan = loaded.lazy_plan(g.max_cells).map_err(bad)?;
     loaded.check_runtime(&plan).map_err(bad)?;
     check_output(output)?;
-    let spec = &plan.cells[0].spec;
-    let corpus = beatlab::stages::multimodal::Corpus::load(spec, &g.runs_dir.join(".cache"))?;
+    // The corpus is the first cell's: the sweep does not change the data.
+    let spec = match plan.cells().next() {
+        Some(cell) => cell.into_owned().spec,
+        None => loaded.spec.clone(),
+    };
+    let corpus = beatlab::stages::multimodal::Corpus::load(&spec, &g.runs_dir.join(".cache"))?;
     let mut items = corpus.items.clone();
     if captions {
         items.extend(corpus.captions.iter().cloned());

@@ -18,7 +18,8 @@ use std::time::Duration;
 use candle_core::Device;
 
 use crate::registry::{CellOffer, Claim, ClaimPolicy, Registry, RegistryError, RunStatus};
-use crate::spec::{Cell, Plan, Spec};
+use crate::spec::cells::CHUNK;
+use crate::spec::{Cell, PlanCells, Spec};
 use crate::tracking::{Console, Tracker};
 use checkpoint::CheckpointStore;
 pub use stage::{
@@ -98,8 +99,9 @@ pub fn code_revision() -> (String, bool) {
     )
 }
 
-fn offers(plan: &Plan) -> Vec<CellOffer> {
-    plan.cells.iter().map(CellOffer::of).collect()
+/// What the registry is offered of a chunk of cells.
+fn offers(cells: &[Cell]) -> Vec<CellOffer> {
+    cells.iter().map(CellOffer::of).collect()
 }
 
 impl CellOffer {
@@ -142,28 +144,29 @@ fn hostname() -> String {
 
 /// Runs the cells of a plan that need work with `workers` threads, each claiming cells from
 /// the registry until none is left. Other processes may work on the same plan at the same time.
+///
+/// The cells are enqueued, claimed and looked up a chunk at a time (a [`crate::spec::LazyPlan`]
+/// makes each chunk again when asked), so the process holds the chunks in flight, not the grid.
 pub fn run_plan(
-    plan: &Plan,
+    plan: &(impl PlanCells + ?Sized),
     cfg: &RunnerConfig,
     workers: usize,
 ) -> Result<Vec<CellReport>, RunnerError> {
     let started = crate::registry::now();
     cfg.registry.upsert_experiment(
-        &plan.experiment,
-        &plan.path.to_string_lossy(),
-        &plan.description,
+        plan.experiment(),
+        &plan.path().to_string_lossy(),
+        plan.description(),
     )?;
-    let offers = offers(plan);
-    let base_policy = cfg.policy(&plan.experiment, "", started);
-    cfg.registry.enqueue(&base_policy, &offers)?;
+    let base_policy = cfg.policy(plan.experiment(), "", started);
+    for chunk in plan.chunks(CHUNK) {
+        cfg.registry.enqueue(&base_policy, &offers(&chunk))?;
+    }
 
     let workers = workers.max(1);
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
-            .map(|i| {
-                let offers = &offers;
-                scope.spawn(move || worker_loop(plan, cfg, offers, i, started))
-            })
+            .map(|i| scope.spawn(move || worker_loop(plan, cfg, i, started)))
             .collect();
         handles
             .into_iter()
@@ -175,7 +178,7 @@ pub fn run_plan(
         all.extend(r?);
     }
     if !cfg.wait && !cfg.interrupted.load(Ordering::Relaxed) {
-        for run in held_elsewhere(&cfg.registry, &offers, &hostname())? {
+        for run in held_elsewhere(&cfg.registry, plan, &hostname())? {
             all.push(CellReport {
                 run_id: run.id.clone(),
                 label: run.cell_label.clone(),
@@ -190,34 +193,26 @@ pub fn run_plan(
 /// held by other live workers, it waits (polling a few times per lease) if `cfg.wait`, so that
 /// a cell whose holder dies is taken over, and returns otherwise.
 fn worker_loop(
-    plan: &Plan,
+    plan: &(impl PlanCells + ?Sized),
     cfg: &RunnerConfig,
-    offers: &[CellOffer],
     thread: usize,
     started: f64,
 ) -> Result<Vec<CellReport>, RunnerError> {
     let worker = format!("{}:{}:{thread}", hostname(), std::process::id());
-    let policy = cfg.policy(&plan.experiment, &worker, started);
+    let policy = cfg.policy(plan.experiment(), &worker, started);
     let mut reports = Vec::new();
     let mut announced = false;
     while !cfg.interrupted.load(Ordering::Relaxed) {
-        if let Some(claim) = cfg.registry.claim(&policy, offers)? {
-            let cell = &plan.cells[claim.cell_index as usize];
-            reports.push(run_claimed(
-                cfg,
-                &policy,
-                &claim,
-                &cell.spec,
-                &cell.label(),
-            )?);
-            cfg.registry.tidy()?;
+        if claim_pass(plan, cfg, &policy, &mut reports)? {
+            // Cells before the last claimed one may need work again (an interrupted run was
+            // given back, a holder died): the next pass starts from the first cell.
             announced = false;
             continue;
         }
         if !cfg.wait {
             break;
         }
-        let held = held_elsewhere(&cfg.registry, offers, &policy.host)?;
+        let held = held_elsewhere(&cfg.registry, plan, &policy.host)?;
         if held.is_empty() {
             break;
         }
@@ -242,6 +237,37 @@ fn worker_loop(
     Ok(reports)
 }
 
+/// One pass over the plan, a chunk at a time: claims and runs the cells of each chunk that
+/// need work (the first in plan order each time) until the chunk has none. Returns whether
+/// it ran any cell.
+fn claim_pass(
+    plan: &(impl PlanCells + ?Sized),
+    cfg: &RunnerConfig,
+    policy: &ClaimPolicy,
+    reports: &mut Vec<CellReport>,
+) -> Result<bool, RunnerError> {
+    let mut ran = false;
+    for chunk in plan.chunks(CHUNK) {
+        let offers = offers(&chunk);
+        while !cfg.interrupted.load(Ordering::Relaxed) {
+            let Some(claim) = cfg.registry.claim(policy, &offers)? else {
+                break;
+            };
+            // A claim is of one of the cells offered.
+            let Some(cell) = chunk.iter().find(|c| c.index as i64 == claim.cell_index) else {
+                break;
+            };
+            reports.push(run_claimed(cfg, policy, &claim, &cell.spec, &cell.label())?);
+            cfg.registry.tidy()?;
+            ran = true;
+        }
+        if cfg.interrupted.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    Ok(ran)
+}
+
 /// Sleeps for `period`, waking early on an interruption.
 fn idle(cfg: &RunnerConfig, period: Duration) {
     let tick = Duration::from_millis(50);
@@ -252,20 +278,25 @@ fn idle(cfg: &RunnerConfig, period: Duration) {
     }
 }
 
-/// Runs of these cells that another process holds (running, lease not expired).
+/// Runs of the plan's cells that another process holds (running, lease not expired), looked
+/// up a chunk at a time.
 fn held_elsewhere(
     registry: &Registry,
-    offers: &[CellOffer],
+    plan: &(impl PlanCells + ?Sized),
     this_host: &str,
 ) -> Result<Vec<crate::registry::RunRow>, RegistryError> {
-    let hashes: Vec<String> = offers.iter().map(|c| c.hash.clone()).collect();
     let t = registry.clock()?;
-    let mut held: Vec<_> = registry
-        .latest_runs(&hashes)?
-        .into_values()
-        .filter(|r| r.effective_status(t) == RunStatus::Running)
-        .filter(|r| !crate::registry::worker_is_this_process(&r.worker, this_host))
-        .collect();
+    let mut held = Vec::new();
+    for chunk in plan.chunks(CHUNK) {
+        let hashes: Vec<String> = chunk.iter().map(|c| c.hash.clone()).collect();
+        held.extend(
+            registry
+                .latest_runs(&hashes)?
+                .into_values()
+                .filter(|r| r.effective_status(t) == RunStatus::Running)
+                .filter(|r| !crate::registry::worker_is_this_process(&r.worker, this_host)),
+        );
+    }
     held.sort_by_key(|r| r.cell_index);
     Ok(held)
 }
@@ -582,21 +613,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Describes the cells of a plan with their registry status.
-pub fn cell_statuses(
-    plan: &Plan,
-    registry: Option<&Registry>,
-) -> Result<Vec<(Cell, String, Option<String>)>, RegistryError> {
-    let hashes: Vec<String> = plan.cells.iter().map(|c| c.hash.clone()).collect();
-    let statuses = hash_statuses(&hashes, registry)?;
-    Ok(plan
-        .cells
-        .iter()
-        .zip(statuses)
-        .map(|(c, (status, id))| (c.clone(), status, id))
-        .collect())
 }
 
 /// The status of each cell hash (`new` when no run has it) and its latest run's id.

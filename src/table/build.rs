@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{AveragedAxis, Column, ColumnKind, Delta, Entry, Stat, Table};
 use crate::registry::{Registry, RegistryError};
-use crate::spec::{Plan, Spec, get_field, sweep::same_value};
+use crate::spec::cells::CHUNK;
+use crate::spec::{PlanCells, Spec, get_field, sweep::same_value};
 
 /// Cell hash -> summary of its latest finished run.
 pub type Finished = HashMap<String, BTreeMap<String, f64>>;
@@ -30,28 +31,31 @@ struct Group {
     spec: Spec,
 }
 
-/// Builds the table of a plan from the registry (no registry: every cell is missing).
-pub fn build(plan: &Plan, registry: Option<&Registry>) -> Result<Table, RegistryError> {
-    let hashes: Vec<String> = plan.cells.iter().map(|c| c.hash.clone()).collect();
-    let finished = match registry {
-        Some(r) => r.finished_summaries(&hashes)?,
-        None => Default::default(),
-    };
+/// Builds the table of a plan from the registry (no registry: every cell is missing). The
+/// cells are looked up a chunk at a time; what is kept is the summaries of finished runs.
+pub fn build(plan: &dyn PlanCells, registry: Option<&Registry>) -> Result<Table, RegistryError> {
+    let mut finished = Finished::new();
+    if let Some(r) = registry {
+        for chunk in plan.chunks(CHUNK) {
+            let hashes: Vec<String> = chunk.iter().map(|c| c.hash.clone()).collect();
+            finished.extend(r.finished_summaries(&hashes)?);
+        }
+    }
     Ok(from_summaries(plan, &finished))
 }
 
 /// Builds the table of a plan from the summaries of the cells' finished runs, by cell hash (a
 /// cell not in `finished` is missing).
-pub fn from_summaries(plan: &Plan, finished: &Finished) -> Table {
-    let t = &plan.base.table;
+pub fn from_summaries(plan: &dyn PlanCells, finished: &Finished) -> Table {
+    let t = &plan.base().table;
     if t.metrics.is_empty() && t.rows.is_empty() && t.columns.is_empty() {
         return every_summary(plan, finished);
     }
     grid(plan, &layout(plan, finished), finished)
 }
 
-fn layout(plan: &Plan, finished: &Finished) -> Layout {
-    let t = &plan.base.table;
+fn layout(plan: &dyn PlanCells, finished: &Finished) -> Layout {
+    let t = &plan.base().table;
     let metrics = if t.metrics.is_empty() {
         let mut all: Vec<String> = finished.values().flat_map(|s| s.keys().cloned()).collect();
         all.sort();
@@ -62,7 +66,7 @@ fn layout(plan: &Plan, finished: &Finished) -> Layout {
         t.metrics.clone()
     };
     let rows = if t.rows.is_empty() && t.columns.is_empty() {
-        plan.sweep_keys.clone()
+        plan.sweep_keys().to_vec()
     } else {
         t.rows.clone()
     };
@@ -74,16 +78,16 @@ fn layout(plan: &Plan, finished: &Finished) -> Layout {
 }
 
 /// The table of a `[table]` with rows, columns or metrics.
-fn grid(plan: &Plan, layout: &Layout, finished: &Finished) -> Table {
+fn grid(plan: &dyn PlanCells, layout: &Layout, finished: &Finished) -> Table {
     let (groups, missing) = group_cells(plan, layout, finished);
     let col_keys = distinct(groups.iter().map(|g| &g.col));
     let row_keys = distinct(groups.iter().map(|g| &g.row));
-    let labels = Labels(&plan.base.table.labels);
+    let labels = Labels(&plan.base().table.labels);
     let has_paper = |col: &[toml::Value], metric: &str| {
         groups
             .iter()
             .filter(|g| values_eq(&g.col, col))
-            .any(|g| paper_value(&plan.base, &g.spec, metric).is_some())
+            .any(|g| paper_value(plan.base(), &g.spec, metric).is_some())
     };
     let columns = header(layout, &labels, &col_keys, &has_paper);
     let rows = row_keys
@@ -117,10 +121,10 @@ fn grid(plan: &Plan, layout: &Layout, finished: &Finished) -> Table {
 
 /// Groups the plan's cells by their row and column values (in plan order), collecting the
 /// finished runs' metrics; also counts the cells without a finished run.
-fn group_cells(plan: &Plan, layout: &Layout, finished: &Finished) -> (Vec<Group>, usize) {
+fn group_cells(plan: &dyn PlanCells, layout: &Layout, finished: &Finished) -> (Vec<Group>, usize) {
     let mut groups: Vec<Group> = Vec::new();
     let mut missing = 0;
-    for cell in &plan.cells {
+    for cell in plan.cells() {
         let read = |fields: &[String]| -> Vec<toml::Value> {
             fields
                 .iter()
@@ -214,14 +218,19 @@ fn header(
 }
 
 /// Ours for one metric of one group, and paper and Δ when the column group has paper values.
-fn entries(plan: &Plan, group: Option<&Group>, metric: &str, paper_columns: bool) -> Vec<Entry> {
+fn entries(
+    plan: &dyn PlanCells,
+    group: Option<&Group>,
+    metric: &str,
+    paper_columns: bool,
+) -> Vec<Entry> {
     let ours = group
         .and_then(|g| g.values.get(metric))
         .filter(|v| !v.is_empty())
         .map(|v| Stat::of(v));
     let mut out = vec![ours.map_or(Entry::Missing, Entry::Stat)];
     if paper_columns {
-        let paper = group.and_then(|g| paper_value(&plan.base, &g.spec, metric));
+        let paper = group.and_then(|g| paper_value(plan.base(), &g.spec, metric));
         out.push(paper.map_or(Entry::Empty, Entry::Paper));
         out.push(match (ours, paper) {
             (Some(s), Some(p)) => Entry::Delta(Delta {
@@ -235,14 +244,14 @@ fn entries(plan: &Plan, group: Option<&Group>, metric: &str, paper_columns: bool
 }
 
 /// Swept keys other than the seed that are neither rows nor columns, with several values.
-fn averaged_axes(plan: &Plan, layout: &Layout) -> Vec<AveragedAxis> {
+fn averaged_axes(plan: &dyn PlanCells, layout: &Layout) -> Vec<AveragedAxis> {
     let shown = |k: &String| layout.rows.contains(k) || layout.columns.contains(k);
-    plan.sweep_keys
+    plan.sweep_keys()
         .iter()
         .filter(|k| k.as_str() != SEED_KEY && !shown(k))
         .filter_map(|key| {
             let mut values: Vec<toml::Value> = Vec::new();
-            for cell in &plan.cells {
+            for cell in plan.cells() {
                 let v = get_field(&cell.spec, key)?;
                 if !values.iter().any(|seen| same_value(seen, &v)) {
                     values.push(v);
@@ -257,7 +266,7 @@ fn averaged_axes(plan: &Plan, layout: &Layout) -> Vec<AveragedAxis> {
 }
 
 /// Without a `[table]`: one row per summary metric, one column per cell.
-fn every_summary(plan: &Plan, finished: &Finished) -> Table {
+fn every_summary(plan: &dyn PlanCells, finished: &Finished) -> Table {
     let mut metrics: Vec<&String> = finished.values().flat_map(|s| s.keys()).collect();
     metrics.sort();
     metrics.dedup();
@@ -266,37 +275,33 @@ fn every_summary(plan: &Plan, finished: &Finished) -> Table {
         kind: ColumnKind::Key,
         group: String::new(),
     }];
-    columns.extend(plan.cells.iter().map(|c| {
-        let label = match plan.cells.len() {
+    let mut rows: Vec<Vec<Entry>> = metrics
+        .iter()
+        .map(|m| vec![Entry::Text((*m).clone())])
+        .collect();
+    let mut missing = 0;
+    for c in plan.cells() {
+        let label = match plan.count() {
             1 => c.short_hash().to_string(),
             _ => c.label(),
         };
-        Column {
+        columns.push(Column {
             group: label.clone(),
             label,
             kind: ColumnKind::Metric {
                 metric: String::new(),
             },
-        }
-    }));
-    let rows = metrics
-        .iter()
-        .map(|m| {
-            let mut row = vec![Entry::Text((*m).clone())];
-            row.extend(plan.cells.iter().map(|c| {
-                finished
-                    .get(&c.hash)
+        });
+        let summary = finished.get(&c.hash);
+        missing += usize::from(summary.is_none());
+        for (row, m) in rows.iter_mut().zip(&metrics) {
+            row.push(
+                summary
                     .and_then(|s| s.get(*m))
-                    .map_or(Entry::Missing, |v| Entry::Stat(Stat::of(&[*v])))
-            }));
-            row
-        })
-        .collect();
-    let missing = plan
-        .cells
-        .iter()
-        .filter(|c| !finished.contains_key(&c.hash))
-        .count();
+                    .map_or(Entry::Missing, |v| Entry::Stat(Stat::of(&[*v]))),
+            );
+        }
+    }
     Table {
         columns,
         rows,
@@ -306,21 +311,21 @@ fn every_summary(plan: &Plan, finished: &Finished) -> Table {
 }
 
 /// Title, digits, cell count and the paper's source and claims; no columns or rows yet.
-fn frame(plan: &Plan) -> Table {
-    let t = &plan.base.table;
+fn frame(plan: &dyn PlanCells) -> Table {
+    let t = &plan.base().table;
     Table {
         title: match t.title.is_empty() {
-            true => plan.experiment.clone(),
+            true => plan.experiment().to_string(),
             false => t.title.clone(),
         },
         columns: Vec::new(),
         rows: Vec::new(),
         digits: t.digits as usize,
         missing: 0,
-        cells: plan.cells.len(),
+        cells: plan.count(),
         averaged: Vec::new(),
-        source: plan.base.paper.source.clone(),
-        claims: plan.base.paper.claims.clone(),
+        source: plan.base().paper.source.clone(),
+        claims: plan.base().paper.claims.clone(),
     }
 }
 
