@@ -496,11 +496,13 @@ fn every_format_escapes_its_special_characters_and_names_averaged_axes() {
 }
 
 /// A registry row edited by hand or by another tool (text in a number column, a status no
-/// version wrote) is an error naming the column, never a panic (issue #14.10): through the
-/// library and through `beatlab runs`, `show` and `plan`.
+/// version wrote, overrides that are not JSON) is an error naming the column and the run,
+/// never a panic nor a silent null (issue #14.10): through the library and through
+/// `beatlab runs`, `show` and `plan`.
 #[test]
 fn a_malformed_registry_row_is_an_error_naming_its_column() {
     let cases = [
+        ("overrides", "overrides = '{\"beat.codebook_size\": 512'"),
         ("seed", "seed = 'x'"),
         ("created_at", "created_at = 'yesterday'"),
         ("cell_index", "cell_index = x'00ff'"),
@@ -548,7 +550,7 @@ fn a_malformed_registry_row_is_an_error_naming_its_column() {
         let reg = Registry::open_existing(&path).unwrap().unwrap();
         let err = reg.runs(None, None).unwrap_err().to_string();
         assert!(
-            err.contains(&format!("column `{column}`")),
+            err.contains(&format!("column `{column}` of run {}", claim.run_id)),
             "{column}: {err}"
         );
         drop(reg);
@@ -571,7 +573,10 @@ fn a_malformed_registry_row_is_an_error_naming_its_column() {
                 "{column} {args:?}: {out:?}"
             );
             assert!(
-                stderr.contains(&format!("malformed registry row: column `{column}`")),
+                stderr.contains(&format!(
+                    "malformed registry row: column `{column}` of run {}",
+                    claim.run_id
+                )),
                 "{column} {args:?}: {stderr}"
             );
         }

@@ -107,10 +107,15 @@ pub enum RegistryError {
         path: PathBuf,
         filesystem: &'static str,
     },
-    /// A stored row has a value of the wrong type in a column.
-    #[error("malformed registry row: column `{column}`: {source}")]
+    /// A stored row has a value of the wrong type in a column (of the run named, when the
+    /// row is a run's and its id could be read).
+    #[error(
+        "malformed registry row: column `{column}`{}: {source}",
+        run.as_ref().map(|r| format!(" of run {r}")).unwrap_or_default()
+    )]
     Malformed {
         column: &'static str,
+        run: Option<String>,
         #[source]
         source: sqlx::Error,
     },

@@ -19,11 +19,24 @@ where
 {
     r.try_get(name).map_err(|source| RegistryError::Malformed {
         column: name,
+        run: None,
         source,
     })
 }
 
-/// A `runs` row read with [`RUN_COLUMNS`].
+/// A [`RegistryError::Malformed`] of a column of run `id`, named so.
+fn of_run(id: &str) -> impl Fn(RegistryError) -> RegistryError + '_ {
+    move |e| match e {
+        RegistryError::Malformed { column, source, .. } => RegistryError::Malformed {
+            column,
+            run: Some(id.to_string()),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// A `runs` row read with [`RUN_COLUMNS`]; a malformed column names the run.
 pub(crate) fn run_from_row<R>(r: &R) -> Result<RunRow>
 where
     R: Row,
@@ -32,23 +45,40 @@ where
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
 {
+    let id: String = col(r, "id")?;
+    run_columns(r, id.clone()).map_err(of_run(&id))
+}
+
+/// The columns of a `runs` row after its id.
+fn run_columns<R>(r: &R, id: String) -> Result<RunRow>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let malformed = |column, message: String| RegistryError::Malformed {
+        column,
+        run: None,
+        source: sqlx::Error::Decode(message.into()),
+    };
     let status: String = col(r, "status")?;
     let overrides: String = col(r, "overrides")?;
     Ok(RunRow {
-        id: col(r, "id")?,
+        id,
         experiment: col(r, "experiment")?,
         cell_index: col(r, "cell_index")?,
         cell_label: col(r, "cell_label")?,
-        overrides: serde_json::from_str(&overrides).unwrap_or(serde_json::Value::Null),
+        // Written by beatlab as a JSON object; anything else was edited in.
+        overrides: serde_json::from_str(&overrides)
+            .map_err(|e| malformed("overrides", format!("not JSON: {e}")))?,
         spec_json: col(r, "spec_json")?,
         hash: col(r, "spec_hash")?,
         seed: col(r, "seed")?,
         status: status
             .parse()
-            .map_err(|message: String| RegistryError::Malformed {
-                column: "status",
-                source: sqlx::Error::Decode(message.into()),
-            })?,
+            .map_err(|message: String| malformed("status", message))?,
         attempt: col(r, "attempt")?,
         stage: col(r, "stage")?,
         code_rev: col(r, "code_rev")?,
