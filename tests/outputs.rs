@@ -8,6 +8,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use beatlab::registry::Registry;
 use common::{beatlab, stderr};
 
 /// A two-lead WFDB record of one flat second (all samples 0, so checksums are 0) in `dir`.
@@ -247,4 +248,122 @@ fn a_full_disk_fails_the_run_cleanly_and_resume_finishes_it() {
     let summaries = reg.summaries(&resumed.id).unwrap();
     assert!(summaries.contains_key("beat/test/loss"), "{summaries:?}");
     assert_eq!(summaries, clean_reg.summaries(&clean_run.id).unwrap());
+}
+
+/// The binary in `dir` with the registry at `registry`.
+fn beatlab_with_registry(dir: &Path, registry: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_beatlab"));
+    command
+        .current_dir(dir)
+        .env("BEATLAB_REGISTRY", registry)
+        .env("BEATLAB_RUNS_DIR", dir.join("runs"))
+        .args(args);
+    command
+}
+
+/// A Beat-only run long enough (48 steps, a checkpoint every 3) that the disk can be filled
+/// while it trains.
+fn long_spec() -> String {
+    full_disk_spec().replace("epochs = 3", "epochs = 12")
+}
+
+/// Waits until a file named `name` exists somewhere under `dir`.
+fn wait_for_file(dir: &Path, name: &str, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    while !files_under(dir).iter().any(|f| f.ends_with(name)) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before writing {name}"
+        );
+        assert!(start.elapsed().as_secs() < 120, "no {name} after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// The run's metric points (none measures time), by key and step.
+fn deterministic_metrics(reg: &Registry, id: &str) -> Vec<(String, i64, f64)> {
+    let mut m: Vec<_> = reg
+        .metrics(id)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.key, p.step, p.value))
+        .collect();
+    m.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    m
+}
+
+/// Disk full at a registry write (issue #14, the disk-full test): the registry alone is on a
+/// small file system, filled up while the run trains (once its first checkpoint is written).
+/// The run stops with an error naming the registry, the run and the OS's reason (exit 1, no
+/// panic); once there is room the registry checks clean, and running again takes the run over
+/// from its checkpoint (its holder is dead) and finishes it with the results and metric points
+/// of an uninterrupted run.
+#[test]
+fn a_full_disk_at_a_registry_write_stops_cleanly_and_the_run_resumes() {
+    let Some(fs) = SmallFs::mount() else {
+        return;
+    };
+    fs.resize("8m");
+    let dir = tempfile::tempdir().unwrap();
+    let registry = fs.path().join("reg.db");
+    std::fs::write(dir.path().join("spec.toml"), long_spec()).unwrap();
+    let mut child = beatlab_with_registry(dir.path(), &registry, &["run", "spec.toml", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(dir.path(), "beat-00000003.safetensors", &mut child);
+    // Every block the file system has left goes to the filler: the write stops at ENOSPC.
+    let filler = fs.path().join("filler");
+    let full = std::fs::write(&filler, vec![0u8; 8 << 20]);
+    assert!(
+        full.is_err(),
+        "the filler fitted: the file system is not full"
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("database or disk is full"), "{err}");
+    assert!(err.contains(&registry.display().to_string()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let log = files_under(&dir.path().join("runs"))
+        .into_iter()
+        .find(|f| f.ends_with("log.txt"))
+        .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("runs").join(log)).unwrap();
+    assert!(log.contains("database or disk is full"), "{log}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = beatlab_with_registry(dir.path(), &registry, &["registry", "check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = beatlab_with_registry(dir.path(), &registry, &["run", "spec.toml", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reg = Registry::open_existing(&registry).unwrap().unwrap();
+    let runs = reg.runs(None, None).unwrap();
+    assert_eq!(runs.len(), 1, "the run was taken over, not started again");
+    assert_eq!(runs[0].status, beatlab::registry::RunStatus::Finished);
+    assert_eq!(runs[0].attempt, 2, "{:?}", runs[0]);
+
+    let clean = tempfile::tempdir().unwrap();
+    std::fs::write(clean.path().join("spec.toml"), long_spec()).unwrap();
+    let out = beatlab(clean.path(), &["run", "spec.toml", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (clean_reg, clean_run) = common::only_run(clean.path());
+    let summaries = reg.summaries(&runs[0].id).unwrap();
+    assert!(summaries.contains_key("beat/test/loss"), "{summaries:?}");
+    assert_eq!(summaries, clean_reg.summaries(&clean_run.id).unwrap());
+    assert_eq!(
+        deterministic_metrics(&reg, &runs[0].id),
+        deterministic_metrics(&clean_reg, &clean_run.id),
+        "a metric point was lost or changed"
+    );
 }

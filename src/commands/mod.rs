@@ -410,7 +410,17 @@ fn train_cells(
         if workers == 1 { "" } else { "s" },
         cfg.device_name
     ));
-    let reports = runner::run_plan(&plan, &cfg, workers)?;
+    let reports = runner::run_plan(&plan, &cfg, workers).map_err(|e| {
+        let registry = matches!(
+            e,
+            runner::RunnerError::Registry(_) | runner::RunnerError::Unrecorded { .. }
+        );
+        let e = anyhow::Error::new(e);
+        match registry {
+            true => e.context(format!("registry {}", cfg.registry.address())),
+            false => e,
+        }
+    })?;
     let failed: Vec<_> = reports
         .iter()
         .filter(|r| matches!(r.outcome, CellOutcome::Failed(_)))

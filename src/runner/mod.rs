@@ -86,6 +86,15 @@ pub enum RunnerError {
     /// `resume` was asked for a run that is finished or held by a live worker.
     #[error("run {id} is {status}; only failed, stale or interrupted runs can be resumed")]
     NotResumable { id: String, status: &'static str },
+    /// A run failed and the registry could not record it (e.g. its disk is full); the run
+    /// stays held by this process, and is taken over once the process is gone.
+    #[error("run {run} failed ({failure}), and the registry could not record it: {source}")]
+    Unrecorded {
+        run: String,
+        failure: String,
+        #[source]
+        source: RegistryError,
+    },
     /// The run's stored spec no longer parses (written by another beatlab version).
     #[error("run {id}: stored spec does not load: {message}")]
     BadStoredSpec { id: String, message: String },
@@ -497,9 +506,16 @@ fn run_claimed(
         }
         Err(e) => {
             let text = error_chain(&e);
-            cfg.registry
-                .end_run(run_id, &policy.worker, RunStatus::Failed, Some(&text))?;
+            // Logged first: when the registry is what failed (a full disk), recording the
+            // failure fails too, and the run's log is where its cause stays.
             tracker.log(&format!("failed: {text}"));
+            cfg.registry
+                .end_run(run_id, &policy.worker, RunStatus::Failed, Some(&text))
+                .map_err(|source| RunnerError::Unrecorded {
+                    run: run_id.to_string(),
+                    failure: text.clone(),
+                    source,
+                })?;
             Ok(report(CellOutcome::Failed(text)))
         }
     }
