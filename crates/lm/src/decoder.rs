@@ -231,7 +231,9 @@ impl Decoder {
                 b.randn(),
             )?)
         };
-        let mut layers = Vec::with_capacity(spec.num_layers);
+        // Grown as the layers load: a checkpoint's `num_hidden_layers` is not trusted before
+        // its weights are found (1e12 layers must be a missing tensor, not an allocation abort).
+        let mut layers = Vec::new();
         for i in 0..spec.num_layers {
             let vb_l = vb_m.pp("layers").pp(i);
             layers.push(Block {

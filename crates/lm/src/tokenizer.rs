@@ -95,6 +95,17 @@ fn tok_err(context: impl Into<String>) -> impl FnOnce(tokenizers::Error) -> LmEr
     }
 }
 
+/// The message of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .map_or("the tokenizer library panicked".into(), |m| {
+            format!("the tokenizer library panicked: {m}")
+        })
+}
+
 fn special(text: &str) -> AddedToken {
     AddedToken::from(text.to_string(), true)
 }
@@ -148,7 +159,8 @@ impl LmTokenizer {
     }
 
     /// Load a `tokenizer.json` (ours or a real checkpoint's) and register any of the special
-    /// tokens it lacks; they get ids after its vocabulary.
+    /// tokens it lacks; they get ids after its vocabulary. The file's padding and truncation
+    /// settings are dropped; a malformed file is an error naming it, never a panic.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(LmError::MissingFile {
@@ -156,8 +168,23 @@ impl LmTokenizer {
                 looked_for: path.to_path_buf(),
             });
         }
-        let inner =
-            Tokenizer::from_file(path).map_err(tok_err(format!("loading {}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| LmError::io(path, e))?;
+        // The `tokenizers` crate panics on some malformed files (a syntax error inside
+        // `decoder`); the JSON is checked here first, and any other panic of its parser is
+        // caught and reported as an error naming the file.
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| LmError::json(path, &e))?;
+        let context = format!("loading {}", path.display());
+        let parsed = std::panic::catch_unwind(|| text.parse::<Tokenizer>()).map_err(|panic| {
+            LmError::Tokenizer {
+                context: context.clone(),
+                message: panic_text(panic.as_ref()),
+            }
+        })?;
+        let mut inner = parsed.map_err(tok_err(context.clone()))?;
+        // Prompts are built and batched here: a file's padding (to 2^31 tokens, say) or
+        // truncation would change or cut them behind the caller's back.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(tok_err(context))?;
         Self::with_specials(inner, &path.display().to_string())
     }
 
