@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(spec_loader wfdb_header wfdb_record mat_record annotation_reader ludb_csv ptbxl_csv checkpoint_loader)
+    targets=(spec_loader wfdb_header wfdb_record mat_record annotation_reader ludb_csv ptbxl_csv checkpoint_loader
+        instruct_items tokenizer_json lm_weights)
 fi
 # Built once; the test binary is then run per target (the tests read their seeds relative to
 # the repository root, where cargo runs them too).

@@ -1,12 +1,14 @@
 //! Fuzz harness on stable Rust: every reader of outside input (the spec loader, WFDB headers and
 //! signal files, MAT v4 records, WFDB annotations, the LUDB and PTB-XL CSV tables, checkpoint
-//! files) is fed mutated copies of small valid inputs and must answer `Ok` or an error: never a
+//! files, instruction item files, `tokenizer.json`, a language model's Hugging Face folder) is
+//! fed mutated copies of small valid inputs and must answer `Ok` or an error: never a
 //! panic, a hang, or an allocation the limits do not bound.
 //!
 //! Inputs come from [`arbtest`] (a seeded, time-budgeted generator of [`arbitrary`] data); the
 //! mutations (`mutate`) flip, insert, delete, duplicate and splice bytes and swap number tokens
 //! for hostile ones (`1e300`, `-1`, `NaN`, `4294967296`...). Seeds live in `tests/fuzz/seeds`
-//! (remade by `tests/fuzz/make_seeds.py`), plus the spec suite's files and a checkpoint made here.
+//! (remade by `tests/fuzz/make_seeds.py`), plus the spec suite's files, a checkpoint, a trained
+//! tokenizer and two tiny model folders made here.
 //!
 //! Each target runs `BEATLAB_FUZZ_MS` milliseconds (default 1500, so `cargo test` stays short);
 //! `scripts/fuzz.sh` runs them for longer. A failing input is saved under
@@ -478,6 +480,145 @@ fn checkpoint_loader() {
     fuzz("checkpoint_loader", vec![seed], |input, _| {
         beatlab::runner::checkpoint::decode(input.get("ckpt.safetensors"), path, &cpu).is_ok()
     });
+}
+
+#[test]
+fn instruct_items() {
+    use beatlab_heartcare::{instruct, metrics};
+    fuzz("instruct_items", seeds_in("instruct"), |_, dir| {
+        // As the multimodal stages read a user's item file, then score answers against it.
+        let Ok(items) = instruct::read_jsonl(dir.join("items.jsonl")) else {
+            return false;
+        };
+        for item in &items {
+            let _ = (item.task(), item.dimension());
+            let options = metrics::parse_options(&item.question);
+            let _ = metrics::parse_choice(&item.answer, &options);
+            let _ = metrics::format_options(&options);
+        }
+        true
+    });
+}
+
+/// Text the tokenizer targets encode: words of the seeds, a special token, bytes beyond ASCII.
+const TOKENIZER_TEXT: &str = "<|user|> Sinus rhythm, QRS 96 ms. ÄÖü\u{1F493}<|end|>";
+
+/// A byte-level BPE `tokenizer.json` as beatlab trains one for the tiny presets.
+fn trained_tokenizer_seed() -> Input {
+    let corpus = [
+        "Sinus rhythm. Normal ECG.",
+        "Atrial fibrillation with rapid ventricular response.",
+        "QRS duration 96 ms, QT interval 400 ms.",
+        "Sinusrhythmus. Linkstyp. Normales EKG.",
+    ];
+    let tok = beatlab_lm::LmTokenizer::train(corpus.iter().cycle().take(40), 300).unwrap();
+    Input {
+        files: vec![("tokenizer.json".into(), tok.to_json().unwrap().into_bytes())],
+        valid: true,
+    }
+}
+
+#[test]
+fn tokenizer_json() {
+    let mut seeds = seeds_in("tokenizer");
+    seeds.push(trained_tokenizer_seed());
+    fuzz("tokenizer_json", seeds, |_, dir| {
+        // As a checkpoint's tokenizer is loaded, then used on a prompt and its ids.
+        let Ok(tok) = beatlab_lm::LmTokenizer::from_file(&dir.join("tokenizer.json")) else {
+            return false;
+        };
+        let Ok(ids) = tok.encode(TOKENIZER_TEXT) else {
+            return false;
+        };
+        let _ = (tok.vocab_size(), tok.pad_id());
+        tok.decode(&ids, true).is_ok() && tok.decode(&[0, 1, u32::MAX], false).is_ok()
+    });
+}
+
+/// A Hugging Face folder of a micro backbone: `config.json` and its weights, in one file
+/// (Qwen2) or in two shards with `model.safetensors.index.json` (Phi-3).
+fn model_seed(sharded: bool) -> Input {
+    use beatlab_lm::presets::{tiny_phi3, tiny_qwen2};
+    use beatlab_lm::{Backbone, BackboneConfig, BuildOptions};
+    let config = if sharded {
+        let mut c = tiny_phi3(16);
+        (c.hidden_size, c.intermediate_size) = (8, 16);
+        (c.num_hidden_layers, c.num_attention_heads) = (1, 2);
+        c.num_key_value_heads = Some(2);
+        BackboneConfig::Phi3(c)
+    } else {
+        let mut c = tiny_qwen2(16);
+        (c.hidden_size, c.intermediate_size) = (8, 16);
+        (c.num_hidden_layers, c.num_attention_heads) = (1, 2);
+        c.num_key_value_heads = Some(1);
+        BackboneConfig::Qwen2(c)
+    };
+    let store = beatlab_nn::ParamStore::new(3);
+    let cpu = candle_core::Device::Cpu;
+    let options = BuildOptions::default();
+    Backbone::random(&config, &store, candle_core::DType::F32, &cpu, &options).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    beatlab_lm::checkpoint::save_pretrained(dir.path(), &config, &store.tensors(), None).unwrap();
+    let mut files = vec![(
+        "config.json".to_string(),
+        std::fs::read(dir.path().join("config.json")).unwrap(),
+    )];
+    if !sharded {
+        let weights = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        files.push(("model.safetensors".into(), weights));
+        return Input { files, valid: true };
+    }
+    let tensors = store.tensors();
+    let (first, second): (Vec<_>, Vec<_>) =
+        tensors.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [(1, first), (2, second)] {
+        let name = format!("model-0000{shard}-of-00002.safetensors");
+        let part: Vec<(&String, &candle_core::Tensor)> = part.into_iter().map(|(_, t)| t).collect();
+        for (tensor, _) in &part {
+            weight_map.insert((*tensor).clone(), name.clone().into());
+        }
+        files.push((name, safetensors::serialize(part, None).unwrap()));
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    files.push((
+        beatlab_lm::hub::INDEX_FILE.into(),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    ));
+    Input { files, valid: true }
+}
+
+#[test]
+fn lm_weights() {
+    use beatlab_lm::{BuildOptions, ModelSource, load_backbone};
+    let cpu = candle_core::Device::Cpu;
+    fuzz(
+        "lm_weights",
+        vec![model_seed(false), model_seed(true)],
+        |input, dir| {
+            // The folder holds one seed's files only: another seed's stale files would be read.
+            let names: Vec<&str> = input.files.iter().map(|(n, _)| n.as_str()).collect();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if !names.contains(&name.as_str()) {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+            // As a spec's `backbone = "path/to/folder"` is loaded, then run on a few ids.
+            let source = ModelSource::Dir(dir.to_path_buf());
+            let Ok(loaded) = load_backbone(
+                &source,
+                candle_core::DType::F32,
+                &cpu,
+                &BuildOptions::default(),
+            ) else {
+                return false;
+            };
+            let ids = candle_core::Tensor::new(&[[1u32, 2, 3]], &cpu).unwrap();
+            loaded.backbone.forward(&ids, None).is_ok()
+        },
+    );
 }
 
 /// The harness finds what it looks for: a target that panics on a hostile number in a header

@@ -118,8 +118,49 @@ def ptbxl():
     put("ptbxl/scp_statements.csv", buf.getvalue())
 
 
+ITEMS = [
+    {"type": "DiagnosisClosedQA", "question": "Which rhythm? A: Sinus rhythm; B: Atrial fibrillation",
+     "answer": "A: Sinus rhythm", "filename": ["ptbxl/00001"], "label": ["signal"], "id": "q1",
+     "options": ["Sinus rhythm", "Atrial fibrillation"], "correct_option": "A", "split": "train",
+     "record_ids": ["00001"], "patient_ids": ["15709"], "dimension": "rhythm"},
+    {"type": "WaveformOpenQA", "question": "What is the QRS duration?", "answer": "About 96 ms.",
+     "filename": ["ludb/1", "ludb/2"], "label": ["signal", "img"], "split": "test"},
+    {"type": "SignalPrediction", "question": "Continue lead II.", "answer": "[0.1, 0.2]",
+     "filename": "ludb/3", "label": "signal",
+     "prediction": {"input_start_s": 0.0, "input_s": 2.5, "horizon_s": 0.5}},
+    {"type": "ReportGeneration", "question": "Write the report.", "answer": "Sinusrhythmus. Normales EKG.",
+     "filename": ["ptbxl/00002"], "label": ["img"], "extra": {"kept": False}},
+]
+
+
+def instruct():
+    import json
+    put("instruct/jsonl/items.jsonl", "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in ITEMS) + "\n")
+    put("instruct/array/items.jsonl", json.dumps(ITEMS, ensure_ascii=False, indent=1) + "\n")
+
+
+def tokenizer():
+    # A WordLevel tokenizer with a normaliser, padding and truncation: parts of the format the
+    # trained byte-level BPE seed (made by the harness) does not have.
+    import json
+    vocab = {"[UNK]": 0, "[PAD]": 1, "sinus": 2, "rhythm": 3, "qrs": 4, "96": 5, "ms": 6, ".": 7}
+    put("tokenizer/wordlevel/tokenizer.json", json.dumps({
+        "version": "1.0",
+        "truncation": {"direction": "Right", "max_length": 16, "strategy": "LongestFirst", "stride": 2},
+        "padding": {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": 4,
+                    "pad_id": 1, "pad_type_id": 0, "pad_token": "[PAD]"},
+        "added_tokens": [{"id": 1, "content": "[PAD]", "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}],
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+    }, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     if not os.path.isdir(DATA):
         sys.exit(f"no data set at {DATA}: set BEATLAB_ECG_DATA")
-    for make in [wfdb16, wfdb212, wfdb80_frames, mat, annotation, ludb, ptbxl]:
+    for make in [wfdb16, wfdb212, wfdb80_frames, mat, annotation, ludb, ptbxl, instruct, tokenizer]:
         make()
