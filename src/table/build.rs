@@ -2,12 +2,13 @@
 //! column groups, cells grouped by them, the header, one body row per row key, and the footer's
 //! facts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
 
 use super::{AveragedAxis, Column, ColumnKind, Delta, Entry, Stat, Table};
 use crate::registry::{Registry, RegistryError};
 use crate::spec::cells::CHUNK;
-use crate::spec::{PlanCells, Spec, get_field, sweep::same_value};
+use crate::spec::{Cell, PlanCells, Spec, get_field, sweep::same_value};
 
 /// Cell hash -> summary of its latest finished run.
 pub type Finished = HashMap<String, BTreeMap<String, f64>>;
@@ -31,40 +32,65 @@ struct Group {
     spec: Spec,
 }
 
+/// The summaries of the finished runs of a chunk of cells, by cell hash.
+type Lookup<'a, E> = dyn FnMut(&[Cell]) -> Result<Finished, E> + 'a;
+
 /// Builds the table of a plan from the registry (no registry: every cell is missing). The
-/// cells are looked up a chunk at a time; what is kept is the summaries of finished runs.
+/// cells and their summaries are read a chunk at a time: what is kept is the table.
 pub fn build(plan: &dyn PlanCells, registry: Option<&Registry>) -> Result<Table, RegistryError> {
-    let mut finished = Finished::new();
-    if let Some(r) = registry {
-        for chunk in plan.chunks(CHUNK) {
-            let hashes: Vec<String> = chunk.iter().map(|c| c.hash.clone()).collect();
-            finished.extend(r.finished_summaries(&hashes)?);
-        }
-    }
-    Ok(from_summaries(plan, &finished))
+    from_lookup(plan, &mut |chunk: &[Cell]| match registry {
+        Some(r) => r.finished_summaries(&chunk.iter().map(|c| c.hash.clone()).collect::<Vec<_>>()),
+        None => Ok(Finished::new()),
+    })
 }
 
 /// Builds the table of a plan from the summaries of the cells' finished runs, by cell hash (a
 /// cell not in `finished` is missing).
 pub fn from_summaries(plan: &dyn PlanCells, finished: &Finished) -> Table {
-    let t = &plan.base().table;
-    if t.metrics.is_empty() && t.rows.is_empty() && t.columns.is_empty() {
-        return every_summary(plan, finished);
+    let lookup = &mut |chunk: &[Cell]| {
+        Ok::<_, Infallible>(
+            chunk
+                .iter()
+                .filter_map(|c| Some((c.hash.clone(), finished.get(&c.hash)?.clone())))
+                .collect(),
+        )
+    };
+    match from_lookup(plan, lookup) {
+        Ok(table) => table,
+        Err(never) => match never {},
     }
-    grid(plan, &layout(plan, finished), finished)
 }
 
-fn layout(plan: &dyn PlanCells, finished: &Finished) -> Layout {
+/// The table, with the summaries of each chunk of cells from `lookup`: one pass over the
+/// cells to find the metrics when `[table] metrics` does not name them, one to fill it.
+fn from_lookup<E>(plan: &dyn PlanCells, lookup: &mut Lookup<'_, E>) -> Result<Table, E> {
     let t = &plan.base().table;
-    let metrics = if t.metrics.is_empty() {
-        let mut all: Vec<String> = finished.values().flat_map(|s| s.keys().cloned()).collect();
-        all.sort();
-        all.dedup();
-        all.retain(|k| !k.is_empty());
-        all
-    } else {
-        t.metrics.clone()
+    let metrics = match t.metrics.is_empty() {
+        true => every_metric(plan, lookup)?,
+        false => t.metrics.clone(),
     };
+    if t.metrics.is_empty() && t.rows.is_empty() && t.columns.is_empty() {
+        return every_summary(plan, &metrics, lookup);
+    }
+    grid(plan, &layout(plan, metrics), lookup)
+}
+
+/// Every summary key of the finished runs, sorted.
+fn every_metric<E>(plan: &dyn PlanCells, lookup: &mut Lookup<'_, E>) -> Result<Vec<String>, E> {
+    let mut all = BTreeSet::new();
+    for chunk in plan.chunks(CHUNK) {
+        for summary in lookup(&chunk)?.into_values() {
+            all.extend(summary.into_keys());
+        }
+    }
+    Ok(all.into_iter().collect())
+}
+
+fn layout(plan: &dyn PlanCells, mut metrics: Vec<String>) -> Layout {
+    let t = &plan.base().table;
+    if t.metrics.is_empty() {
+        metrics.retain(|k| !k.is_empty());
+    }
     let rows = if t.rows.is_empty() && t.columns.is_empty() {
         plan.sweep_keys().to_vec()
     } else {
@@ -78,8 +104,8 @@ fn layout(plan: &dyn PlanCells, finished: &Finished) -> Layout {
 }
 
 /// The table of a `[table]` with rows, columns or metrics.
-fn grid(plan: &dyn PlanCells, layout: &Layout, finished: &Finished) -> Table {
-    let (groups, missing) = group_cells(plan, layout, finished);
+fn grid<E>(plan: &dyn PlanCells, layout: &Layout, lookup: &mut Lookup<'_, E>) -> Result<Table, E> {
+    let (groups, missing) = group_cells(plan, layout, lookup)?;
     let col_keys = distinct(groups.iter().map(|g| &g.col));
     let row_keys = distinct(groups.iter().map(|g| &g.row));
     let labels = Labels(&plan.base().table.labels);
@@ -110,54 +136,73 @@ fn grid(plan: &dyn PlanCells, layout: &Layout, finished: &Finished) -> Table {
             line
         })
         .collect();
-    Table {
+    Ok(Table {
         rows,
         columns,
         missing,
         averaged: averaged_axes(plan, layout),
         ..frame(plan)
-    }
+    })
 }
 
 /// Groups the plan's cells by their row and column values (in plan order), collecting the
 /// finished runs' metrics; also counts the cells without a finished run.
-fn group_cells(plan: &dyn PlanCells, layout: &Layout, finished: &Finished) -> (Vec<Group>, usize) {
+fn group_cells<E>(
+    plan: &dyn PlanCells,
+    layout: &Layout,
+    lookup: &mut Lookup<'_, E>,
+) -> Result<(Vec<Group>, usize), E> {
     let mut groups: Vec<Group> = Vec::new();
     let mut missing = 0;
-    for cell in plan.cells() {
-        let read = |fields: &[String]| -> Vec<toml::Value> {
-            fields
-                .iter()
-                .map(|f| get_field(&cell.spec, f).unwrap_or(toml::Value::String(String::new())))
-                .collect()
-        };
-        let (row, col) = (read(&layout.rows), read(&layout.columns));
-        let pos = groups
-            .iter()
-            .position(|g| values_eq(&g.row, &row) && values_eq(&g.col, &col));
-        let group = match pos {
-            Some(p) => &mut groups[p],
-            None => {
-                groups.push(Group {
-                    row,
-                    col,
-                    values: BTreeMap::new(),
-                    spec: cell.spec.clone(),
-                });
-                groups.last_mut().expect("just pushed")
-            }
-        };
-        let Some(summary) = finished.get(&cell.hash) else {
-            missing += 1;
-            continue;
-        };
-        for m in &layout.metrics {
-            if let Some(v) = summary.get(m) {
-                group.values.entry(m.clone()).or_default().push(*v);
-            }
+    for chunk in plan.chunks(CHUNK) {
+        let finished = lookup(&chunk)?;
+        for cell in chunk.iter() {
+            let summary = finished.get(&cell.hash);
+            missing += usize::from(summary.is_none());
+            add_to_group(&mut groups, layout, cell, summary);
         }
     }
-    (groups, missing)
+    Ok((groups, missing))
+}
+
+/// Adds a cell to the group of its row and column values (a new one at the end if none has
+/// them), with the metrics of its finished run.
+fn add_to_group(
+    groups: &mut Vec<Group>,
+    layout: &Layout,
+    cell: &Cell,
+    summary: Option<&BTreeMap<String, f64>>,
+) {
+    let read = |fields: &[String]| -> Vec<toml::Value> {
+        fields
+            .iter()
+            .map(|f| get_field(&cell.spec, f).unwrap_or(toml::Value::String(String::new())))
+            .collect()
+    };
+    let (row, col) = (read(&layout.rows), read(&layout.columns));
+    let pos = groups
+        .iter()
+        .position(|g| values_eq(&g.row, &row) && values_eq(&g.col, &col));
+    let group = match pos {
+        Some(p) => &mut groups[p],
+        None => {
+            groups.push(Group {
+                row,
+                col,
+                values: BTreeMap::new(),
+                spec: cell.spec.clone(),
+            });
+            groups.last_mut().expect("just pushed")
+        }
+    };
+    let Some(summary) = summary else {
+        return;
+    };
+    for m in &layout.metrics {
+        if let Some(v) = summary.get(m) {
+            group.values.entry(m.clone()).or_default().push(*v);
+        }
+    }
 }
 
 /// The header: row fields, then per column group and metric ours (and paper, Δ where the
@@ -266,10 +311,11 @@ fn averaged_axes(plan: &dyn PlanCells, layout: &Layout) -> Vec<AveragedAxis> {
 }
 
 /// Without a `[table]`: one row per summary metric, one column per cell.
-fn every_summary(plan: &dyn PlanCells, finished: &Finished) -> Table {
-    let mut metrics: Vec<&String> = finished.values().flat_map(|s| s.keys()).collect();
-    metrics.sort();
-    metrics.dedup();
+fn every_summary<E>(
+    plan: &dyn PlanCells,
+    metrics: &[String],
+    lookup: &mut Lookup<'_, E>,
+) -> Result<Table, E> {
     let mut columns = vec![Column {
         label: "metric".into(),
         kind: ColumnKind::Key,
@@ -277,37 +323,40 @@ fn every_summary(plan: &dyn PlanCells, finished: &Finished) -> Table {
     }];
     let mut rows: Vec<Vec<Entry>> = metrics
         .iter()
-        .map(|m| vec![Entry::Text((*m).clone())])
+        .map(|m| vec![Entry::Text(m.clone())])
         .collect();
     let mut missing = 0;
-    for c in plan.cells() {
-        let label = match plan.count() {
-            1 => c.short_hash().to_string(),
-            _ => c.label(),
-        };
-        columns.push(Column {
-            group: label.clone(),
-            label,
-            kind: ColumnKind::Metric {
-                metric: String::new(),
-            },
-        });
-        let summary = finished.get(&c.hash);
-        missing += usize::from(summary.is_none());
-        for (row, m) in rows.iter_mut().zip(&metrics) {
-            row.push(
-                summary
-                    .and_then(|s| s.get(*m))
-                    .map_or(Entry::Missing, |v| Entry::Stat(Stat::of(&[*v]))),
-            );
+    for chunk in plan.chunks(CHUNK) {
+        let finished = lookup(&chunk)?;
+        for c in chunk.iter() {
+            let label = match plan.count() {
+                1 => c.short_hash().to_string(),
+                _ => c.label(),
+            };
+            columns.push(Column {
+                group: label.clone(),
+                label,
+                kind: ColumnKind::Metric {
+                    metric: String::new(),
+                },
+            });
+            let summary = finished.get(&c.hash);
+            missing += usize::from(summary.is_none());
+            for (row, m) in rows.iter_mut().zip(metrics) {
+                row.push(
+                    summary
+                        .and_then(|s| s.get(m))
+                        .map_or(Entry::Missing, |v| Entry::Stat(Stat::of(&[*v]))),
+                );
+            }
         }
     }
-    Table {
+    Ok(Table {
         columns,
         rows,
         missing,
         ..frame(plan)
-    }
+    })
 }
 
 /// Title, digits, cell count and the paper's source and claims; no columns or rows yet.
