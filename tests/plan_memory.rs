@@ -103,17 +103,7 @@ fn finished_registry(dir: &Path, plan: &dyn PlanCells) -> Registry {
     let reg = Registry::open(&path).unwrap();
     reg.upsert_experiment("mem", "mem.toml", "").unwrap();
     for chunk in plan.chunks(500) {
-        let offers: Vec<CellOffer> = chunk
-            .iter()
-            .map(|c| CellOffer {
-                index: c.index as i64,
-                label: c.label(),
-                overrides: c.overrides_json(),
-                spec_json: c.canonical.clone(),
-                hash: c.hash.clone(),
-                seed: c.spec.experiment.seed as i64,
-            })
-            .collect();
+        let offers: Vec<CellOffer> = chunk.iter().map(CellOffer::of).collect();
         reg.enqueue(&policy(dir), &offers).unwrap();
     }
     let rt = tokio::runtime::Builder::new_current_thread()

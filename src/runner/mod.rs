@@ -93,7 +93,7 @@ pub enum RunnerError {
         run: String,
         failure: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     /// The run's stored spec no longer parses (written by another beatlab version).
     #[error("run {id}: stored spec does not load: {message}")]
@@ -514,7 +514,7 @@ fn run_claimed(
                 .map_err(|source| RunnerError::Unrecorded {
                     run: run_id.to_string(),
                     failure: text.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             Ok(report(CellOutcome::Failed(text)))
         }
