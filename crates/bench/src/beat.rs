@@ -370,31 +370,7 @@ pub fn run(
             ""
         }
     ));
-    let mut our_phases: [Vec<f64>; 4] = Default::default();
-    let mut their_phases: [Vec<f64>; 4] = Default::default();
-    let (mut our_loss, mut their_loss) = (f32::NAN, f64::NAN);
-    let (ours, theirs) = alternate(
-        rounds,
-        session.as_mut().map(|(session, _)| session),
-        || {
-            let timer = Timer::start();
-            for _ in 0..steps {
-                let (ms, loss) = trainer.step()?;
-                for (all, m) in our_phases.iter_mut().zip(ms) {
-                    all.push(m);
-                }
-                our_loss = loss;
-            }
-            Ok(((options.batch * steps) as f64, timer.stop()))
-        },
-        |round: &PeerRound<TorchRound>| {
-            for (all, name) in their_phases.iter_mut().zip(PHASES) {
-                all.extend(round.extra.phase_ms.get(name).into_iter().flatten());
-            }
-            their_loss = round.extra.loss;
-            Ok(())
-        },
-    )?;
+    let rounds = timed_rounds(&mut trainer, session.as_mut().map(|(s, _)| s), options)?;
     // Measured again after the rounds, the best of both counts: on a shared machine a
     // background burst during one measurement would understate the peak.
     let our_peak = our_peak.max(matmul_peak_gflops(
@@ -404,6 +380,14 @@ pub fn run(
     )?);
     let their_hello = finish_peer(session)?;
     let medians = |phases: &[Vec<f64>; 4]| phases.clone().map(|p| super::median(&p));
+    let Rounds {
+        ours,
+        theirs,
+        our_phases,
+        their_phases,
+        our_loss,
+        their_loss,
+    } = rounds;
     let measured = Measured {
         params,
         threads,
@@ -437,6 +421,58 @@ pub fn run(
             &ours,
             their_hello.map(|t| (format!("pytorch {}", t.torch), &theirs)),
         )
+    })
+}
+
+/// Our timed rounds and the peer's, alternating, with every step's phase times and the last
+/// losses.
+struct Rounds {
+    ours: super::Rates,
+    theirs: super::Rates,
+    our_phases: [Vec<f64>; 4],
+    their_phases: [Vec<f64>; 4],
+    our_loss: f32,
+    their_loss: f64,
+}
+
+fn timed_rounds(
+    trainer: &mut Trainer,
+    session: Option<&mut super::PeerSession>,
+    options: &BeatOptions,
+) -> Result<Rounds, BenchError> {
+    let steps = options.steps.max(1);
+    let mut our_phases: [Vec<f64>; 4] = Default::default();
+    let mut their_phases: [Vec<f64>; 4] = Default::default();
+    let (mut our_loss, mut their_loss) = (f32::NAN, f64::NAN);
+    let (ours, theirs) = alternate(
+        options.rounds.max(1),
+        session,
+        || {
+            let timer = Timer::start();
+            for _ in 0..steps {
+                let (ms, loss) = trainer.step()?;
+                for (all, m) in our_phases.iter_mut().zip(ms) {
+                    all.push(m);
+                }
+                our_loss = loss;
+            }
+            Ok(((options.batch * steps) as f64, timer.stop()))
+        },
+        |round: &PeerRound<TorchRound>| {
+            for (all, name) in their_phases.iter_mut().zip(PHASES) {
+                all.extend(round.extra.phase_ms.get(name).into_iter().flatten());
+            }
+            their_loss = round.extra.loss;
+            Ok(())
+        },
+    )?;
+    Ok(Rounds {
+        ours,
+        theirs,
+        our_phases,
+        their_phases,
+        our_loss,
+        their_loss,
     })
 }
 

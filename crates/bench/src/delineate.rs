@@ -171,6 +171,25 @@ fn score_peer(root: &std::path::Path, found: &Detections) -> Result<Score, Bench
     Ok(score::total(&scores))
 }
 
+/// Starts `bench/delineate_peers.py` with peer `name` on the LUDB records under `root`, and
+/// checks that it found as many records as we did.
+fn start_peer(
+    peer: &Peer,
+    name: &str,
+    root: &std::path::Path,
+    records: usize,
+) -> Result<(super::PeerSession, Hello), BenchError> {
+    let args = [root.display().to_string(), "--peer".into(), name.into()];
+    let (session, hello) = peer.start::<Hello>("delineate_peers.py", &args)?;
+    if hello.records != records {
+        return Err(BenchError::Mismatch {
+            benchmark: "delineate",
+            what: format!("records: ours {records}, {} {}", hello.peer, hello.records),
+        });
+    }
+    Ok((session, hello))
+}
+
 /// Runs the benchmark: ours, then each peer, each scored; one comparison per peer.
 pub fn run(
     options: &DelineateOptions,
@@ -205,15 +224,7 @@ pub fn run(
                 progress(&format!(
                     "delineate: starting {name} (bench/delineate_peers.py)"
                 ));
-                let args = [root.display().to_string(), "--peer".into(), name.into()];
-                let (session, hello) = peer.start::<Hello>("delineate_peers.py", &args)?;
-                if hello.records != records {
-                    return Err(BenchError::Mismatch {
-                        benchmark: "delineate",
-                        what: format!("records: ours {records}, {} {}", hello.peer, hello.records),
-                    });
-                }
-                Some((session, hello))
+                Some(start_peer(peer, name, &root, records)?)
             }
             _ => None,
         };

@@ -145,6 +145,34 @@ fn check_same_work(ours: &Decoded, records: usize, theirs: &WfdbHello) -> Result
     Ok(())
 }
 
+/// Starts `bench/wfdb_read.py` on the list of `headers` (passed in a temporary file) and
+/// checks that it decoded what we did.
+fn start_peer(
+    peer: &Peer,
+    headers: &[PathBuf],
+    decoded: &Decoded,
+) -> Result<(super::PeerSession, WfdbHello), BenchError> {
+    let listing = std::env::temp_dir().join(format!(
+        "beatlab-bench-wfdb-records-{}.txt",
+        std::process::id()
+    ));
+    let list: String = headers
+        .iter()
+        .map(|h| format!("{}\n", h.display()))
+        .collect();
+    beatlab_fsio::write_atomically(&listing, list.as_bytes()).map_err(|source| BenchError::Io {
+        action: "write",
+        path: listing.clone(),
+        source,
+    })?;
+    let args = ["--records".to_string(), listing.display().to_string()];
+    let started = peer.start::<WfdbHello>("wfdb_read.py", &args);
+    let _ = std::fs::remove_file(&listing);
+    let (session, hello) = started?;
+    check_same_work(decoded, headers.len(), &hello)?;
+    Ok((session, hello))
+}
+
 /// Runs the benchmark: ours, then the peer on the same list of records.
 pub fn run(
     options: &WfdbOptions,
@@ -170,30 +198,10 @@ pub fn run(
     let passes = (1.0 / warm.elapsed().as_secs_f64().max(1e-3))
         .ceil()
         .max(1.0) as usize;
-    let listing = std::env::temp_dir().join(format!(
-        "beatlab-bench-wfdb-records-{}.txt",
-        std::process::id()
-    ));
     let mut session = match peer {
         Some(peer) => {
             progress("wfdb: starting the Python wfdb peer (bench/wfdb_read.py): one untimed pass");
-            let list: String = headers
-                .iter()
-                .map(|h| format!("{}\n", h.display()))
-                .collect();
-            beatlab_fsio::write_atomically(&listing, list.as_bytes()).map_err(|source| {
-                BenchError::Io {
-                    action: "write",
-                    path: listing.clone(),
-                    source,
-                }
-            })?;
-            let args = ["--records".to_string(), listing.display().to_string()];
-            let started = peer.start::<WfdbHello>("wfdb_read.py", &args);
-            let _ = std::fs::remove_file(&listing);
-            let (session, hello) = started?;
-            check_same_work(&decoded, records, &hello)?;
-            Some((session, hello))
+            Some(start_peer(peer, &headers, &decoded)?)
         }
         None => None,
     };

@@ -211,9 +211,8 @@ struct PoolingHead {
 /// The SigLIP vision tower.
 pub struct SiglipVision {
     config: SiglipVisionConfig,
-    /// `[hidden, channels * patch * patch]`.
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    /// The patch convolution as a linear map: weight `[hidden, channels * patch * patch]`.
+    patch_embedding: beatlab_nn::layers::Linear,
     /// `[num_patches, hidden]`.
     position: Tensor,
     layers: Vec<EncoderLayer>,
@@ -305,8 +304,10 @@ impl SiglipVision {
         b.finish()?;
         Ok(Self {
             config: config.clone(),
-            patch_weight,
-            patch_bias,
+            patch_embedding: beatlab_nn::layers::Linear::from_tensors(
+                patch_weight,
+                Some(patch_bias),
+            ),
             position,
             layers,
             post_layernorm,
@@ -361,7 +362,7 @@ impl SiglipVision {
             ));
         }
         let side = cfg.patches_per_side();
-        let dtype = self.patch_weight.dtype();
+        let dtype = self.patch_embedding.weight().dtype();
         // The checkpoint's stride-`p` convolution ignores the last `image_size % p` rows and
         // columns (384 px in 14 px patches uses 378), so crop them off before patching.
         let used = side * p;
@@ -373,9 +374,9 @@ impl SiglipVision {
             .permute(vec![0, 2, 4, 1, 3, 5])?
             .contiguous()?
             .reshape((batch * side * side, c * p * p))?;
-        let mut xs = patches
-            .matmul(&self.patch_weight.t()?)?
-            .broadcast_add(&self.patch_bias)?
+        let mut xs = self
+            .patch_embedding
+            .forward(&patches)?
             .reshape((batch, side * side, cfg.hidden_size))?
             .broadcast_add(&self.position)?;
         for layer in &self.layers {

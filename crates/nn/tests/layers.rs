@@ -181,6 +181,54 @@ fn fused_attention_matches_composed_attention() {
     );
 }
 
+/// A mask of `shape` with about a quarter of the scores masked (never a whole row) and small
+/// offsets on the rest.
+fn score_mask(shape: &[usize], seed: u64) -> Tensor {
+    let noise = randn(shape, seed)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let tk = shape[3];
+    let values: Vec<f32> = noise
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            if x > 0.7 && i % tk != 0 {
+                -1.0e9
+            } else {
+                0.3 * x
+            }
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn fused_attention_with_a_mask_matches_composed_attention() {
+    let (b, h, t, d) = (2, 3, 6, 4);
+    let qkv = [
+        randn(&[b, h, 4, d], 21),
+        randn(&[b, h, t, d], 22),
+        randn(&[b, h, t, d], 23),
+    ];
+    // Per sequence and head, per sequence (a padding mask), per head (a position bias), shared.
+    for (i, shape) in [[b, h, 4, t], [b, 1, 4, t], [1, h, 4, t], [1, 1, 4, t]]
+        .into_iter()
+        .enumerate()
+    {
+        let mask = score_mask(&shape, 30 + i as u64);
+        check_fused_many(
+            &qkv,
+            |x| {
+                let m = mask.to_dtype(x[0].dtype()).unwrap();
+                attention(&x[0], &x[1], &x[2], Some(&m), 0.45).unwrap()
+            },
+            &format!("attention, mask {shape:?}"),
+        );
+    }
+}
+
 #[test]
 fn causal_attention_equals_attention_with_a_causal_mask() {
     let q = randn(&[1, 2, 5, 3], 17);

@@ -191,30 +191,7 @@ impl Stage for BeatStage {
         let device = ctx.device.clone();
         let dtype = dtype(spec, &device)?;
         let started = Instant::now();
-        let data: Dataset = crate::data::windows(spec, ctx.cache_dir)?;
-        if data.train.is_empty() {
-            return Err(StageError::Data(format!(
-                "no training windows from {} records (data.source = `{}`)",
-                data.records.len(),
-                spec.data.source
-            )));
-        }
-        if data.val.is_empty() {
-            return Err(StageError::Data(format!(
-                "the validation split is empty ({} records); raise data.val_fraction or use more records",
-                data.records.len()
-            )));
-        }
-        ctx.log(&format!(
-            "data: {} records -> {} train / {} val / {} test windows of {} samples ({:.1} s)",
-            data.records.len(),
-            data.train.len(),
-            data.val.len(),
-            data.test.len(),
-            data.window_len(),
-            started.elapsed().as_secs_f64()
-        ));
-
+        let data = load_windows(ctx)?;
         let training = BeatTraining::new(TrainingSetup {
             config: beat_config(spec),
             seed: spec.experiment.seed,
@@ -233,55 +210,18 @@ impl Stage for BeatStage {
             data: &data,
             batch: stage.batch as usize,
             dtype,
-            device: device.clone(),
+            device,
         };
         let (at, last_eval) =
             match trainer::run(ctx, &mut trainee, data.train.len(), spec.experiment.seed)? {
                 LoopEnd::Stopped(reason) => return Ok(StageOutcome::Stopped(reason)),
                 LoopEnd::Completed { at, last_eval } => (at, last_eval),
             };
-
-        let mut summary: Vec<(String, f64)> = match last_eval {
-            Some(entries) => entries,
-            None => trainee.evaluate()?.0,
-        };
+        let summary = trainee.final_summaries(ctx, last_eval, &at)?;
         let val_loss = summary
             .iter()
             .find(|(k, _)| k == "val/loss")
             .map_or(f64::NAN, |e| e.1);
-        let window_len = data.window_len();
-        if !data.test.is_empty() {
-            let test = evaluate(
-                trainee.training.model(),
-                &data.test,
-                window_len,
-                trainee.batch,
-                dtype,
-                &device,
-            )?;
-            summary.extend(test.entries("test"));
-        }
-        // A few validation windows with their reconstruction and prediction, for the report.
-        let samples = crate::report::samples::beat_samples(
-            trainee.training.model(),
-            &data.val,
-            window_len,
-            data.fs,
-            dtype,
-            &device,
-        )?;
-        crate::report::samples::save_beat_samples(ctx.run_dir, &samples)?;
-        let sizes = [
-            at.step as f64,
-            at.epoch as f64,
-            trainee.training.num_params() as f64,
-            data.train.len() as f64,
-            data.val.len() as f64,
-        ];
-        summary.extend(SIZE_KEYS.iter().map(|k| k.to_string()).zip(sizes));
-        let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        ctx.summaries(&refs)?;
-
         // The final checkpoint holds the model (parameters and codebooks), not the optimiser:
         // later stages load it, nothing resumes from it.
         let final_state = trainee.training.model_state()?;
@@ -296,5 +236,86 @@ impl Stage for BeatStage {
             started.elapsed().as_secs_f64()
         ));
         Ok(StageOutcome::Completed)
+    }
+}
+
+/// The spec's windows, with a training and a validation split that are not empty.
+fn load_windows(ctx: &mut StageContext<'_>) -> Result<Dataset, StageError> {
+    let spec = ctx.spec;
+    let started = Instant::now();
+    let data: Dataset = crate::data::windows(spec, ctx.cache_dir)?;
+    if data.train.is_empty() {
+        return Err(StageError::Data(format!(
+            "no training windows from {} records (data.source = `{}`)",
+            data.records.len(),
+            spec.data.source
+        )));
+    }
+    if data.val.is_empty() {
+        return Err(StageError::Data(format!(
+            "the validation split is empty ({} records); raise data.val_fraction or use more records",
+            data.records.len()
+        )));
+    }
+    ctx.log(&format!(
+        "data: {} records -> {} train / {} val / {} test windows of {} samples ({:.1} s)",
+        data.records.len(),
+        data.train.len(),
+        data.val.len(),
+        data.test.len(),
+        data.window_len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(data)
+}
+
+impl BeatTrainee<'_> {
+    /// The run's summaries after training: the last validation evaluation (or a fresh one),
+    /// the test split's, and the run's sizes, recorded in the registry and returned. Also saves
+    /// a few validation windows with their reconstruction and prediction, for the report.
+    fn final_summaries(
+        &mut self,
+        ctx: &mut StageContext<'_>,
+        last_eval: Option<Vec<(String, f64)>>,
+        at: &trainer::Progress,
+    ) -> Result<Vec<(String, f64)>, StageError> {
+        let data = self.data;
+        let window_len = data.window_len();
+        let mut summary: Vec<(String, f64)> = match last_eval {
+            Some(entries) => entries,
+            None => self.evaluate()?.0,
+        };
+        let model = self.training.model();
+        if !data.test.is_empty() {
+            let test = evaluate(
+                model,
+                &data.test,
+                window_len,
+                self.batch,
+                self.dtype,
+                &self.device,
+            )?;
+            summary.extend(test.entries("test"));
+        }
+        let samples = crate::report::samples::beat_samples(
+            model,
+            &data.val,
+            window_len,
+            data.fs,
+            self.dtype,
+            &self.device,
+        )?;
+        crate::report::samples::save_beat_samples(ctx.run_dir, &samples)?;
+        let sizes = [
+            at.step as f64,
+            at.epoch as f64,
+            self.training.num_params() as f64,
+            data.train.len() as f64,
+            data.val.len() as f64,
+        ];
+        summary.extend(SIZE_KEYS.iter().map(|k| k.to_string()).zip(sizes));
+        let refs: Vec<(&str, f64)> = summary.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        ctx.summaries(&refs)?;
+        Ok(summary)
     }
 }

@@ -350,10 +350,11 @@ impl Module for Mlp {
 /// and must broadcast to `[B, H, Tq, Tk]`: 0 where attention is allowed, `-inf` (or a large
 /// negative) where not. Returns `[B, H, Tq, D]`, differentiable with respect to q, k and v.
 ///
-/// Without a mask, on the CPU in f32, this is one fused op (per-head matrix products straight
-/// from the gemm kernels, the probabilities kept for the backward pass: `B x H x Tq x Tk`
-/// values for as long as the graph lives);
-/// otherwise the batched matmuls of candle with the differentiable [`softmax_last_dim`].
+/// On the CPU in f32, without a mask or with a constant one (no gradient tracked) shaped
+/// `[B or 1, H or 1, Tq, Tk]`, this is one fused op (per-head matrix products straight from
+/// the gemm kernels, the mask added to each head's scores, the probabilities kept for the
+/// backward pass: `B x H x Tq x Tk` values for as long as the graph lives); otherwise the
+/// batched matmuls of candle with the differentiable [`softmax_last_dim`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -394,10 +395,16 @@ fn attention_with(
     if causal && tk < tq {
         candle_core::bail!("causal attention: {tk} keys for {tq} queries");
     }
-    if mask.is_none() && fused_cpu(q) && fused_cpu(k) && fused_cpu(v) {
+    let fusable = fused_cpu(q) && fused_cpu(k) && fused_cpu(v);
+    let bias = match mask {
+        Some(m) if fusable => constant_score_bias(m, (b, h, tq, tk))?,
+        _ => None,
+    };
+    if fusable && (mask.is_none() || bias.is_some()) {
         let op = fused::Attention {
             scale: scale as f32,
             causal,
+            bias,
             saved: Default::default(),
         };
         return q
@@ -504,6 +511,27 @@ pub fn packed_self_attention_rows(
         scale,
     )?;
     out.transpose(1, 2)?.reshape((rows, heads * head_dim))
+}
+
+/// `mask` as the fused kernel's score bias, when it is a constant (no gradient tracked) of
+/// shape `[B or 1, H or 1, Tq, Tk]`; `None` for any other mask (the composed path takes it).
+fn constant_score_bias(
+    mask: &Tensor,
+    (b, h, tq, tk): (usize, usize, usize, usize),
+) -> Result<Option<fused::ScoreBias>> {
+    let &[mb, mh, mq, mk] = mask.dims() else {
+        return Ok(None);
+    };
+    let fits = (mb == b || mb == 1) && (mh == h || mh == 1) && (mq, mk) == (tq, tk);
+    if !fits || mask.track_op() || !mask.device().is_cpu() {
+        return Ok(None);
+    }
+    let values: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(Some(fused::ScoreBias {
+        values: values.into(),
+        per_batch: mb == b && b > 1,
+        per_head: mh == h && h > 1,
+    }))
 }
 
 fn causal_mask_offset(

@@ -267,15 +267,28 @@ fn attend_backward<I: Iterator<Item = (HeadViews, HeadViews)>>(
     })
 }
 
+/// An additive score bias of [`Attention`]: `[B or 1, H or 1, Tq, Tk]` values, row-major, read
+/// by every (batch, head) pair at its block (a constant: no gradient flows into it).
+#[derive(Clone, Debug)]
+pub(in crate::layers) struct ScoreBias {
+    pub(in crate::layers) values: Arc<[f32]>,
+    /// Whether the bias has one block per sequence (else one for all).
+    pub(in crate::layers) per_batch: bool,
+    /// Whether the bias has one block per head (else one for all).
+    pub(in crate::layers) per_head: bool,
+}
+
 /// Attention over separate contiguous q `[B, H, Tq, D]`, k, v `[B, H, Tk, D]`.
 pub(in crate::layers) struct Attention {
     pub(in crate::layers) scale: f32,
     pub(in crate::layers) causal: bool,
+    pub(in crate::layers) bias: Option<ScoreBias>,
     pub(in crate::layers) saved: SavedProbabilities,
 }
 
 impl Attention {
-    fn dims(&self, lq: &Layout, lk: &Layout) -> Result<(usize, Dims)> {
+    /// (batch, heads) of q and the per-head sizes.
+    fn dims(&self, lq: &Layout, lk: &Layout) -> Result<((usize, usize), Dims)> {
         let (&[b, h, tq, d], &[_, _, tk, _]) = (lq.dims(), lk.dims()) else {
             candle_core::bail!("attention: expected 4-d q, k, v");
         };
@@ -286,18 +299,34 @@ impl Attention {
             scale: self.scale,
             causal: self.causal,
         };
-        Ok((b * h, dims))
+        if let Some(bias) = &self.bias {
+            let blocks = if bias.per_batch { b } else { 1 } * if bias.per_head { h } else { 1 };
+            if bias.values.len() != blocks * tq * tk {
+                candle_core::bail!("attention: score bias does not fit [{b}, {h}, {tq}, {tk}]");
+            }
+        }
+        Ok(((b, h), dims))
     }
 
-    /// The views of (batch, head) pair `p`.
-    fn head(p: usize, dims: Dims) -> HeadViews {
+    /// The views of (batch, head) pair `p` of `heads` heads per sequence.
+    fn head(&self, p: usize, heads: usize, dims: Dims) -> HeadViews {
         let Dims { tq, tk, d, .. } = dims;
+        let bias = self.bias.as_ref().map(|bias| {
+            let (bi, hi) = (p / heads, p % heads);
+            let block = match (bias.per_batch, bias.per_head) {
+                (true, true) => p,
+                (true, false) => bi,
+                (false, true) => hi,
+                (false, false) => 0,
+            };
+            block * tq * tk
+        });
         HeadViews {
             q: View::rows(p * tq * d, d),
             k: View::rows(p * tk * d, d),
             v: View::rows(p * tk * d, d),
             out: View::rows(p * tq * d, d),
-            bias: None,
+            bias,
         }
     }
 }
@@ -321,10 +350,11 @@ impl CustomOp3 for Attention {
             data(s2, l2, self.name())?,
             data(s3, l3, self.name())?,
         );
-        let (pairs, dims) = self.dims(l1, l2)?;
+        let ((b, h), dims) = self.dims(l1, l2)?;
         let mut out = vec![0f32; q.len()];
-        let heads_of = |p| std::iter::once(Self::head(p, dims));
-        let probs = attend(dims, pairs, heads_of, (q, k, v, None), &mut out)?;
+        let heads_of = |p| std::iter::once(self.head(p, h, dims));
+        let bias = self.bias.as_ref().map(|b| &*b.values);
+        let probs = attend(dims, b * h, heads_of, (q, k, v, bias), &mut out)?;
         self.saved.store(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -342,6 +372,7 @@ impl CustomOp3 for Attention {
         let grad = AttentionGrad {
             scale: self.scale,
             causal: self.causal,
+            bias: self.bias.clone(),
             kv_dims: k.dims().to_vec(),
             saved: self.saved.get(),
         };
@@ -359,6 +390,7 @@ impl CustomOp3 for Attention {
 struct AttentionGrad {
     scale: f32,
     causal: bool,
+    bias: Option<ScoreBias>,
     kv_dims: Vec<usize>,
     /// The forward pass's probabilities, if it kept them.
     saved: Option<Arc<[f32]>>,
@@ -384,10 +416,12 @@ impl CustomOp3 for AttentionGrad {
         let op = Attention {
             scale: self.scale,
             causal: self.causal,
+            bias: self.bias.clone(),
             saved: Default::default(),
         };
         let kv_layout = Layout::contiguous(self.kv_dims.as_slice());
-        let (pairs, dims) = op.dims(l1, &kv_layout)?;
+        let ((b, h), dims) = op.dims(l1, &kv_layout)?;
+        let pairs = b * h;
         let (nq, nk) = (q.len(), kv.len() / 2);
         let (k, v) = kv.split_at(nk);
         let (qn, kn) = (dims.tq * dims.d, dims.tk * dims.d);
@@ -405,7 +439,7 @@ impl CustomOp3 for AttentionGrad {
             .map(|((dq, dk), dv)| GradBlocks::Three([dq, dk, dv]))
             .collect();
         let heads_of = |p| -> std::iter::Once<(HeadViews, HeadViews)> {
-            let hv = Attention::head(p, dims);
+            let hv = op.head(p, h, dims);
             let gv = HeadViews {
                 q: View::rows(0, dims.d),
                 k: View::rows(0, dims.d),
@@ -415,7 +449,8 @@ impl CustomOp3 for AttentionGrad {
             std::iter::once((hv, gv))
         };
         let saved = self.saved.as_deref();
-        attend_backward(dims, heads_of, (q, k, v, None), (dout, saved), blocks)?;
+        let bias = op.bias.as_ref().map(|b| &*b.values);
+        attend_backward(dims, heads_of, (q, k, v, bias), (dout, saved), blocks)?;
         Ok((CpuStorage::F32(grads), Shape::from(nq + 2 * nk)))
     }
 }
