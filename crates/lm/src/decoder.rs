@@ -9,6 +9,7 @@
 use std::ops::Range;
 
 use beatlab_nn::ParamStore;
+use beatlab_nn::layers::ScoreBias;
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
@@ -87,7 +88,12 @@ impl SelfAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, rotary: &Rotary, bias: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        bias: &ScoreBias,
+    ) -> candle_core::Result<Tensor> {
         let (batch, seq, _) = xs.dims3()?;
         let q_dim = self.num_heads * self.head_dim;
         let kv_dim = self.num_kv_heads * self.head_dim;
@@ -172,7 +178,12 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, xs: &Tensor, rotary: &Rotary, bias: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        bias: &ScoreBias,
+    ) -> candle_core::Result<Tensor> {
         let attn = self
             .self_attn
             .forward(&self.input_layernorm.forward(xs)?, rotary, bias)?;
@@ -357,16 +368,16 @@ impl Decoder {
     }
 }
 
-/// The additive attention bias (f32): causal and optionally windowed, `[1, 1, seq, seq]`, plus
-/// `[batch, 1, 1, seq]` for padded keys (`mask[b, j] == 0`) when a mask is given, so the host
-/// builds `seq^2 + batch * seq` values rather than `batch * seq^2`.
+/// The additive attention bias (f32), built once per forward pass for every layer: causal and
+/// optionally windowed, `[1, 1, seq, seq]`, or `[batch, 1, seq, seq]` with the padded keys
+/// (`mask[b, j] == 0`) masked too when a mask is given.
 pub(crate) fn causal_bias(
     batch: usize,
     seq: usize,
     mask: Option<&Tensor>,
     window: Option<usize>,
     device: &Device,
-) -> Result<Tensor> {
+) -> Result<ScoreBias> {
     let mut causal = vec![0f32; seq * seq];
     for i in 0..seq {
         for j in 0..seq {
@@ -379,7 +390,7 @@ pub(crate) fn causal_bias(
     }
     let causal = Tensor::from_vec(causal, (1, 1, seq, seq), device)?;
     let Some(mask) = mask else {
-        return Ok(causal);
+        return Ok(ScoreBias::new(&causal)?);
     };
     if mask.dims() != [batch, seq] {
         return Err(LmError::input(
@@ -396,14 +407,15 @@ pub(crate) fn causal_bias(
         .map(|keep| if keep == 0.0 { MASKED } else { 0.0 })
         .collect();
     let keys = Tensor::from_vec(keys, (batch, 1, 1, seq), device)?;
-    Ok(causal.broadcast_add(&keys)?)
+    Ok(ScoreBias::new(&causal.broadcast_add(&keys)?)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn masked(bias: &Tensor) -> Vec<Vec<Vec<bool>>> {
+    fn masked(bias: &ScoreBias) -> Vec<Vec<Vec<bool>>> {
+        let bias = bias.tensor();
         let (b, _, q, k) = bias.dims4().unwrap();
         let v = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         (0..b)

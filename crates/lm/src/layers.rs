@@ -196,10 +196,15 @@ impl Linear {
 }
 
 /// Scaled dot-product attention over `[batch, heads, seq, head_dim]` tensors with an optional
-/// additive f32 bias broadcastable to `[batch, heads, q_len, k_len]` (0 = attend, [`MASKED`] =
-/// not): the layer library's [`nn::attention`] at scale `1 / sqrt(head_dim)` (fused on the CPU
-/// in f32 without a bias), its scores and softmax in f32 for half-precision inputs.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> CResult<Tensor> {
+/// additive score bias `[batch or 1, heads or 1, q_len, k_len]` (0 = attend, [`MASKED`] = not):
+/// the layer library's [`nn::attention`] at scale `1 / sqrt(head_dim)` (fused on the CPU in
+/// f32), its scores and softmax in f32 for half-precision inputs.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&nn::ScoreBias>,
+) -> CResult<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let dtype = q.dtype();
     if dtype == DType::F32 {

@@ -37,7 +37,7 @@ use candle_nn::Init;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Linear, TOKEN_INIT_STD, mse};
+use crate::layers::{Linear, ScoreBias, TOKEN_INIT_STD, mse};
 use crate::params::{ParamStore, named_rng};
 use crate::transformer::{Transformer, TransformerConfig, locality_bias};
 use crate::vq::{Quantized, ResidualVq, VqConfig};
@@ -483,7 +483,7 @@ pub struct Beat {
     encoder: Transformer,
     /// `[heads, patches + queries, patches + queries]`, the same for encoder and decoder (their
     /// tokens sit at the same places); `None` without `locality_slope`.
-    attention_bias: Option<Tensor>,
+    attention_bias: Option<ScoreBias>,
     quantizer: ResidualVq,
     mask_tokens: Tensor,
     latent_pos: Tensor,

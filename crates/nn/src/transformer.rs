@@ -15,7 +15,9 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
-use crate::layers::{Activation, LayerNorm, Linear, Mlp, dropout, packed_self_attention_rows};
+use crate::layers::{
+    Activation, LayerNorm, Linear, Mlp, ScoreBias, dropout, packed_self_attention_rows,
+};
 
 /// The shape of a transformer stack.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,8 +62,8 @@ impl SelfAttention {
     /// `x`: token rows `[B * seq_len, width]` -> `[B * seq_len, width]`, every token attending
     /// to every token of its sequence. All heads come from one q/k/v projection and go through
     /// one attention call ([`packed_self_attention_rows`]). `bias`: an optional additive score
-    /// bias `[heads, seq_len, seq_len]`.
-    pub fn forward(&self, x: &Tensor, seq_len: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// bias `[B or 1, heads or 1, seq_len, seq_len]`.
+    pub fn forward(&self, x: &Tensor, seq_len: usize, bias: Option<&ScoreBias>) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
         let out = packed_self_attention_rows(
             &qkv,
@@ -108,7 +110,7 @@ impl Block {
         x: &Tensor,
         seq_len: usize,
         mut rng: Option<&mut ChaCha8Rng>,
-        bias: Option<&Tensor>,
+        bias: Option<&ScoreBias>,
     ) -> Result<Tensor> {
         let a = self.attn.forward(&self.norm1.forward(x)?, seq_len, bias)?;
         let x = (x + dropout(&a, self.dropout, rng.as_deref_mut())?)?;
@@ -134,7 +136,7 @@ impl Transformer {
     }
 
     /// `x`: `[B, T, width]` -> normalised `[B, T, width]`. `bias`: an optional additive
-    /// attention score bias `[heads, T, T]`, the same in every block.
+    /// attention score bias `[B or 1, heads or 1, T, T]`, the same in every block.
     ///
     /// Inside, the tokens are rows `[B * T, width]`: every layer but attention is row-wise, and
     /// keeping one layout avoids a reshape per linear layer, which candle's backward pass would
@@ -143,7 +145,7 @@ impl Transformer {
         &self,
         x: &Tensor,
         mut rng: Option<&mut ChaCha8Rng>,
-        bias: Option<&Tensor>,
+        bias: Option<&ScoreBias>,
     ) -> Result<Tensor> {
         let (b, t, w) = x.dims3()?;
         let mut rows = x.reshape((b * t, w))?;
@@ -156,7 +158,7 @@ impl Transformer {
 
 /// An ALiBi-style locality bias (Press et al., "Train Short, Test Long", 2022) for tokens at
 /// `positions` (any unit): head `h` adds `-slope_h * |t_i - t_j|` to the score of query `i` for
-/// key `j`, `[heads, T, T]` f32. The slopes fall geometrically from `slope` (head 0) by a factor
+/// key `j`, `[1, heads, T, T]` f32. The slopes fall geometrically from `slope` (head 0) by a factor
 /// `2^(-8 / heads)` per head, ALiBi's spacing, so the first heads look mostly at their
 /// neighbourhood and the last ones almost everywhere.
 pub fn locality_bias(
@@ -164,7 +166,7 @@ pub fn locality_bias(
     heads: usize,
     slope: f64,
     device: &Device,
-) -> Result<Tensor> {
+) -> Result<ScoreBias> {
     let t = positions.len();
     let mut values = Vec::with_capacity(heads * t * t);
     for h in 0..heads {
@@ -177,5 +179,5 @@ pub fn locality_bias(
             );
         }
     }
-    Tensor::from_vec(values, (heads, t, t), device)
+    ScoreBias::new(&Tensor::from_vec(values, (1, heads, t, t), device)?)
 }

@@ -3,8 +3,9 @@
 
 use beatlab_nn::ParamStore;
 use beatlab_nn::layers::{
-    LayerNorm, Linear, add_row_vector, attention, causal_attention, causal_mask, dropout,
-    gelu_tanh, mul_row_vector, normalize_last_dim, packed_self_attention, softmax_last_dim,
+    LayerNorm, Linear, ScoreBias, add_row_vector, attention, causal_attention, causal_mask,
+    dropout, gelu_tanh, mul_row_vector, normalize_last_dim, packed_self_attention,
+    softmax_last_dim,
 };
 use beatlab_nn::transformer::locality_bias;
 use candle_core::{DType, Device, Module, Tensor, Var};
@@ -222,7 +223,7 @@ fn fused_attention_with_a_mask_matches_composed_attention() {
             &qkv,
             |x| {
                 let m = mask.to_dtype(x[0].dtype()).unwrap();
-                attention(&x[0], &x[1], &x[2], Some(&m), 0.45).unwrap()
+                attention(&x[0], &x[1], &x[2], Some(&score_bias(&m)), 0.45).unwrap()
             },
             &format!("attention, mask {shape:?}"),
         );
@@ -235,9 +236,18 @@ fn causal_attention_equals_attention_with_a_causal_mask() {
     let k = randn(&[1, 2, 5, 3], 18);
     let v = randn(&[1, 2, 5, 3], 19);
     let mask = causal_mask(5, DType::F32, &Device::Cpu).unwrap();
-    let masked = attention(&q, &k, &v, Some(&mask), 0.7).unwrap();
+    let masked = attention(&q, &k, &v, Some(&score_bias(&mask)), 0.7).unwrap();
     let causal = causal_attention(&q, &k, &v, 0.7).unwrap();
     assert_close(&flat(&causal), &flat(&masked), 1e-5, "causal vs masked");
+}
+
+/// `mask` (`[Tq, Tk]` or already 4-d) as a score bias `[.., .., Tq, Tk]`.
+fn score_bias(mask: &Tensor) -> ScoreBias {
+    let mut mask = mask.clone();
+    while mask.rank() < 4 {
+        mask = mask.unsqueeze(0).unwrap();
+    }
+    ScoreBias::new(&mask).unwrap()
 }
 
 /// The reference for packed self-attention: `qkv` `[B, T, 3 x h x d]` split into heads, the
@@ -255,7 +265,7 @@ fn split_heads_attention(qkv: &Tensor, h: usize, d: usize, mask: Option<&Tensor>
         &split.get(0).unwrap(),
         &split.get(1).unwrap(),
         &split.get(2).unwrap(),
-        mask,
+        mask.map(score_bias).as_ref(),
         0.5,
     )
     .unwrap()
@@ -285,19 +295,19 @@ fn packed_self_attention_matches_split_heads() {
 fn packed_self_attention_adds_the_score_bias_of_each_head() {
     let (b, t, h, d) = (2, 5, 3, 4);
     let qkv = randn(&[b, t, 3 * h * d], 21);
-    let bias = randn(&[h, t, t], 22);
+    let bias = randn(&[1, h, t, t], 22);
     // Fused (f32) and composed (f64) agree in value and gradient with a bias too.
     check_fused_many(
         std::slice::from_ref(&qkv),
         |x| {
-            let bias = bias.to_dtype(x[0].dtype()).unwrap();
+            let bias = score_bias(&bias.to_dtype(x[0].dtype()).unwrap());
             packed_self_attention(&x[0], h, d, 0.5, Some(&bias)).unwrap()
         },
         "biased packed attention",
     );
     // Against the generic op on split heads with the bias as an additive mask.
     let masked = split_heads_attention(&qkv, h, d, Some(&bias));
-    let packed = packed_self_attention(&qkv, h, d, 0.5, Some(&bias)).unwrap();
+    let packed = packed_self_attention(&qkv, h, d, 0.5, Some(&score_bias(&bias))).unwrap();
     assert_close(
         &flat(&packed),
         &flat(&masked),
@@ -312,7 +322,7 @@ fn packed_self_attention_adds_the_score_bias_of_each_head() {
             .any(|(a, b)| (a - b).abs() > 1e-3),
         "the bias changed nothing"
     );
-    let wrong = randn(&[h, t, t + 1], 23);
+    let wrong = score_bias(&randn(&[1, h, t, t + 1], 23));
     assert!(packed_self_attention(&qkv, h, d, 0.5, Some(&wrong)).is_err());
 }
 
@@ -341,7 +351,7 @@ fn parallel_cases() -> Vec<(&'static str, Vec<Tensor>, Box<Op>)> {
     ];
     let (pb, pt, ph, pd) = (6, 7, 3, 4);
     let packed = randn(&[pb, pt, 3 * ph * pd], 35);
-    let bias = randn(&[ph, pt, pt], 36);
+    let bias = randn(&[1, ph, pt, pt], 36);
     let (weight, weight_bias) = (randn(&[24, 96], 37), randn(&[24], 38));
     vec![
         (
@@ -402,7 +412,7 @@ fn parallel_cases() -> Vec<(&'static str, Vec<Tensor>, Box<Op>)> {
             "biased packed attention",
             vec![packed],
             Box::new(move |x| {
-                let bias = bias.to_dtype(x[0].dtype()).unwrap();
+                let bias = score_bias(&bias.to_dtype(x[0].dtype()).unwrap());
                 packed_self_attention(&x[0], ph, pd, 0.5, Some(&bias)).unwrap()
             }),
         ),
@@ -451,7 +461,7 @@ fn locality_bias_falls_with_distance_and_per_head_slope() {
     // Two heads: slopes 2 and 2 * 2^(-8/2) = 1/8.
     let positions = [0.5, 1.5, 3.0];
     let bias = locality_bias(&positions, 2, 2.0, &Device::Cpu).unwrap();
-    assert_eq!(bias.dims(), [2, 3, 3]);
+    assert_eq!(bias.tensor().dims(), [1, 2, 3, 3]);
     let expected = [
         [[0.0, -2.0, -5.0], [-2.0, 0.0, -3.0], [-5.0, -3.0, 0.0]],
         [
@@ -461,7 +471,7 @@ fn locality_bias_falls_with_distance_and_per_head_slope() {
         ],
     ];
     let expected: Vec<f64> = expected.iter().flatten().flatten().copied().collect();
-    assert_close(&flat(&bias), &expected, 1e-7, "locality bias");
+    assert_close(&flat(bias.tensor()), &expected, 1e-7, "locality bias");
 }
 
 #[test]
@@ -488,7 +498,7 @@ fn attention_matches_a_per_head_loop() {
     let v = randn(&[b, h, t, d], 6);
     let scale = 0.3;
     let mask = causal_mask(t, DType::F32, &Device::Cpu).unwrap();
-    let out = attention(&q, &k, &v, Some(&mask), scale).unwrap();
+    let out = attention(&q, &k, &v, Some(&score_bias(&mask)), scale).unwrap();
     let (qv, kv, vv) = (
         q.to_dtype(DType::F64).unwrap(),
         k.to_dtype(DType::F64).unwrap(),

@@ -344,28 +344,85 @@ impl Module for Mlp {
     }
 }
 
+/// An additive attention score bias: `[B or 1, H or 1, Tq, Tk]` values added to the scores
+/// (0 where attention is allowed, `-inf` or a large negative where not; a leading size of 1 is
+/// shared by every sequence or head). A constant: no gradient flows into it.
+///
+/// Build it once per forward pass and hand it to every layer: on the CPU its values are
+/// converted to the fused kernels' f32 blocks here, once, rather than at every attention call.
+#[derive(Clone, Debug)]
+pub struct ScoreBias {
+    tensor: Tensor,
+    /// The values as the fused CPU kernels read them (CPU tensors only).
+    blocks: Option<fused::BiasBlocks>,
+}
+
+impl ScoreBias {
+    /// `bias`: `[B or 1, H or 1, Tq, Tk]`, any float dtype, detached from the graph.
+    pub fn new(bias: &Tensor) -> Result<Self> {
+        let tensor = bias.detach();
+        let Ok((mb, mh, mq, mk)) = tensor.dims4() else {
+            candle_core::bail!(
+                "score bias: expected [B or 1, H or 1, Tq, Tk], got {:?}",
+                tensor.dims()
+            );
+        };
+        let blocks = if tensor.device().is_cpu() {
+            let values: Vec<f32> = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            Some(fused::BiasBlocks {
+                values: values.into(),
+                dims: [mb, mh, mq, mk],
+            })
+        } else {
+            None
+        };
+        Ok(Self { tensor, blocks })
+    }
+
+    /// The bias as a tensor `[B or 1, H or 1, Tq, Tk]`.
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// The fused kernels' blocks, if they serve attention of this shape.
+    fn blocks_for(&self, shape: (usize, usize, usize, usize)) -> Option<fused::BiasBlocks> {
+        self.blocks.as_ref().filter(|b| b.fits(shape)).cloned()
+    }
+
+    /// The bias in `dtype`, to add to scores `[B, H, Tq, Tk]` (the composed path).
+    fn scores_term(&self, dtype: DType) -> Result<Tensor> {
+        self.tensor.to_dtype(dtype)
+    }
+}
+
+/// Whether a score bias of `dims` `[B or 1, H or 1, Tq, Tk]` serves attention of `b` sequences
+/// of `h` heads, `tq` queries and `tk` keys.
+fn bias_fits(dims: &[usize], (b, h, tq, tk): (usize, usize, usize, usize)) -> bool {
+    let &[mb, mh, mq, mk] = dims else {
+        return false;
+    };
+    (mb == b || mb == 1) && (mh == h || mh == 1) && (mq, mk) == (tq, tk)
+}
+
 /// Scaled-dot-product attention for all heads of a batch at once.
 ///
-/// `q`: `[B, H, Tq, D]`, `k` and `v`: `[B, H, Tk, D]`. `mask`, if any, is added to the scores
-/// and must broadcast to `[B, H, Tq, Tk]`: 0 where attention is allowed, `-inf` (or a large
-/// negative) where not. Returns `[B, H, Tq, D]`, differentiable with respect to q, k and v.
+/// `q`: `[B, H, Tq, D]`, `k` and `v`: `[B, H, Tk, D]`. `bias`, if any, is added to the scores
+/// and must broadcast to `[B, H, Tq, Tk]`. Returns `[B, H, Tq, D]`, differentiable with respect
+/// to q, k and v.
 ///
-/// On the CPU in f32, without a mask or with a constant one (no gradient tracked) shaped
-/// `[B or 1, H or 1, Tq, Tk]`, this is one fused op (per-head matrix products straight from
-/// the gemm kernels, the mask added to each head's scores, the probabilities kept for the
-/// backward pass: `B x H x Tq x Tk` values for as long as the graph lives); otherwise the
-/// batched matmuls of candle with the differentiable [`softmax_last_dim`].
+/// On the CPU in f32, without a bias or with one shaped `[B or 1, H or 1, Tq, Tk]`, this is one
+/// fused op (per-head matrix products straight from the gemm kernels, the bias added to each
+/// head's scores, the probabilities kept for the backward pass: `B x H x Tq x Tk` values for as
+/// long as the graph lives); otherwise the batched matmuls of candle with the differentiable
+/// [`softmax_last_dim`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    bias: Option<&ScoreBias>,
     scale: f64,
 ) -> Result<Tensor> {
-    match mask {
-        None => attention_with(q, k, v, scale, false, None),
-        Some(m) => attention_with(q, k, v, scale, false, Some(m)),
-    }
+    attention_with(q, k, v, scale, false, bias)
 }
 
 /// [`attention`] where query `i` sees keys `0..=i + (Tk - Tq)` (decoder self-attention; with
@@ -380,7 +437,7 @@ fn attention_with(
     v: &Tensor,
     scale: f64,
     causal: bool,
-    mask: Option<&Tensor>,
+    bias: Option<&ScoreBias>,
 ) -> Result<Tensor> {
     let (b, h, tq, d) = q.dims4()?;
     let tk = k.dim(2)?;
@@ -396,15 +453,12 @@ fn attention_with(
         candle_core::bail!("causal attention: {tk} keys for {tq} queries");
     }
     let fusable = fused_cpu(q) && fused_cpu(k) && fused_cpu(v);
-    let bias = match mask {
-        Some(m) if fusable => constant_score_bias(m, (b, h, tq, tk))?,
-        _ => None,
-    };
-    if fusable && (mask.is_none() || bias.is_some()) {
+    let blocks = bias.and_then(|bias| bias.blocks_for((b, h, tq, tk)));
+    if fusable && (bias.is_none() || blocks.is_some()) {
         let op = fused::Attention {
             scale: scale as f32,
             causal,
-            bias,
+            bias: blocks,
             saved: Default::default(),
         };
         return q
@@ -416,8 +470,8 @@ fn attention_with(
     let q = (q * scale)?;
     let (k, v) = (&k.contiguous()?, &v.contiguous()?);
     let scores = q.matmul(&k.t()?)?;
-    let scores = match (mask, causal) {
-        (Some(m), _) => scores.broadcast_add(m)?,
+    let scores = match (bias, causal) {
+        (Some(bias), _) => scores.broadcast_add(&bias.scores_term(scores.dtype())?)?,
         (None, true) => {
             let m = causal_mask_offset(tq, tk, scores.dtype(), scores.device())?;
             scores.broadcast_add(&m)?
@@ -437,14 +491,14 @@ fn attention_with(
 /// attention a third of a Beat step); elsewhere it is split and merged with views and
 /// [`attention`].
 ///
-/// `bias`, when given, is an additive score bias `[heads, T, T]` shared by every sequence (e.g.
-/// a position-dependent bias): a constant, no gradient flows into it.
+/// `bias`, when given, is added to the scores: `[B or 1, heads or 1, T, T]` (e.g. a
+/// position-dependent bias shared by every sequence).
 pub fn packed_self_attention(
     qkv: &Tensor,
     heads: usize,
     head_dim: usize,
     scale: f64,
-    bias: Option<&Tensor>,
+    bias: Option<&ScoreBias>,
 ) -> Result<Tensor> {
     let (b, t, _) = qkv.dims3()?;
     packed_self_attention_rows(&qkv.reshape((b * t, ()))?, t, heads, head_dim, scale, bias)?
@@ -461,7 +515,7 @@ pub fn packed_self_attention_rows(
     heads: usize,
     head_dim: usize,
     scale: f64,
-    bias: Option<&Tensor>,
+    bias: Option<&ScoreBias>,
 ) -> Result<Tensor> {
     let (rows, width) = qkv.dims2()?;
     if width != 3 * heads * head_dim || seq_len == 0 || !rows.is_multiple_of(seq_len) {
@@ -469,69 +523,33 @@ pub fn packed_self_attention_rows(
             "packed attention: [{rows}, {width}] is not [B * {seq_len}, 3 x {heads} heads x {head_dim}]"
         );
     }
+    let b = rows / seq_len;
+    let shape = (b, heads, seq_len, seq_len);
     if let Some(bias) = bias
-        && bias.dims() != [heads, seq_len, seq_len]
+        && !bias_fits(bias.tensor.dims(), shape)
     {
         candle_core::bail!(
-            "packed attention: score bias {:?} is not [{heads} heads, {seq_len}, {seq_len}]",
-            bias.dims()
+            "packed attention: score bias {:?} does not fit [{b} or 1, {heads} heads or 1, {seq_len}, {seq_len}]",
+            bias.tensor.dims()
         );
     }
     if fused_cpu(qkv) {
-        let bias = match bias {
-            Some(b) => Some(
-                b.to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?
-                    .into(),
-            ),
-            None => None,
-        };
         let op = fused::PackedAttention {
             heads,
             head_dim,
             seq_len,
             scale: scale as f32,
-            bias,
+            bias: bias.and_then(|bias| bias.blocks_for(shape)),
             saved: Default::default(),
         };
         return qkv.contiguous()?.apply_op1(op);
     }
-    let b = rows / seq_len;
     let qkv = qkv
         .reshape((b, seq_len, 3, heads, head_dim))?
         .permute((2, 0, 3, 1, 4))?
         .contiguous()?;
-    let bias = bias.map(|b| b.detach().to_dtype(qkv.dtype())).transpose()?;
-    let out = attention(
-        &qkv.get(0)?,
-        &qkv.get(1)?,
-        &qkv.get(2)?,
-        bias.as_ref(),
-        scale,
-    )?;
+    let out = attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, bias, scale)?;
     out.transpose(1, 2)?.reshape((rows, heads * head_dim))
-}
-
-/// `mask` as the fused kernel's score bias, when it is a constant (no gradient tracked) of
-/// shape `[B or 1, H or 1, Tq, Tk]`; `None` for any other mask (the composed path takes it).
-fn constant_score_bias(
-    mask: &Tensor,
-    (b, h, tq, tk): (usize, usize, usize, usize),
-) -> Result<Option<fused::ScoreBias>> {
-    let &[mb, mh, mq, mk] = mask.dims() else {
-        return Ok(None);
-    };
-    let fits = (mb == b || mb == 1) && (mh == h || mh == 1) && (mq, mk) == (tq, tk);
-    if !fits || mask.track_op() || !mask.device().is_cpu() {
-        return Ok(None);
-    }
-    let values: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    Ok(Some(fused::ScoreBias {
-        values: values.into(),
-        per_batch: mb == b && b > 1,
-        per_head: mh == h && h > 1,
-    }))
 }
 
 fn causal_mask_offset(

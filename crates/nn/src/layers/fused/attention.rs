@@ -267,22 +267,47 @@ fn attend_backward<I: Iterator<Item = (HeadViews, HeadViews)>>(
     })
 }
 
-/// An additive score bias of [`Attention`]: `[B or 1, H or 1, Tq, Tk]` values, row-major, read
-/// by every (batch, head) pair at its block (a constant: no gradient flows into it).
+/// The values of an additive score bias (a [`super::super::ScoreBias`] on the CPU):
+/// `[B or 1, H or 1, Tq, Tk]`, row-major, each (sequence, head) pair reading its `[Tq, Tk]`
+/// block. A constant: no gradient flows into it.
 #[derive(Clone, Debug)]
-pub(in crate::layers) struct ScoreBias {
+pub(in crate::layers) struct BiasBlocks {
     pub(in crate::layers) values: Arc<[f32]>,
-    /// Whether the bias has one block per sequence (else one for all).
-    pub(in crate::layers) per_batch: bool,
-    /// Whether the bias has one block per head (else one for all).
-    pub(in crate::layers) per_head: bool,
+    /// `[B or 1, H or 1, Tq, Tk]`: a leading size of 1 is shared by every sequence or head.
+    pub(in crate::layers) dims: [usize; 4],
+}
+
+impl BiasBlocks {
+    /// Whether the blocks serve attention of `b` sequences of `h` heads, `tq` queries and `tk`
+    /// keys.
+    pub(in crate::layers) fn fits(&self, shape: (usize, usize, usize, usize)) -> bool {
+        super::super::bias_fits(&self.dims, shape)
+    }
+
+    fn check(&self, shape: (usize, usize, usize, usize)) -> Result<()> {
+        if !self.fits(shape) || self.values.len() != self.dims.iter().product::<usize>() {
+            let (b, h, tq, tk) = shape;
+            candle_core::bail!(
+                "attention: score bias {:?} does not fit [{b}, {h}, {tq}, {tk}]",
+                self.dims
+            );
+        }
+        Ok(())
+    }
+
+    /// Start of the block of sequence `bi`'s head `hi`.
+    fn block_start(&self, bi: usize, hi: usize) -> usize {
+        let [mb, mh, mq, mk] = self.dims;
+        let (bi, hi) = (if mb == 1 { 0 } else { bi }, if mh == 1 { 0 } else { hi });
+        (bi * mh + hi) * mq * mk
+    }
 }
 
 /// Attention over separate contiguous q `[B, H, Tq, D]`, k, v `[B, H, Tk, D]`.
 pub(in crate::layers) struct Attention {
     pub(in crate::layers) scale: f32,
     pub(in crate::layers) causal: bool,
-    pub(in crate::layers) bias: Option<ScoreBias>,
+    pub(in crate::layers) bias: Option<BiasBlocks>,
     pub(in crate::layers) saved: SavedProbabilities,
 }
 
@@ -300,10 +325,7 @@ impl Attention {
             causal: self.causal,
         };
         if let Some(bias) = &self.bias {
-            let blocks = if bias.per_batch { b } else { 1 } * if bias.per_head { h } else { 1 };
-            if bias.values.len() != blocks * tq * tk {
-                candle_core::bail!("attention: score bias does not fit [{b}, {h}, {tq}, {tk}]");
-            }
+            bias.check((b, h, tq, tk))?;
         }
         Ok(((b, h), dims))
     }
@@ -311,16 +333,7 @@ impl Attention {
     /// The views of (batch, head) pair `p` of `heads` heads per sequence.
     fn head(&self, p: usize, heads: usize, dims: Dims) -> HeadViews {
         let Dims { tq, tk, d, .. } = dims;
-        let bias = self.bias.as_ref().map(|bias| {
-            let (bi, hi) = (p / heads, p % heads);
-            let block = match (bias.per_batch, bias.per_head) {
-                (true, true) => p,
-                (true, false) => bi,
-                (false, true) => hi,
-                (false, false) => 0,
-            };
-            block * tq * tk
-        });
+        let bias = (self.bias.as_ref()).map(|bias| bias.block_start(p / heads, p % heads));
         HeadViews {
             q: View::rows(p * tq * d, d),
             k: View::rows(p * tk * d, d),
@@ -390,7 +403,7 @@ impl CustomOp3 for Attention {
 struct AttentionGrad {
     scale: f32,
     causal: bool,
-    bias: Option<ScoreBias>,
+    bias: Option<BiasBlocks>,
     kv_dims: Vec<usize>,
     /// The forward pass's probabilities, if it kept them.
     saved: Option<Arc<[f32]>>,
@@ -462,8 +475,8 @@ pub(in crate::layers) struct PackedAttention {
     pub(in crate::layers) head_dim: usize,
     pub(in crate::layers) seq_len: usize,
     pub(in crate::layers) scale: f32,
-    /// Additive score bias `[heads, T, T]`, the same for every sequence; a constant.
-    pub(in crate::layers) bias: Option<Arc<[f32]>>,
+    /// Additive score bias `[B or 1, heads or 1, T, T]`; a constant.
+    pub(in crate::layers) bias: Option<BiasBlocks>,
     pub(in crate::layers) saved: SavedProbabilities,
 }
 
@@ -476,6 +489,9 @@ impl PackedAttention {
         let t = self.seq_len;
         if width != 3 * self.heads * self.head_dim || t == 0 || !rows.is_multiple_of(t) {
             candle_core::bail!("packed attention: rows [{rows}, {width}] do not fit");
+        }
+        if let Some(bias) = &self.bias {
+            bias.check((rows / t, self.heads, t, t))?;
         }
         let dims = Dims {
             tq: t,
@@ -492,7 +508,7 @@ impl PackedAttention {
     fn heads(&self, bi: usize) -> impl Iterator<Item = HeadViews> + use<> {
         let (h, d, t) = (self.heads, self.head_dim, self.seq_len);
         let inner = h * d;
-        let biased = self.bias.is_some();
+        let bias = self.bias.clone();
         (0..h).map(move |hi| {
             let row = bi * t * 3 * inner + hi * d;
             HeadViews {
@@ -500,7 +516,7 @@ impl PackedAttention {
                 k: View::rows(row + inner, 3 * inner),
                 v: View::rows(row + 2 * inner, 3 * inner),
                 out: View::rows(bi * t * inner + hi * d, inner),
-                bias: biased.then_some(hi * t * t),
+                bias: bias.as_ref().map(|bias| bias.block_start(bi, hi)),
             }
         })
     }
@@ -516,7 +532,7 @@ impl CustomOp1 for PackedAttention {
         let (b, dims) = self.dims(l)?;
         let inner = self.heads * self.head_dim;
         let mut out = vec![0f32; b * dims.tq * inner];
-        let bias = self.bias.as_deref();
+        let bias = self.bias.as_ref().map(|b| &*b.values);
         // One work item per sequence: its rows of the output hold all its heads.
         let heads_of = |bi| self.heads(bi);
         let probs = attend(dims, b, heads_of, (qkv, qkv, qkv, bias), &mut out)?;
@@ -584,7 +600,7 @@ impl CustomOp2 for PackedAttentionGrad {
                 (hv, gv)
             })
         };
-        let bias = op.bias.as_deref();
+        let bias = op.bias.as_ref().map(|b| &*b.values);
         let saved = self.saved.as_deref();
         attend_backward(dims, heads_of, (qkv, qkv, qkv, bias), (dout, saved), blocks)?;
         Ok((CpuStorage::F32(grads), l1.shape().clone()))

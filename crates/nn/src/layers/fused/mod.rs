@@ -15,7 +15,7 @@ mod strided;
 use super::*;
 use rayon::prelude::*;
 
-pub(super) use attention::{Attention, PackedAttention, ScoreBias};
+pub(super) use attention::{Attention, BiasBlocks, PackedAttention};
 pub(super) use linear::LinearRows;
 pub(super) use rows::{AddRow, Gelu, MulRow, Normalize, Softmax};
 
