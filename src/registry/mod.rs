@@ -11,6 +11,7 @@
 //! the store. A store implements [`RunStore`]; what the two stores share (the address, the
 //! claim rules, run-id prefixes, effective status) lives here.
 
+mod claim;
 pub mod netfs;
 mod postgres;
 mod rows;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use claim::needs_work;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -528,45 +530,6 @@ pub struct CheckpointRow {
 /// Summary values by key.
 pub type Summaries = BTreeMap<String, f64>;
 
-/// What the claim rules decide for one cell, given its latest run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CellDecision {
-    /// Continue the existing run (pending or stale).
-    TakeOver,
-    /// Start a new run of the cell (none yet, or a finished/failed one run again on request).
-    NewRun,
-    /// Leave the cell alone (finished, failed, or held by a live worker).
-    Skip,
-    /// The run failed too often: mark it failed and leave the cell alone.
-    GiveUp,
-}
-
-/// The claim rules, the same for every store.
-pub(crate) fn decide(latest: Option<&RunRow>, policy: &ClaimPolicy) -> CellDecision {
-    let Some(run) = latest else {
-        return CellDecision::NewRun;
-    };
-    let before = |limit: Option<f64>| limit.is_some_and(|t0| run.finished_at.unwrap_or(0.0) < t0);
-    match run.status {
-        RunStatus::Pending | RunStatus::Stale if run.failures >= policy.max_failures => {
-            CellDecision::GiveUp
-        }
-        RunStatus::Pending | RunStatus::Stale => CellDecision::TakeOver,
-        RunStatus::Finished if before(policy.force_before) => CellDecision::NewRun,
-        RunStatus::Failed if before(policy.rerun_failed_before) => CellDecision::NewRun,
-        _ => CellDecision::Skip,
-    }
-}
-
-/// The error text of a run given up after too many failures.
-pub(crate) fn given_up(run: &RunRow) -> String {
-    format!(
-        "not retaken: failed {} time(s) (--max-failures); last: {}",
-        run.failures,
-        run.error.as_deref().unwrap_or("its holder stopped")
-    )
-}
-
 /// Whether the holder of a run is provably dead: its worker id (`host:pid:n`) names this host
 /// and a process id that no longer exists. Anything else (another host, a live or unparsable
 /// process id) may still be alive and keeps its lease.
@@ -602,7 +565,9 @@ pub trait RunStore: Send + Sync {
     fn upsert_experiment(&self, name: &str, spec_path: &str, description: &str) -> Result<()>;
     /// The latest run of each of these cell hashes.
     fn latest_runs(&self, hashes: &[String]) -> Result<HashMap<String, RunRow>>;
-    /// Registers cells that have no run yet as `pending`; returns how many were added.
+    /// Queues a new `pending` run of each cell the policy would start a new run of (no run
+    /// yet; finished or failed before its `force_before` / `rerun_failed_before`), in one
+    /// transaction; returns how many were added.
     fn enqueue(&self, policy: &ClaimPolicy, cells: &[CellOffer]) -> Result<usize>;
     /// Claims the first cell (in plan order) that needs work, in one transaction.
     fn claim(&self, policy: &ClaimPolicy, cells: &[CellOffer]) -> Result<Option<Claim>>;
@@ -751,8 +716,9 @@ impl Registry {
         self.store.latest_runs(hashes)
     }
 
-    /// Registers cells that have no run yet as `pending`, so that `beatlab runs` shows the
-    /// queue of a sweep.
+    /// Queues a new `pending` run of each cell that has none yet, or whose finished (failed)
+    /// run the policy's `force_before` (`rerun_failed_before`) asks to run again, so that
+    /// `beatlab runs` shows the queue of a sweep and workers started later take those cells.
     pub fn enqueue(&self, policy: &ClaimPolicy, cells: &[CellOffer]) -> Result<usize> {
         self.store.enqueue(policy, cells)
     }

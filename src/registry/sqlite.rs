@@ -17,11 +17,15 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, SqlitePool};
 
+use super::claim::{
+    CLAIM_RUN, ClaimSteps, GIVE_UP, INSERT_RUN, TAKE_OVER, bind_insert_run, bind_take_over,
+    claim_first, enqueue_cells,
+};
 use super::rows::{RUN_COLUMNS, checkpoint_from_row, col, run_from_row, runs_from_rows, runtime};
 use super::{
-    CellDecision, CellOffer, CheckReport, CheckpointRow, Claim, ClaimPolicy, MetricPoint,
-    RACE_ATTEMPTS, RegistryError, Result, RunRow, RunStatus, RunStore, SchemaCheck, Summaries,
-    decide, given_up, holder_is_dead, now, q,
+    CellOffer, CheckReport, CheckpointRow, Claim, ClaimPolicy, MetricPoint, RACE_ATTEMPTS,
+    RegistryError, Result, RunRow, RunStatus, RunStore, SchemaCheck, Summaries, holder_is_dead,
+    now, q,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -298,28 +302,13 @@ impl RunStore for SqliteStore {
     }
 
     fn enqueue(&self, policy: &ClaimPolicy, cells: &[CellOffer]) -> Result<usize> {
-        let t = now();
         self.block(async {
             let mut tx = self
                 .pool
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(q("enqueueing cells"))?;
-            let mut added = 0;
-            for cell in cells {
-                let exists: Option<String> =
-                    sqlx::query_scalar("SELECT id FROM runs WHERE spec_hash = ?1 LIMIT 1")
-                        .bind(&cell.hash)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(q("enqueueing cells"))?;
-                if exists.is_some() {
-                    continue;
-                }
-                let id = next_run_id(&mut tx, &cell.hash).await?;
-                insert_run(&mut tx, &id, policy, cell, "pending", t).await?;
-                added += 1;
-            }
+            let added = enqueue_cells(&mut Steps(&mut tx), policy, cells, now()).await?;
             tx.commit().await.map_err(q("enqueueing cells"))?;
             Ok(added)
         })
@@ -334,44 +323,7 @@ impl RunStore for SqliteStore {
                 .map_err(q("claiming a cell"))?;
             let t = now();
             mark_abandoned(&mut tx, &policy.host, t).await?;
-            let mut claim = None;
-            for cell in cells {
-                let latest = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE spec_hash = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1"
-                )))
-                .bind(&cell.hash)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(q("claiming a cell"))?
-                .map(|r| run_from_row(&r))
-                .transpose()?;
-                let decision = decide(latest.as_ref(), policy);
-                match (decision, latest) {
-                    (CellDecision::Skip, _) => continue,
-                    (CellDecision::GiveUp, Some(run)) => {
-                        sqlx::query(
-                            "UPDATE runs SET status = 'failed', error = ?2, finished_at = ?3 WHERE id = ?1",
-                        )
-                        .bind(&run.id)
-                        .bind(given_up(&run))
-                        .bind(t)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(q("giving up a run"))?;
-                        continue;
-                    }
-                    (CellDecision::TakeOver, Some(run)) => {
-                        take_over(&mut tx, &run.id, policy, t).await?;
-                        claim = Some(Claim::taken_over(&run, cell.index));
-                    }
-                    _ => {
-                        let id = next_run_id(&mut tx, &cell.hash).await?;
-                        insert_run(&mut tx, &id, policy, cell, "running", t).await?;
-                        claim = Some(Claim::fresh(&id, cell.index, policy));
-                    }
-                }
-                break;
-            }
+            let claim = claim_first(&mut Steps(&mut tx), policy, cells, t).await?;
             tx.commit().await.map_err(q("claiming a cell"))?;
             Ok(claim)
         })
@@ -404,25 +356,10 @@ impl RunStore for SqliteStore {
             if matches!(status, RunStatus::Finished | RunStatus::Running) {
                 return Ok(Err(run));
             }
-            sqlx::query(
-                "UPDATE runs SET status = 'running', worker = ?2, host = ?3, device = ?4, code_rev = ?5,
-                     code_dirty = ?6, lease_s = ?7, heartbeat_at = ?8, attempt = attempt + 1,
-                     started_at = COALESCE(started_at, ?8), finished_at = NULL, error = NULL,
-                     job = ?9
-                 WHERE id = ?1",
-            )
-            .bind(run_id)
-            .bind(&policy.worker)
-            .bind(&policy.host)
-            .bind(&policy.device)
-            .bind(&policy.code_rev)
-            .bind(policy.code_dirty as i64)
-            .bind(policy.lease_s)
-            .bind(t)
-            .bind(&policy.job)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("claiming a run"))?;
+            bind_take_over!(sqlx::query(CLAIM_RUN), run_id, policy, t)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("claiming a run"))?;
             tx.commit().await.map_err(q("claiming a run"))?;
             Ok(Ok(Claim::resumed(&run)))
         })
@@ -1024,33 +961,60 @@ async fn mark_abandoned(
 }
 
 /// Hands a pending or stale run to this worker.
-async fn take_over(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    run_id: &str,
-    policy: &ClaimPolicy,
-    t: f64,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE runs SET status = 'running', worker = ?2, host = ?3, device = ?4,
-             code_rev = ?5, code_dirty = ?6, lease_s = ?7, heartbeat_at = ?8,
-             attempt = attempt + (CASE WHEN started_at IS NULL THEN 0 ELSE 1 END),
-             started_at = COALESCE(started_at, ?8),
-             error = NULL, job = ?9
-         WHERE id = ?1",
-    )
-    .bind(run_id)
-    .bind(&policy.worker)
-    .bind(&policy.host)
-    .bind(&policy.device)
-    .bind(&policy.code_rev)
-    .bind(policy.code_dirty as i64)
-    .bind(policy.lease_s)
-    .bind(t)
-    .bind(&policy.job)
-    .execute(&mut **tx)
-    .await
-    .map_err(q("claiming a cell"))?;
-    Ok(())
+/// The claim rules' steps inside a SQLite write transaction (`BEGIN IMMEDIATE` already keeps
+/// every other writer out, so a cell needs no lock of its own).
+struct Steps<'a, 'c>(&'a mut sqlx::Transaction<'c, sqlx::Sqlite>);
+
+impl ClaimSteps for Steps<'_, '_> {
+    async fn lock(&mut self, _hash: &str, _wait: bool) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn latest(&mut self, hash: &str) -> Result<Option<RunRow>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE spec_hash = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+        )))
+        .bind(hash)
+        .fetch_optional(&mut **self.0)
+        .await
+        .map_err(q("claiming a cell"))?
+        .map(|r| run_from_row(&r))
+        .transpose()
+    }
+
+    async fn give_up(&mut self, run_id: &str, error: &str, t: f64) -> Result<()> {
+        sqlx::query(GIVE_UP)
+            .bind(run_id)
+            .bind(error)
+            .bind(t)
+            .execute(&mut **self.0)
+            .await
+            .map_err(q("giving up a run"))?;
+        Ok(())
+    }
+
+    async fn take_over(&mut self, run_id: &str, policy: &ClaimPolicy, t: f64) -> Result<()> {
+        bind_take_over!(sqlx::query(TAKE_OVER), run_id, policy, t)
+            .execute(&mut **self.0)
+            .await
+            .map_err(q("claiming a cell"))?;
+        Ok(())
+    }
+
+    async fn insert(
+        &mut self,
+        policy: &ClaimPolicy,
+        cell: &CellOffer,
+        status: &str,
+        t: f64,
+    ) -> Result<String> {
+        let id = next_run_id(self.0, &cell.hash).await?;
+        bind_insert_run!(sqlx::query(INSERT_RUN), &id, policy, cell, status, t)
+            .execute(&mut **self.0)
+            .await
+            .map_err(q("creating a run"))?;
+        Ok(id)
+    }
 }
 
 /// A new run id: the hash's first 10 hex digits and a counter. The counter runs over every id
@@ -1063,44 +1027,4 @@ async fn next_run_id(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, hash: &str) -
         .await
         .map_err(q("numbering a run"))?;
     Ok(format!("{prefix}-{}", n + 1))
-}
-
-async fn insert_run(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    id: &str,
-    policy: &ClaimPolicy,
-    cell: &CellOffer,
-    status: &str,
-    t: f64,
-) -> Result<()> {
-    let running = status == "running";
-    sqlx::query(
-        "INSERT INTO runs (id, experiment, cell_index, cell_label, overrides, spec_json, spec_hash, seed,
-             status, attempt, code_rev, code_dirty, host, device, worker, run_dir, created_at,
-             started_at, heartbeat_at, lease_s, job)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18, ?19)",
-    )
-    .bind(id)
-    .bind(&policy.experiment)
-    .bind(cell.index)
-    .bind(&cell.label)
-    .bind(cell.overrides.to_string())
-    .bind(&cell.spec_json)
-    .bind(&cell.hash)
-    .bind(cell.seed)
-    .bind(status)
-    .bind(&policy.code_rev)
-    .bind(policy.code_dirty as i64)
-    .bind(&policy.host)
-    .bind(&policy.device)
-    .bind(if running { policy.worker.as_str() } else { "" })
-    .bind(policy.experiment_dir.join(id).to_string_lossy().into_owned())
-    .bind(t)
-    .bind(running.then_some(t))
-    .bind(policy.lease_s)
-    .bind(if running { policy.job.as_deref() } else { None })
-    .execute(&mut **tx)
-    .await
-    .map_err(q("creating a run"))?;
-    Ok(())
 }
