@@ -1,12 +1,18 @@
 //! `beatlab sweep --launcher slurm` without a cluster: the generated sbatch script (golden
 //! files, expect-test: `UPDATE_EXPECT=1 cargo test --test slurm_script` rewrites them), its
 //! submission through a stand-in `sbatch` that records what it was given, and the bad inputs
-//! (no sbatch, options that do not fit the launcher): exit 2 and nothing written.
+//! (no sbatch, options that do not fit the launcher): exit 2 and nothing written. The queue a
+//! launch leaves (a grid of several chunks, `--force`, `--rerun-failed`, a re-launch) is checked
+//! on each available store.
 
+mod stores;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use beatlab::launch::slurm::{self, SlurmArgs, WorkerArgs};
+use beatlab::registry::{CellOffer, Registry, RunRow, RunStatus};
 use beatlab::spec::{self, Overrides, Plan};
 use expect_test::expect;
 
@@ -29,6 +35,15 @@ fn plan() -> Plan {
         .unwrap()
         .plan()
         .unwrap()
+}
+
+/// [`NOP`] with `n` cells.
+fn nop_grid(n: usize) -> String {
+    let seeds: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    NOP.replace(
+        "seeds = [0, 1, 2, 3, 4, 5, 6, 7]",
+        &format!("seeds = [{}]", seeds.join(", ")),
+    )
 }
 
 fn worker(registry: &str) -> WorkerArgs {
@@ -201,8 +216,13 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
+        Self::with_spec(NOP)
+    }
+
+    /// The scratch folder with `spec` as `nop.toml`.
+    fn with_spec(spec: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("nop.toml"), NOP).unwrap();
+        std::fs::write(dir.path().join("nop.toml"), spec).unwrap();
         std::fs::create_dir(dir.path().join("bin")).unwrap();
         Self { dir }
     }
@@ -344,7 +364,7 @@ fn options_of_the_other_launcher_are_bad_input() {
         &["sweep", "nop.toml", "--partition", "gpu"][..],
         &["sweep", "nop.toml", "--dry-run"],
         &["sweep", "nop.toml", "--launcher", "slurm", "--workers", "2"],
-        &["sweep", "nop.toml", "--launcher", "slurm", "--force"],
+        &["sweep", "nop.toml", "--launcher", "slurm", "--no-wait"],
         &[
             "sweep",
             "nop.toml",
@@ -358,5 +378,133 @@ fn options_of_the_other_launcher_are_bad_input() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(!env.path("reg.db").exists(), "{args:?}");
         assert!(!env.path("sbatch.log").exists(), "{args:?}");
+    }
+}
+
+/// The runs of experiment `nop` in the registry at `address`, by cell then creation.
+fn nop_runs(address: &str) -> Vec<RunRow> {
+    let registry = Registry::open_existing(address)
+        .unwrap()
+        .expect("a registry");
+    let mut runs = registry.runs(Some("nop"), None).unwrap();
+    runs.sort_by(|a, b| {
+        (a.cell_index, a.created_at)
+            .partial_cmp(&(b.cell_index, b.created_at))
+            .unwrap()
+    });
+    runs
+}
+
+/// `beatlab sweep nop.toml --launcher slurm ARGS` submitted to the stand-in sbatch: the
+/// `--array=` line of the script it was given, or `None` when nothing was submitted.
+fn launch(env: &Env, registry: &str, args: &[&str]) -> Option<String> {
+    let _ = std::fs::remove_file(env.path("sbatch.log.script"));
+    let mut all = vec!["sweep", "nop.toml", "--launcher", "slurm"];
+    all.extend(args);
+    let out = env.beatlab(registry, &all);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    let script = std::fs::read_to_string(env.path("sbatch.log.script")).ok()?;
+    let array = script.lines().find(|l| l.starts_with("#SBATCH --array="));
+    Some(array.expect("an --array line").to_string())
+}
+
+#[test]
+fn a_grid_of_several_chunks_is_queued_once_per_cell_and_a_relaunch_adds_nothing() {
+    let cells = 600; // more than two chunks of beatlab::spec::cells::CHUNK (256)
+    let env = Env::with_spec(&nop_grid(cells));
+    env.fake_sbatch(0);
+    for (store, address, _dir) in stores::fresh_addresses() {
+        let array = launch(&env, &address, &[]);
+        assert_eq!(
+            array.as_deref(),
+            Some("#SBATCH --array=0-599%600"),
+            "{store}"
+        );
+        let runs = nop_runs(&address);
+        assert_eq!(runs.len(), cells, "{store}");
+        assert!(
+            runs.iter().all(|r| r.status == RunStatus::Pending),
+            "{store}"
+        );
+        let indices: Vec<i64> = runs.iter().map(|r| r.cell_index).collect();
+        assert_eq!(indices, (0..cells as i64).collect::<Vec<_>>(), "{store}");
+        let hashes: BTreeSet<&str> = runs.iter().map(|r| r.hash.as_str()).collect();
+        assert_eq!(hashes.len(), cells, "{store}: a cell queued twice");
+
+        // The cells are still pending (no task ran): a re-launch submits an array for them
+        // again and queues nothing new.
+        let again = launch(&env, &address, &[]);
+        assert_eq!(again, array, "{store}");
+        let ids = |runs: &[RunRow]| runs.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&nop_runs(&address)), ids(&runs), "{store}");
+    }
+}
+
+/// Cell `index` of [`NOP`] run once and failed, through the library, as a worker would.
+fn fail_cell(address: &str, index: usize, dir: &Path) {
+    let registry = Registry::open(address).unwrap();
+    registry.upsert_experiment("nop", "nop.toml", "").unwrap();
+    let mut policy = stores::policy("test:1:0", "testhost", dir);
+    policy.experiment = "nop".into();
+    let offer = CellOffer::of(&plan().cells[index]);
+    let claim = registry.claim(&policy, &[offer]).unwrap().expect("a claim");
+    registry
+        .end_run(&claim.run_id, "test:1:0", RunStatus::Failed, Some("boom"))
+        .unwrap();
+}
+
+/// How many runs each cell has, and the latest one's status, in cell order.
+fn queue(address: &str) -> Vec<(usize, RunStatus)> {
+    let runs = nop_runs(address);
+    (0..8)
+        .map(|i| {
+            let of: Vec<&RunRow> = runs.iter().filter(|r| r.cell_index == i).collect();
+            (of.len(), of.last().expect("a run of every cell").status)
+        })
+        .collect()
+}
+
+#[test]
+fn force_and_rerun_failed_queue_the_cells_that_ended_before_the_launch_once() {
+    use RunStatus::{Failed, Finished, Pending};
+    let env = Env::new();
+    env.fake_sbatch(0);
+    for (store, address, dir) in stores::fresh_addresses() {
+        fail_cell(&address, 7, dir.path());
+        let out = env.beatlab(&address, &["sweep", "nop.toml"]);
+        assert!(out.status.code().is_some(), "{store}: {}", stderr(&out));
+        let mut want = vec![(1, Finished); 7];
+        want.push((1, Failed));
+        assert_eq!(queue(&address), want, "{store}: after the local sweep");
+        assert_eq!(
+            launch(&env, &address, &[]),
+            None,
+            "{store}: nothing needs work"
+        );
+
+        // --rerun-failed: the failed cell gets a new pending run, once however often it is given.
+        for _ in 0..2 {
+            let array = launch(&env, &address, &["--rerun-failed"]);
+            assert_eq!(array.as_deref(), Some("#SBATCH --array=0-0%1"), "{store}");
+            want[7] = (2, Pending);
+            assert_eq!(queue(&address), want, "{store}: --rerun-failed");
+        }
+        // --force: every finished cell too; the pending one stays as it is.
+        let array = launch(&env, &address, &["--force"]);
+        assert_eq!(array.as_deref(), Some("#SBATCH --array=0-7%8"), "{store}");
+        let mut forced = vec![(2, Pending); 7];
+        forced.push((2, Pending));
+        assert_eq!(queue(&address), forced, "{store}: --force");
+
+        // A worker (as an array task runs it, without --force) runs each queued run once.
+        let out = env.beatlab(&address, &["worker", "nop.toml"]);
+        assert_eq!(out.status.code(), Some(0), "{store}: {}", stderr(&out));
+        assert_eq!(
+            queue(&address),
+            vec![(2, Finished); 8],
+            "{store}: after the worker"
+        );
+        assert_eq!(launch(&env, &address, &[]), None, "{store}: all finished");
+        let _ = std::fs::remove_dir_all(env.path("runs"));
     }
 }

@@ -2,12 +2,13 @@
 //! launcher ([`beatlab::launch`]) called, its outcome printed.
 
 use anyhow::Result;
-use beatlab::launch::slurm::{self, Launched, SlurmArgs, WorkerArgs};
+use beatlab::launch::slurm::{self, Launched, RunAgain, SlurmArgs, WorkerArgs};
 use beatlab::launch::{LaunchError, status};
 use beatlab::registry::Registry;
+use beatlab::spec::PlanCells;
 
 use super::args::{Global, SpecArgs, TrainArgs};
-use super::{Exit, bad, check_weights, load_plan};
+use super::{Exit, bad, check_weights, load_spec};
 
 fn launch_error(e: LaunchError) -> anyhow::Error {
     if e.is_bad_input() { bad(e) } else { e.into() }
@@ -38,15 +39,17 @@ pub fn slurm(
              (--array-tasks, --array-parallelism)",
         );
     }
-    if train.force || train.rerun_failed || train.no_wait {
-        // Tasks start at different times: "finished before this sweep started" would differ
-        // between them, and a later task would run again what an earlier one finished.
+    if train.no_wait {
+        // A task that did not wait for a cell held elsewhere would end the array with a dead
+        // holder's cell unrun; the tasks wait until its lease ends and take it over.
         return refuse(
-            "--force, --rerun-failed and --no-wait are for --launcher local; run those cells \
-             with `beatlab sweep` on one machine, or `beatlab resume RUN`",
+            "--no-wait is for --launcher local: each array task waits for cells held by other \
+             workers until they finish or their lease ends, so that no cell is left unrun",
         );
     }
-    let (loaded, plan) = load_plan(g, &spec.file, spec.sets.clone())?;
+    // The cells are made a chunk at a time whenever they are needed, never all at once.
+    let loaded = load_spec(&spec.file, spec.sets.clone())?;
+    let plan = loaded.lazy_plan(g.max_cells).map_err(bad)?;
     loaded.check_runtime(&plan).map_err(bad)?;
     check_weights(&loaded, &plan)?;
     let worker = WorkerArgs {
@@ -62,12 +65,17 @@ pub fn slurm(
         quiet: g.quiet,
     };
     let cwd = std::env::current_dir()?;
-    match slurm::launch(&plan, args, &worker, &cwd).map_err(launch_error)? {
+    let again = RunAgain {
+        finished: train.force,
+        failed: train.rerun_failed,
+    };
+    match slurm::launch(&plan, args, &worker, again, &cwd).map_err(launch_error)? {
         Launched::DryRun(job) => print!("{}", job.script()),
         Launched::Nothing { cells } => eprintln!(
             "{}: nothing to submit: none of its {cells} cell(s) needs work (finished, failed, \
              or held by a live worker); `beatlab status {}` shows them",
-            plan.experiment, plan.experiment
+            plan.experiment(),
+            plan.experiment()
         ),
         Launched::Submitted {
             job,
@@ -78,13 +86,13 @@ pub fn slurm(
             eprintln!(
                 "{}: submitted Slurm job {job_id}: {} array task(s), at most {} at once, for {} \
                  cell(s) ({}); logs in {}; `beatlab status {}` shows the cells",
-                plan.experiment,
+                plan.experiment(),
                 job.tasks,
                 job.parallelism,
                 job.needing,
                 script.display(),
                 job.log_dir.display(),
-                plan.experiment
+                plan.experiment()
             );
         }
     }

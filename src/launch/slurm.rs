@@ -16,7 +16,8 @@ use std::process::Command;
 
 use super::LaunchError;
 use crate::registry::{Address, CellOffer, ClaimPolicy, Registry};
-use crate::spec::Plan;
+use crate::spec::PlanCells;
+use crate::spec::cells::CHUNK;
 
 /// `beatlab sweep --launcher slurm` options.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -132,6 +133,16 @@ pub struct WorkerArgs {
     pub lease_s: f64,
     pub max_failures: u32,
     pub quiet: bool,
+}
+
+/// Which cells that ended a launch queues to run again: `--force` (finished ones) and
+/// `--rerun-failed` (failed ones), as of the moment of the launch by the registry's clock.
+/// They are queued as new pending runs before the array starts, so every task agrees on them
+/// and a cell the array itself finishes is not run again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunAgain {
+    pub finished: bool,
+    pub failed: bool,
 }
 
 /// One sbatch script, ready to render.
@@ -299,7 +310,7 @@ fn check_log_dir(log_dir: &str) -> Result<(), LaunchError> {
 
 /// The job for a plan, given how many of its cells need work.
 pub fn array_job(
-    plan: &Plan,
+    plan: &(impl PlanCells + ?Sized),
     args: &SlurmArgs,
     worker: &WorkerArgs,
     needing: usize,
@@ -310,15 +321,15 @@ pub fn array_job(
     let log_dir = format!(
         "{}/{}/slurm",
         absolute("--runs-dir", &worker.runs_dir, cwd)?.trim_end_matches('/'),
-        plan.experiment
+        plan.experiment()
     );
     check_log_dir(&log_dir)?;
     let tasks = args
         .array_tasks
         .unwrap_or_else(|| needing.clamp(1, 100_000) as u32);
     Ok(ArrayJob {
-        experiment: plan.experiment.clone(),
-        cells: plan.cells.len(),
+        experiment: plan.experiment().to_string(),
+        cells: plan.count(),
         needing,
         tasks,
         parallelism: args.array_parallelism.unwrap_or(tasks).min(tasks),
@@ -364,56 +375,83 @@ pub enum Launched {
     },
 }
 
-/// Cells of `plan` that a worker would take now: no run yet, pending, or stale.
-fn cells_needing_work(plan: &Plan, registry: Option<&Registry>) -> Result<usize, LaunchError> {
-    let hashes: Vec<String> = plan.cells.iter().map(|c| c.hash.clone()).collect();
-    let statuses = crate::runner::hash_statuses(&hashes, registry)?;
-    Ok(statuses
-        .iter()
-        .filter(|(s, _)| matches!(s.as_str(), "new" | "pending" | "stale"))
-        .count())
-}
-
-/// Registers the plan's cells as pending (so that `beatlab status` shows the queue before the
-/// first task starts).
-fn enqueue(
-    plan: &Plan,
-    registry: &Registry,
+/// The policy a launch queues cells with: no worker, the registry's time `t` as the limit of
+/// what `again` runs again.
+fn queue_policy(
+    plan: &(impl PlanCells + ?Sized),
     worker: &WorkerArgs,
     cwd: &Path,
-) -> Result<(), LaunchError> {
-    registry.upsert_experiment(
-        &plan.experiment,
-        &plan.path.to_string_lossy(),
-        &plan.description,
-    )?;
+    again: RunAgain,
+    t: f64,
+) -> ClaimPolicy {
     let (code_rev, code_dirty) = crate::runner::code_revision();
-    let policy = ClaimPolicy {
-        experiment: plan.experiment.clone(),
+    ClaimPolicy {
+        experiment: plan.experiment().to_string(),
         worker: String::new(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         device: worker.device.clone(),
         code_rev,
         code_dirty,
         lease_s: worker.lease_s,
-        force_before: None,
-        rerun_failed_before: None,
+        force_before: again.finished.then_some(t),
+        rerun_failed_before: again.failed.then_some(t),
         // Absolute: the tasks may start elsewhere than this command.
-        experiment_dir: cwd.join(&worker.runs_dir).join(&plan.experiment),
+        experiment_dir: cwd.join(&worker.runs_dir).join(plan.experiment()),
         max_failures: i64::from(worker.max_failures),
         job: None,
+    }
+}
+
+/// Cells of `plan` that a worker would take now (no run yet, pending, stale, or to be run
+/// again by the policy), looked up a chunk at a time.
+fn cells_needing_work(
+    plan: &(impl PlanCells + ?Sized),
+    registry: Option<&Registry>,
+    policy: &ClaimPolicy,
+    t: f64,
+) -> Result<usize, LaunchError> {
+    let Some(registry) = registry else {
+        return Ok(plan.count());
     };
-    let offers: Vec<CellOffer> = plan.cells.iter().map(CellOffer::of).collect();
-    registry.enqueue(&policy, &offers)?;
+    let mut needing = 0;
+    for chunk in plan.chunks(CHUNK) {
+        let hashes: Vec<String> = chunk.iter().map(|c| c.hash.clone()).collect();
+        let latest = registry.latest_runs(&hashes)?;
+        needing += hashes
+            .iter()
+            .filter(|h| crate::registry::needs_work(latest.get(*h), policy, t))
+            .count();
+    }
+    Ok(needing)
+}
+
+/// Queues the plan's cells as pending runs (so that `beatlab status` shows the queue before
+/// the first task starts), one transaction per chunk of [`CHUNK`] cells: the process holds one
+/// chunk, and a PostgreSQL transaction at most that many advisory locks.
+fn enqueue(
+    plan: &(impl PlanCells + ?Sized),
+    registry: &Registry,
+    policy: &ClaimPolicy,
+) -> Result<(), LaunchError> {
+    registry.upsert_experiment(
+        plan.experiment(),
+        &plan.path().to_string_lossy(),
+        plan.description(),
+    )?;
+    for chunk in plan.chunks(CHUNK) {
+        let offers: Vec<CellOffer> = chunk.iter().map(CellOffer::of).collect();
+        registry.enqueue(policy, &offers)?;
+    }
     Ok(())
 }
 
 /// Writes the plan's sbatch script under `runs/<experiment>/slurm/` and submits it (or, with
 /// `--dry-run`, only makes it). sbatch is looked for first: without it nothing is written.
 pub fn launch(
-    plan: &Plan,
+    plan: &(impl PlanCells + ?Sized),
     args: &SlurmArgs,
     worker: &WorkerArgs,
+    again: RunAgain,
     cwd: &Path,
 ) -> Result<Launched, LaunchError> {
     // Every input is checked before the registry is touched or anything is written.
@@ -424,11 +462,21 @@ pub fn launch(
         Some(find_sbatch()?)
     };
     let needing = match &sbatch {
-        None => cells_needing_work(plan, Registry::open_existing(&worker.registry)?.as_ref())?,
+        None => {
+            let registry = Registry::open_existing(&worker.registry)?;
+            let t = match &registry {
+                Some(r) => r.clock()?,
+                None => crate::registry::now(),
+            };
+            let policy = queue_policy(plan, worker, cwd, again, t);
+            cells_needing_work(plan, registry.as_ref(), &policy, t)?
+        }
         Some(_) => {
             let registry = Registry::open(&worker.registry)?;
-            enqueue(plan, &registry, worker, cwd)?;
-            cells_needing_work(plan, Some(&registry))?
+            let t = registry.clock()?;
+            let policy = queue_policy(plan, worker, cwd, again, t);
+            enqueue(plan, &registry, &policy)?;
+            cells_needing_work(plan, Some(&registry), &policy, registry.clock()?)?
         }
     };
     let job = array_job(plan, args, worker, needing, cwd)?;
@@ -437,7 +485,7 @@ pub fn launch(
     };
     if needing == 0 {
         return Ok(Launched::Nothing {
-            cells: plan.cells.len(),
+            cells: plan.count(),
         });
     }
     let script = write_script(&job)?;
