@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use beatlab::registry::{Registry, RunRow, RunStatus};
 
 /// A tiny Beat on simulated records; `{epochs}` and `{seeds}` filled in per test.
-pub const TINY: &str = r#"
+pub const TINY: &str = concat!(
+    r#"
 [experiment]
 name = "NAME"
 
@@ -20,18 +21,9 @@ synthetic_records = 48
 synthetic_duration_s = 4.0
 val_fraction = 0.2
 test_fraction = 0.1
-
-[beat]
-patch_size = 25
-input_len = 250
-predict_len = 125
-width = 32
-head_dim = 8
-heads = 2
-depth = 1
-decoder_depth = 1
-codebook_size = 32
-
+"#,
+    crate::tiny_beat!(),
+    r#"
 [[stage]]
 name = "beat"
 kind = "beat"
@@ -44,7 +36,8 @@ checkpoint_every_steps = 10
 
 [sweep]
 seeds = SEEDS
-"#;
+"#
+);
 
 /// A scratch folder holding a spec of [`TINY`] cells, and the registry its sweeps use.
 pub struct Env {

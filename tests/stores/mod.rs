@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+// For tiny_beat!(), the spec section the binary's tests share.
+#[path = "../common/mod.rs"]
+pub mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
