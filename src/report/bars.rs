@@ -11,7 +11,7 @@
 use super::chart::{Frame, LegendEntry, MARGIN, Scale, legend, legend_rows, short};
 use super::curves::Plot;
 use super::gather::ReportData;
-use super::svg::{Svg, colour, text_width};
+use super::svg::{Marker, Svg, style, text_width};
 use crate::table::render::html_escape;
 use crate::table::{ColumnKind, Entry, Stat, Table};
 
@@ -244,7 +244,8 @@ fn draw_bar(svg: &mut Svg, frame: &Frame, b: &Bars, bar: &Bar, (left, w): (f64, 
         html_escape(row),
         html_escape(group)
     );
-    let fill = colour(bar.group);
+    let look = style(bar.group);
+    let fill = look.colour;
     let name = match group.is_empty() {
         true => row.clone(),
         false => format!("{row}, {group}"),
@@ -260,6 +261,11 @@ fn draw_bar(svg: &mut Svg, frame: &Frame, b: &Bars, bar: &Bar, (left, w): (f64, 
             let spread = s.std.map_or(String::new(), |v| format!(" ± {}", short(v)));
             let tip = format!("{name}: {}{spread} (n = {})", short(s.mean), s.n);
             svg.rect((left, top), (w, base - top), &attrs, &tip);
+            if look.marker != Marker::None {
+                // Past the palette's ten colours a bar's marker tells it apart, inside the bar.
+                let y = (top + 7.0).min(base - 5.0);
+                svg.marker(look.marker, (cx, y), 8.0, "#fff");
+            }
             if let Some(std) = s.std {
                 let (lo, hi) = (s.mean - std, s.mean + std);
                 let attrs = format!(
@@ -297,7 +303,8 @@ fn legend_entries(b: &Bars) -> Vec<LegendEntry> {
         .iter()
         .enumerate()
         .map(|(g, label)| LegendEntry {
-            colour: colour(g).to_string(),
+            colour: style(g).colour.to_string(),
+            marker: style(g).marker,
             dash: "",
             label: label.clone(),
         })
@@ -440,5 +447,21 @@ mod tests {
         assert_eq!(bars[1].groups, ["b"]);
         assert_eq!(bars[1].bars[1].stat, None);
         assert_eq!(slug("beat/val/loss"), "beat-val-loss");
+    }
+
+    #[test]
+    fn twelve_column_groups_get_twelve_looks() {
+        let b = Bars {
+            metric: "loss".into(),
+            x_label: "x".into(),
+            rows: vec!["r".into()],
+            groups: (0..12).map(|g| format!("g{g}")).collect(),
+            bars: vec![],
+        };
+        let looks: std::collections::HashSet<(String, Marker)> = legend_entries(&b)
+            .into_iter()
+            .map(|e| (e.colour, e.marker))
+            .collect();
+        assert_eq!(looks.len(), 12);
     }
 }

@@ -1,7 +1,7 @@
 //! Cartesian charts on top of [`Svg`]: linear and log scales with round ticks, a framed plot
 //! area with grid lines and axis labels, and a legend.
 
-use super::svg::{Svg, n, text_width};
+use super::svg::{Marker, Svg, n, text_width};
 
 /// How data values map onto an axis.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -250,23 +250,59 @@ impl Frame {
     }
 }
 
-/// One legend entry: colour, dash pattern (empty: solid) and label.
+/// One legend entry: colour, marker, dash pattern (empty: solid) and label.
 pub struct LegendEntry {
     pub colour: String,
+    pub marker: Marker,
     pub dash: &'static str,
     pub label: String,
 }
 
-/// The legend as rows of entries below `y`, wrapped to `width`; returns the height it took.
-pub fn legend(svg: &mut Svg, entries: &[LegendEntry], (x0, y0): (f64, f64), width: f64) -> f64 {
-    let (mut x, mut y) = (x0, y0 + 10.0);
-    svg.raw("<g class=\"legend\">");
-    for e in entries {
-        let w = 26.0 + text_width(&e.label, 11.0) + 14.0;
-        if x + w > x0 + width && x > x0 {
-            x = x0;
-            y += 16.0;
+/// Height of a legend row.
+pub const LEGEND_ROW: f64 = 16.0;
+
+/// More entries than this are laid out in aligned columns rather than as wrapped text.
+const FLOW_MAX: usize = 8;
+
+/// Where each entry goes (its offset from the legend's top left) and how many rows they take:
+/// up to [`FLOW_MAX`] entries wrap like words; more go into columns of equal width, filled row
+/// by row, so that a long legend reads as a table.
+fn legend_layout(entries: &[LegendEntry], width: f64) -> (Vec<(f64, f64)>, usize) {
+    let widths: Vec<f64> = entries
+        .iter()
+        .map(|e| 26.0 + text_width(&e.label, 11.0) + 14.0)
+        .collect();
+    let mut at = Vec::with_capacity(entries.len());
+    if entries.len() > FLOW_MAX {
+        let col = widths.iter().copied().fold(0.0, f64::max).min(width);
+        let cols = ((width / col).floor() as usize).max(1);
+        for i in 0..entries.len() {
+            at.push(((i % cols) as f64 * col, (i / cols) as f64 * LEGEND_ROW));
         }
+        return (at, entries.len().div_ceil(cols));
+    }
+    let (mut x, mut row) = (0.0, 0);
+    for w in widths {
+        if x + w > width && x > 0.0 {
+            x = 0.0;
+            row += 1;
+        }
+        at.push((x, row as f64 * LEGEND_ROW));
+        x += w;
+    }
+    (at, usize::from(!entries.is_empty()) + row)
+}
+
+/// The legend as rows of entries below `y`, within `width`; returns the height it took.
+pub fn legend(svg: &mut Svg, entries: &[LegendEntry], (x0, y0): (f64, f64), width: f64) -> f64 {
+    let (at, rows) = legend_layout(entries, width);
+    let columns = entries.len() > FLOW_MAX;
+    svg.raw(&format!(
+        "<g class=\"legend{}\">",
+        if columns { " legend-columns" } else { "" }
+    ));
+    for (e, (dx, dy)) in entries.iter().zip(at) {
+        let (x, y) = (x0 + dx, y0 + 10.0 + dy);
         let dash = match e.dash.is_empty() {
             true => String::new(),
             false => format!(" stroke-dasharray=\"{}\"", e.dash),
@@ -276,26 +312,16 @@ pub fn legend(svg: &mut Svg, entries: &[LegendEntry], (x0, y0): (f64, f64), widt
             (x + 20.0, y - 4.0),
             &format!("stroke=\"{}\" stroke-width=\"2.5\"{dash}", e.colour),
         );
+        svg.marker(e.marker, (x + 10.0, y - 4.0), 7.0, &e.colour);
         svg.text((x + 25.0, y), "start", "", &e.label);
-        x += w;
     }
     svg.raw("</g>");
-    y - y0 + 8.0
+    LEGEND_ROW * rows.saturating_sub(1) as f64 + 18.0
 }
 
 /// How many legend rows `entries` need in `width`.
 pub fn legend_rows(entries: &[LegendEntry], width: f64) -> usize {
-    let mut rows = usize::from(!entries.is_empty());
-    let mut x = 0.0;
-    for e in entries {
-        let w = 26.0 + text_width(&e.label, 11.0) + 14.0;
-        if x + w > width && x > 0.0 {
-            rows += 1;
-            x = 0.0;
-        }
-        x += w;
-    }
-    rows
+    legend_layout(entries, width).1
 }
 
 /// `points` (pixel) of a series clipped to the plot area vertically.

@@ -3,7 +3,7 @@
 //! over it in blue and its predicted continuation in vermillion after the dashed line.
 
 use super::curves::Plot;
-use super::gather::ReportData;
+use super::gather::{CellData, ReportData};
 use super::samples::{BeatSamples, BeatWindow};
 use super::svg::{Svg, colour};
 use crate::table::render::html_escape;
@@ -16,19 +16,37 @@ const LEFT: f64 = 34.0;
 const GAP: f64 = 8.0;
 const TOP: f64 = 26.0;
 
-/// One figure per cell group: the first window of the group's first cell that has samples.
+/// Figures shown at most: a figure is a screen tall, and 18 of them bury the rest of the page.
+pub const MAX_FIGURES: usize = 4;
+
+/// The groups with a window to show: the first window of the group's first cell that has
+/// samples, by group index.
+fn windows(data: &ReportData) -> Vec<(usize, &CellData, &BeatSamples, &BeatWindow)> {
+    data.groups
+        .iter()
+        .enumerate()
+        .filter_map(|(g, group)| {
+            let (cell, samples) = data
+                .group_cells(group)
+                .find_map(|c| c.samples.as_ref().map(|s| (c, s)))?;
+            Some((g, cell, samples, samples.windows.first()?))
+        })
+        .collect()
+}
+
+/// How many groups have a window to show (more than [`MAX_FIGURES`]: not all are drawn).
+pub fn groups_with_windows(data: &ReportData) -> usize {
+    windows(data).len()
+}
+
+/// One figure per cell group with a window, at most [`MAX_FIGURES`] of them spread evenly over
+/// the plan's groups (the first and the last included).
 pub fn ecg_plots(data: &ReportData) -> Vec<Plot> {
+    let all = windows(data);
+    let shown = spread(all.len(), MAX_FIGURES);
     let mut plots = Vec::new();
-    for (g, group) in data.groups.iter().enumerate() {
-        let Some((cell, samples)) = data
-            .group_cells(group)
-            .find_map(|c| c.samples.as_ref().map(|s| (c, s)))
-        else {
-            continue;
-        };
-        let Some(window) = samples.windows.first() else {
-            continue;
-        };
+    for (g, cell, samples, window) in shown.into_iter().map(|i| all[i]) {
+        let group = &data.groups[g];
         let title = format!(
             "{} — validation window {} (cell {})",
             group.title, window.index, cell.index
@@ -39,6 +57,18 @@ pub fn ecg_plots(data: &ReportData) -> Vec<Plot> {
         });
     }
     plots
+}
+
+/// `max` of the indices `0..n`, evenly spaced with the first and the last (all when `n <= max`).
+fn spread(n: usize, max: usize) -> Vec<usize> {
+    if n <= max || max < 2 {
+        return (0..n.min(max)).collect();
+    }
+    let mut out: Vec<usize> = (0..max)
+        .map(|k| (k * (n - 1) + (max - 1) / 2) / (max - 1))
+        .collect();
+    out.dedup();
+    out
 }
 
 /// The 12 leads of `window`.
@@ -202,5 +232,18 @@ fn grid(svg: &mut Svg, p: &Panel, fs: f64, total: usize) {
             &format!("stroke=\"#f2a0a0\" stroke-width=\"{w}\""),
         );
         k += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_windows_spread_over_the_groups() {
+        assert_eq!(spread(3, 4), [0, 1, 2]);
+        assert_eq!(spread(18, 4), [0, 6, 11, 17]);
+        assert_eq!(spread(5, 4), [0, 1, 3, 4]);
+        assert_eq!(spread(5, 1), [0]);
     }
 }

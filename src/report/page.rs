@@ -37,6 +37,7 @@ figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:6px;backg
 figure svg{display:block;max-width:100%;height:auto}
 pre.error{white-space:pre-wrap;background:#fff5f5;border:1px solid #f4c7c3;padding:8px;border-radius:4px;font-size:12px;max-height:320px;overflow:auto}
 .none{color:var(--muted)}
+table.cells td.nowrap{white-space:nowrap}
 table.generations{font-size:12.5px;max-width:100%}table.generations td{max-width:420px}
 table.generations td.reference{background:#fafafa}
 p.note{color:var(--muted);font-size:12.5px;margin:4px 0 8px}
@@ -78,7 +79,23 @@ pub fn render(data: &ReportData, figures: &Figures) -> String {
         plots(&mut s, "codebook", "Codebook use", &figures.codebook, "");
     }
     if !figures.ecg.is_empty() {
-        plots(&mut s, "ecg", "Validation ECG windows", &figures.ecg, "");
+        let with = super::ecg::groups_with_windows(data);
+        let note = match with > figures.ecg.len() {
+            true => format!(
+                "<p class=\"note\">The first validation window of {} of the {with} cell groups, \
+                 spread over the plan; every run folder holds its own \
+                 (<code>samples-&lt;stage&gt;.json</code>).</p>",
+                figures.ecg.len()
+            ),
+            false => String::new(),
+        };
+        section(
+            &mut s,
+            ("ecg", "Validation ECG windows"),
+            &note,
+            &figures.ecg,
+            "",
+        );
     }
     if !figures.confusion.is_empty() {
         plots(
@@ -150,9 +167,14 @@ fn header(s: &mut String, data: &ReportData) {
 
 /// A section of figures.
 fn plots(s: &mut String, id: &str, title: &str, plots: &[Plot], empty: &str) {
+    section(s, (id, title), "", plots, empty);
+}
+
+/// A section of figures with `note` (markup) under its heading.
+fn section(s: &mut String, (id, title): (&str, &str), note: &str, plots: &[Plot], empty: &str) {
     let _ = write!(
         s,
-        "<section id=\"{id}\"><h2>{title}</h2>\n<div class=\"plots\">"
+        "<section id=\"{id}\"><h2>{title}</h2>\n{note}<div class=\"plots\">"
     );
     if plots.is_empty() {
         let _ = write!(s, "<p class=\"none\">{empty}</p>");
@@ -184,9 +206,9 @@ fn cells(s: &mut String, data: &ReportData) {
         let _ = writeln!(
             s,
             "<tr data-cell=\"{idx}\" data-status=\"{status}\"><td>{idx}</td><td>{label}</td>\
-             <td class=\"status-{status}\">{status}</td><td><code>{run}</code></td><td>{attempt}</td>\
-             <td>{stage}</td><td class=\"num\">{wall}</td><td>{host}</td><td>{device}</td>\
-             <td><code>{code}</code></td></tr>",
+             <td class=\"status-{status}\">{status}</td><td class=\"nowrap\"><code>{run}</code></td>\
+             <td>{attempt}</td><td>{stage}</td><td class=\"num nowrap\">{wall}</td><td>{host}</td>\
+             <td>{device}</td><td class=\"nowrap\" title=\"{code}\"><code>{short}</code></td></tr>",
             idx = c.index,
             label = html_escape(&c.label),
             run = text(&|r| r.id.clone()),
@@ -195,13 +217,21 @@ fn cells(s: &mut String, data: &ReportData) {
             wall = c.wall_s().map_or(String::new(), duration),
             host = text(&|r| r.host.clone()),
             device = text(&|r| r.device.clone()),
-            code = text(&|r| match r.code_dirty {
-                true => format!("{}+dirty", r.code_rev),
-                false => r.code_rev.clone(),
-            }),
+            code = text(&|r| revision(r, usize::MAX)),
+            // The header names every revision in full; a row's 12 characters tell them apart.
+            short = text(&|r| revision(r, 12)),
         );
     }
     s.push_str("</tbody></table></section>\n");
+}
+
+/// The run's code revision, its first `len` characters, `+dirty` when it had changes.
+fn revision(r: &crate::registry::RunRow, len: usize) -> String {
+    let rev: String = r.code_rev.chars().take(len).collect();
+    match r.code_dirty {
+        true => format!("{rev}+dirty"),
+        false => rev,
+    }
 }
 
 /// Failed runs with their error text.

@@ -175,7 +175,8 @@ fn position(axis: &Axis, value: &str) -> f64 {
     }
 }
 
-/// A vertical axis at `(x, top)` with its name above and `ticks` (fraction, label) left of it.
+/// A vertical axis at `(x, top)` with its name above and `ticks` (fraction, label) left of it,
+/// drawn after the lines so that it lies on top of them.
 fn draw_axis(svg: &mut Svg, (x, top): (f64, f64), key: &str, name: &str, ticks: &[(f64, String)]) {
     svg.raw(&format!(
         "<g class=\"pc-axis\" data-key=\"{}\">",
@@ -191,7 +192,9 @@ fn draw_axis(svg: &mut Svg, (x, top): (f64, f64), key: &str, name: &str, ticks: 
             true => format!("{}…", label.chars().take(22).collect::<String>()),
             false => label.clone(),
         };
-        svg.text((x - 7.0, y + 3.5), "end", "", &shown);
+        // Drawn over the lines with a white halo, so that a label stays readable where lines
+        // cross it.
+        svg.text((x - 7.0, y + 3.5), "end", "class=\"halo\"", &shown);
     }
     svg.raw("</g></g>");
 }
@@ -242,5 +245,28 @@ mod tests {
         assert_eq!(position(&axis, "llama"), 1.0);
         assert_eq!(ramp(0.0), "#0072b2");
         assert_eq!(ramp(1.0), "#e69f00");
+    }
+
+    #[test]
+    fn tick_labels_have_a_halo_over_the_lines() {
+        let mut svg = Svg::new(300.0, 300.0, "plot-parallel", "t");
+        svg.polyline(&[(0.0, 100.0), (200.0, 100.0)], "class=\"pc-line\"", "");
+        draw_axis(&mut svg, (100.0, 40.0), "k", "k", &[(0.5, "512".into())]);
+        let out = svg.finish();
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        let label = doc
+            .descendants()
+            .find(|n| n.text() == Some("512"))
+            .expect("the tick label");
+        assert_eq!(label.attribute("class"), Some("halo"));
+        assert!(
+            out.contains(".halo{paint-order:stroke;stroke:#fff"),
+            "{out}"
+        );
+        let line = doc
+            .descendants()
+            .position(|n| n.attribute("class") == Some("pc-line"));
+        let text = doc.descendants().position(|n| n.text() == Some("512"));
+        assert!(line < text, "the label is drawn after (over) the line");
     }
 }

@@ -13,16 +13,52 @@ pub const PALETTE: [&str; 10] = [
     "#8c564b", "#7f7f7f",
 ];
 
-/// The colour of series `i`.
+/// The colour of series `i` (see [`style`] for series past the palette's ten).
 pub fn colour(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
+}
+
+/// A shape drawn on a series' points (and in its legend entry) so that series past the
+/// palette's ten colours stay apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Marker {
+    None,
+    Circle,
+    Square,
+    Triangle,
+    Diamond,
+}
+
+/// Markers in the order they are taken: the first ten series have none, the next ten circles...
+const MARKERS: [Marker; 5] = [
+    Marker::None,
+    Marker::Circle,
+    Marker::Square,
+    Marker::Triangle,
+    Marker::Diamond,
+];
+
+/// How series `i` is told apart: a palette colour and, past the palette, a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Style {
+    pub colour: &'static str,
+    pub marker: Marker,
+}
+
+/// The style of series `i`: distinct for the first 50 series (ten colours times five markers),
+/// then repeating.
+pub fn style(i: usize) -> Style {
+    Style {
+        colour: colour(i),
+        marker: MARKERS[(i / PALETTE.len()) % MARKERS.len()],
+    }
 }
 
 /// The style every plot shares.
 const STYLE: &str = "text{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;\
 font-size:11px;fill:#222}.title{font-size:13px;font-weight:600}.axis-label{font-size:11px;fill:#444}\
 .tick text{font-size:10px;fill:#555}.grid{stroke:#e6e6e6;stroke-width:1}.axis{stroke:#888;stroke-width:1}\
-.note{font-size:10px;fill:#777}";
+.note{font-size:10px;fill:#777}.halo{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}";
 
 /// An SVG document being written.
 pub struct Svg {
@@ -139,6 +175,38 @@ impl Svg {
         );
     }
 
+    /// `marker` centred at `(x, y)`, `size` px across, filled with `fill` and outlined in
+    /// white so that it stands out over lines and bars.
+    pub fn marker(&mut self, marker: Marker, (x, y): (f64, f64), size: f64, fill: &str) {
+        let r = size / 2.0;
+        let attrs =
+            format!("class=\"marker\" fill=\"{fill}\" stroke=\"#fff\" stroke-width=\"0.8\"");
+        match marker {
+            Marker::None => {}
+            Marker::Circle => self.circle((x, y), r, &attrs, ""),
+            Marker::Square => self.rect(
+                (x - r * 0.85, y - r * 0.85),
+                (size * 0.85, size * 0.85),
+                &attrs,
+                "",
+            ),
+            Marker::Triangle => self.polygon(
+                &[
+                    (x, y - r * 1.1),
+                    (x + r * 1.1, y + r * 0.8),
+                    (x - r * 1.1, y + r * 0.8),
+                ],
+                &attrs,
+                "",
+            ),
+            Marker::Diamond => self.polygon(
+                &[(x, y - r * 1.2), (x + r, y), (x, y + r * 1.2), (x - r, y)],
+                &attrs,
+                "",
+            ),
+        }
+    }
+
     /// Text rotated by -90° about its anchor point (a y-axis label).
     pub fn vertical_text(&mut self, (x, y): (f64, f64), attrs: &str, text: &str) {
         let _ = write!(
@@ -192,6 +260,33 @@ pub fn text_width(text: &str, size: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn styles_stay_distinct_past_the_palette() {
+        let styles: Vec<Style> = (0..50).map(style).collect();
+        let distinct: std::collections::HashSet<&Style> = styles.iter().collect();
+        assert_eq!(distinct.len(), 50);
+        assert_eq!(style(0).marker, Marker::None);
+        assert_eq!(style(9).marker, Marker::None);
+        assert_eq!(
+            style(10),
+            Style {
+                colour: PALETTE[0],
+                marker: Marker::Circle
+            }
+        );
+        assert_eq!(style(50), style(0));
+        let mut s = Svg::new(10.0, 10.0, "plot-test", "");
+        for m in MARKERS {
+            s.marker(m, (5.0, 5.0), 6.0, "#000");
+        }
+        let out = s.finish();
+        assert_eq!(
+            out.matches("class=\"marker\"").count(),
+            4,
+            "no shape for None: {out}"
+        );
+    }
 
     #[test]
     fn text_and_tooltips_are_escaped_and_numbers_short() {
