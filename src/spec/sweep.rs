@@ -448,102 +448,107 @@ fn apply_zip(
     pinned: &[String],
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<Axis> {
-    let groups: Vec<(Vec<String>, &Node)> = match &zip.value {
-        Value::Array(groups) => groups
-            .iter()
-            .filter_map(|g| match &g.value {
-                Value::Array(keys) if keys.iter().all(|k| k.value.as_str().is_some()) => Some((
-                    keys.iter()
-                        .map(|k| k.value.as_str().unwrap().to_string())
-                        .collect(),
-                    g,
-                )),
-                _ => {
-                    diags.push(Diagnostic::new(
-                        &g.origin,
-                        false,
-                        "sweep.zip",
-                        "expected a list of sweep keys, e.g. [\"beat.codebook_size\", \"beat.width\"]",
-                    ));
-                    None
-                }
-            })
-            .collect(),
-        _ => {
-            diags.push(Diagnostic::new(
-                &zip.origin,
-                false,
-                "sweep.zip",
-                "expected a list of key groups, e.g. zip = [[\"a\", \"b\"]]",
-            ));
-            return axes;
-        }
+    let Some(groups) = zip_groups(zip, diags) else {
+        return axes;
     };
-
     let mut axes: Vec<Option<Axis>> = axes.into_iter().map(Some).collect();
     let mut zipped: Vec<(usize, Axis)> = Vec::new();
     for (keys, node) in groups {
-        if keys.len() < 2 {
-            diags.push(Diagnostic::new(
-                &node.origin,
-                false,
-                "sweep.zip",
-                "a zip group needs at least two keys",
-            ));
-            continue;
+        if let Some(members) = zip_members(&keys, node, &axes, pinned, diags) {
+            let first = members[0];
+            let parts: Vec<Axis> = members.iter().map(|&p| axes[p].take().unwrap()).collect();
+            let rows = (0..parts[0].rows.len())
+                .map(|i| parts.iter().map(|a| a.rows[i][0].clone()).collect())
+                .collect();
+            zipped.push((first, Axis { keys, rows }));
         }
-        let mut members = Vec::new();
-        for key in &keys {
-            if pinned.contains(key) {
-                continue;
-            }
-            match axes
-                .iter()
-                .position(|a| a.as_ref().is_some_and(|a| a.keys == [key.clone()]))
-            {
-                Some(pos) => members.push(pos),
-                None => diags.push(Diagnostic::new(
-                    &node.origin,
-                    false,
-                    "sweep.zip",
-                    format!("`{key}` is not a sweep key (or is already in another zip group)"),
-                )),
-            }
-        }
-        if members.len() != keys.len() {
-            continue;
-        }
-        let lens: Vec<usize> = members
-            .iter()
-            .map(|&p| axes[p].as_ref().unwrap().rows.len())
-            .collect();
-        if lens.iter().any(|&l| l != lens[0]) {
-            diags.push(Diagnostic::new(
-                &node.origin,
-                false,
-                "sweep.zip",
-                format!(
-                    "zipped keys need lists of equal length: {}",
-                    keys.iter()
-                        .zip(&lens)
-                        .map(|(k, l)| format!("`{k}` has {l}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-            continue;
-        }
-        let first = members[0];
-        let parts: Vec<Axis> = members.iter().map(|&p| axes[p].take().unwrap()).collect();
-        let rows = (0..lens[0])
-            .map(|i| parts.iter().map(|a| a.rows[i][0].clone()).collect())
-            .collect();
-        zipped.push((first, Axis { keys, rows }));
     }
     for (pos, axis) in zipped {
         axes[pos] = Some(axis);
     }
     axes.into_iter().flatten().collect()
+}
+
+/// `sweep.zip`'s groups of keys, each with its node; `None` (and a diagnostic) unless it is a
+/// list. A group that is not a list of strings gets a diagnostic and is left out.
+fn zip_groups<'a>(
+    zip: &'a Node,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<(Vec<String>, &'a Node)>> {
+    let Value::Array(groups) = &zip.value else {
+        diags.push(Diagnostic::new(
+            &zip.origin,
+            false,
+            "sweep.zip",
+            "expected a list of key groups, e.g. zip = [[\"a\", \"b\"]]",
+        ));
+        return None;
+    };
+    let group = |g: &'a Node| -> Option<(Vec<String>, &'a Node)> {
+        let Value::Array(keys) = &g.value else {
+            return None;
+        };
+        let keys: Option<Vec<String>> = keys
+            .iter()
+            .map(|k| k.value.as_str().map(str::to_string))
+            .collect();
+        Some((keys?, g))
+    };
+    let mut out = Vec::new();
+    for g in groups {
+        match group(g) {
+            Some(found) => out.push(found),
+            None => diags.push(Diagnostic::new(
+                &g.origin,
+                false,
+                "sweep.zip",
+                "expected a list of sweep keys, e.g. [\"beat.codebook_size\", \"beat.width\"]",
+            )),
+        }
+    }
+    Some(out)
+}
+
+/// The positions in `axes` of a zip group's keys, when the group is valid: at least two keys,
+/// each a single-key sweep axis not yet zipped (pinned keys are skipped), all of one length.
+fn zip_members(
+    keys: &[String],
+    node: &Node,
+    axes: &[Option<Axis>],
+    pinned: &[String],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<usize>> {
+    let mut diag = |msg: String| diags.push(Diagnostic::new(&node.origin, false, "sweep.zip", msg));
+    if keys.len() < 2 {
+        diag("a zip group needs at least two keys".to_string());
+        return None;
+    }
+    let mut members = Vec::new();
+    for key in keys.iter().filter(|k| !pinned.contains(k)) {
+        match (axes.iter()).position(|a| a.as_ref().is_some_and(|a| a.keys == [key.clone()])) {
+            Some(pos) => members.push(pos),
+            None => diag(format!(
+                "`{key}` is not a sweep key (or is already in another zip group)"
+            )),
+        }
+    }
+    if members.len() != keys.len() {
+        return None;
+    }
+    let lens: Vec<usize> = (members.iter())
+        .map(|&p| axes[p].as_ref().unwrap().rows.len())
+        .collect();
+    if lens.iter().any(|&l| l != lens[0]) {
+        let each: Vec<String> = (keys.iter().zip(&lens))
+            .map(|(k, l)| format!("`{k}` has {l}"))
+            .collect();
+        diag(format!(
+            "zipped keys need lists of equal length: {}",
+            each.join(", ")
+        ));
+        return None;
+    }
+    Some(members)
 }
 
 fn parse_exclude(

@@ -431,6 +431,29 @@ impl HeartcareModel {
         }
     }
 
+    /// Width of the latents the signal projector takes.
+    fn signal_width(&self) -> usize {
+        (self.signal_proj.as_ref()).map_or(self.config.signal_feature_dim, |p| p.in_dim())
+    }
+
+    /// Encoded chunks `[k, Q, width]` as latent rows `[k * Q, width]` (f32) and `k`; `Err`
+    /// holds what was expected.
+    fn chunk_latent_rows(&self, latents: &Tensor) -> std::result::Result<(Tensor, usize), String> {
+        let width = self.signal_width();
+        let max = self.flexible.as_ref().map_or(1, |f| f.max_chunks());
+        let &[k, q, w] = latents.dims() else {
+            return Err(format!("encoded chunks [k, Q, {width}]"));
+        };
+        if !(1..=max).contains(&k) || q == 0 || w != width {
+            return Err(format!("encoded chunks [1..={max}, Q, {width}]"));
+        }
+        let rows = latents
+            .reshape((k * q, w))
+            .and_then(|r| r.to_dtype(DType::F32));
+        rows.map(|rows| (rows, k))
+            .map_err(|e| format!("encoded chunks ({e})"))
+    }
+
     /// Validates one input and reserves its slot (filled now, or by the batch's encoder run).
     fn plan_input(
         &self,
@@ -456,10 +479,7 @@ impl HeartcareModel {
                 Planned::Codes(slots.push_codes(None))
             }
             (EcgInput::Latents(t), false) => {
-                let width = self
-                    .signal_proj
-                    .as_ref()
-                    .map_or(self.config.signal_feature_dim, |p| p.in_dim());
+                let width = self.signal_width();
                 if !matches!(t.dims(), &[q, w] if q > 0 && w == width) {
                     return Err(wrong(
                         format!("latents [Q, {width}]"),
@@ -488,24 +508,9 @@ impl HeartcareModel {
                 Planned::Signal(slots.push_chunked(None, k, lead_mask.clone()))
             }
             (EcgInput::ChunkLatents { latents, lead_mask }, false) => {
-                let width = self
-                    .signal_proj
-                    .as_ref()
-                    .map_or(self.config.signal_feature_dim, |p| p.in_dim());
-                let max = self.flexible.as_ref().map_or(1, |f| f.max_chunks());
-                let &[k, q, w] = latents.dims() else {
-                    return Err(wrong(
-                        format!("encoded chunks [k, Q, {width}]"),
-                        format!("shape {:?}", latents.dims()),
-                    ));
-                };
-                if !(1..=max).contains(&k) || q == 0 || w != width {
-                    return Err(wrong(
-                        format!("encoded chunks [1..={max}, Q, {width}]"),
-                        format!("shape {:?}", latents.dims()),
-                    ));
-                }
-                let rows = latents.reshape((k * q, w))?.to_dtype(DType::F32)?;
+                let (rows, k) = self
+                    .chunk_latent_rows(latents)
+                    .map_err(|e| wrong(e, format!("shape {:?}", latents.dims())))?;
                 Planned::Signal(slots.push_chunked(Some(rows), k, lead_mask.clone()))
             }
             (EcgInput::ChunkLatents { latents, .. }, true) => {

@@ -560,6 +560,47 @@ impl Stores {
     }
 }
 
+/// The signal encoders the spec asks for: Beat (its codes and features) and the ECG ViT.
+fn build_signal_encoders(
+    spec: &ModelSpec,
+    stores: &Stores,
+    device: &Device,
+) -> Result<(Option<Beat>, Option<EcgVit>)> {
+    let beat = match &spec.beat {
+        Some(c) => Some(Beat::new(c.clone(), &stores.beat, DType::F32, device)?),
+        None => None,
+    };
+    let vit = match &spec.vit {
+        Some(c) => Some(EcgVit::new(
+            c.clone(),
+            stores.vit.var_builder(DType::F32, device),
+        )?),
+        None => None,
+    };
+    Ok((beat, vit))
+}
+
+/// The chunk-position and lead-mask tokens of a model with a signal projector (`None` when
+/// the config asks for neither), for the signal encoder's leads.
+fn build_flexible(
+    spec: &ModelSpec,
+    hidden: usize,
+    stores: &Stores,
+    device: &Device,
+) -> Result<Option<FlexibleTokens>> {
+    let leads = (spec.vit.as_ref().map(|v| v.leads))
+        .or(spec.beat.as_ref().map(|b| b.leads))
+        .unwrap_or(beatlab_ecg::STANDARD_LEADS.len());
+    let config = &spec.config;
+    FlexibleTokens::new(
+        hidden,
+        config.max_chunks,
+        config.lead_mask,
+        leads,
+        stores.signal.var_builder(DType::F32, device).pp("flexible"),
+    )
+}
+
 impl HeartcareModel {
     /// Build the model and declare `trainable` parts (see [`HeartcareModel::set_trainable`]).
     /// `tokenizer` may be `None` for a checkpoint backbone that ships one.
@@ -585,17 +626,7 @@ impl HeartcareModel {
         };
         check_signal_options(&config, &spec)?;
         let stores = Stores::seeded(spec.seed);
-        let beat = match &spec.beat {
-            Some(c) => Some(Beat::new(c.clone(), &stores.beat, DType::F32, device)?),
-            None => None,
-        };
-        let vit = match &spec.vit {
-            Some(c) => Some(EcgVit::new(
-                c.clone(),
-                stores.vit.var_builder(DType::F32, device),
-            )?),
-            None => None,
-        };
+        let (beat, vit) = build_signal_encoders(&spec, &stores, device)?;
         let mut codes = code_vocab(spec.beat.as_ref(), &config);
         let chat = ChatTokens::from_tokenizer(&tokenizer);
         // Vet the trainable set before anything is loaded, so a bad request costs no checkpoint
@@ -614,28 +645,12 @@ impl HeartcareModel {
         let trainable_set = check.resolve(trainable)?;
         check.check(&trainable_set)?;
         let hidden = backbone_config.hidden_size();
-        let encoder_width = match (&spec.vit, &spec.beat) {
-            (Some(v), _) => Some(v.width),
-            (None, Some(b)) => Some(b.width),
-            (None, None) => None,
-        };
+        let encoder_width =
+            (spec.vit.as_ref().map(|v| v.width)).or(spec.beat.as_ref().map(|b| b.width));
         let signal_proj = build_signal_projector(&config, encoder_width, hidden, &stores, device)?;
-        let flexible = if signal_proj.is_some() {
-            let leads = spec
-                .vit
-                .as_ref()
-                .map(|v| v.leads)
-                .or(spec.beat.as_ref().map(|b| b.leads))
-                .unwrap_or(beatlab_ecg::STANDARD_LEADS.len());
-            FlexibleTokens::new(
-                hidden,
-                config.max_chunks,
-                config.lead_mask,
-                leads,
-                stores.signal.var_builder(DType::F32, device).pp("flexible"),
-            )?
-        } else {
-            None
+        let flexible = match signal_proj {
+            Some(_) => build_flexible(&spec, hidden, &stores, device)?,
+            None => None,
         };
         let vision = build_vision(
             vision_origin.as_ref(),
