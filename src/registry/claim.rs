@@ -218,3 +218,57 @@ macro_rules! bind_take_over {
     }};
 }
 pub(crate) use bind_take_over;
+
+/// The [`ClaimSteps`] writes both stores run the same way, inside an `impl ClaimSteps` block
+/// for a `Steps(&mut Transaction)` whose module has a `next_run_id(tx, hash)`: give up, take
+/// over and insert. Only the transaction's type differs between the stores.
+macro_rules! shared_claim_writes {
+    () => {
+        async fn give_up(&mut self, run_id: &str, error: &str, t: f64) -> Result<()> {
+            sqlx::query($crate::registry::claim::GIVE_UP)
+                .bind(run_id)
+                .bind(error)
+                .bind(t)
+                .execute(&mut **self.0)
+                .await
+                .map_err($crate::registry::q("giving up a run"))?;
+            Ok(())
+        }
+
+        async fn take_over(&mut self, run_id: &str, policy: &ClaimPolicy, t: f64) -> Result<()> {
+            $crate::registry::claim::bind_take_over!(
+                sqlx::query($crate::registry::claim::TAKE_OVER),
+                run_id,
+                policy,
+                t
+            )
+            .execute(&mut **self.0)
+            .await
+            .map_err($crate::registry::q("claiming a cell"))?;
+            Ok(())
+        }
+
+        async fn insert(
+            &mut self,
+            policy: &ClaimPolicy,
+            cell: &CellOffer,
+            status: &str,
+            t: f64,
+        ) -> Result<String> {
+            let id = next_run_id(self.0, &cell.hash).await?;
+            $crate::registry::claim::bind_insert_run!(
+                sqlx::query($crate::registry::claim::INSERT_RUN),
+                &id,
+                policy,
+                cell,
+                status,
+                t
+            )
+            .execute(&mut **self.0)
+            .await
+            .map_err($crate::registry::q("creating a run"))?;
+            Ok(id)
+        }
+    };
+}
+pub(crate) use shared_claim_writes;

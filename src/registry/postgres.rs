@@ -22,8 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 use super::claim::{
-    CLAIM_RUN, ClaimSteps, GIVE_UP, INSERT_RUN, TAKE_OVER, bind_insert_run, bind_take_over,
-    claim_first, enqueue_cells,
+    CLAIM_RUN, ClaimSteps, bind_take_over, claim_first, enqueue_cells, shared_claim_writes,
 };
 use super::rows::{RUN_COLUMNS, checkpoint_from_row, col, run_from_row, runs_from_rows, runtime};
 use super::{
@@ -265,39 +264,7 @@ impl ClaimSteps for Steps<'_, '_> {
         .transpose()
     }
 
-    async fn give_up(&mut self, run_id: &str, error: &str, t: f64) -> Result<()> {
-        sqlx::query(GIVE_UP)
-            .bind(run_id)
-            .bind(error)
-            .bind(t)
-            .execute(&mut **self.0)
-            .await
-            .map_err(q("giving up a run"))?;
-        Ok(())
-    }
-
-    async fn take_over(&mut self, run_id: &str, policy: &ClaimPolicy, t: f64) -> Result<()> {
-        bind_take_over!(sqlx::query(TAKE_OVER), run_id, policy, t)
-            .execute(&mut **self.0)
-            .await
-            .map_err(q("claiming a cell"))?;
-        Ok(())
-    }
-
-    async fn insert(
-        &mut self,
-        policy: &ClaimPolicy,
-        cell: &CellOffer,
-        status: &str,
-        t: f64,
-    ) -> Result<String> {
-        let id = next_run_id(self.0, &cell.hash).await?;
-        bind_insert_run!(sqlx::query(INSERT_RUN), &id, policy, cell, status, t)
-            .execute(&mut **self.0)
-            .await
-            .map_err(q("creating a run"))?;
-        Ok(id)
-    }
+    shared_claim_writes!();
 }
 
 impl RunStore for PostgresStore {
