@@ -6,21 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[allow(dead_code)]
+mod common;
+
 use beatlab::registry::{CheckpointRow, Registry, RunStatus};
-
-/// A spec whose cells finish at once (their only stage is disabled).
-const NOP: &str = r#"
-[experiment]
-name = "nop"
-
-[[stage]]
-name = "beat"
-kind = "beat"
-enabled = false
-
-[sweep]
-seeds = [0, 1]
-"#;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -29,7 +18,7 @@ struct Env {
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("nop.toml"), NOP).unwrap();
+        std::fs::write(dir.path().join("nop.toml"), common::nop_spec(2)).unwrap();
         Self { dir }
     }
 

@@ -7,19 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Eight cells that finish at once (their only stage is disabled).
-const NOP: &str = r#"
-[experiment]
-name = "nop"
-
-[[stage]]
-name = "beat"
-kind = "beat"
-enabled = false
-
-[sweep]
-seeds = [0, 1, 2, 3, 4, 5, 6, 7]
-"#;
+#[allow(dead_code)]
+mod common;
 
 /// A bindfs mount of `source` at `at`, unmounted when dropped.
 struct Mount {
@@ -72,7 +61,7 @@ impl Drop for Mount {
 /// (the test skips, saying so) outside the test setup on a machine that cannot mount it.
 fn fuse_scratch() -> Option<(tempfile::TempDir, Mount)> {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("nop.toml"), NOP).unwrap();
+    std::fs::write(dir.path().join("nop.toml"), common::nop_spec(8)).unwrap();
     std::fs::create_dir(dir.path().join("source")).unwrap();
     std::fs::create_dir(dir.path().join("fuse")).unwrap();
     match Mount::bindfs(&dir.path().join("source"), &dir.path().join("fuse")) {

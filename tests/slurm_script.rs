@@ -15,35 +15,13 @@ use beatlab::launch::slurm::{self, SlurmArgs, WorkerArgs};
 use beatlab::registry::{CellOffer, Registry, RunRow, RunStatus};
 use beatlab::spec::{self, Overrides, Plan};
 use expect_test::expect;
-
-/// Eight cells that finish at once (their only stage is disabled).
-const NOP: &str = r#"
-[experiment]
-name = "nop"
-
-[[stage]]
-name = "beat"
-kind = "beat"
-enabled = false
-
-[sweep]
-seeds = [0, 1, 2, 3, 4, 5, 6, 7]
-"#;
+use stores::common::nop_spec;
 
 fn plan() -> Plan {
-    spec::load_str("nop.toml", NOP, &Overrides::default())
+    spec::load_str("nop.toml", &nop_spec(8), &Overrides::default())
         .unwrap()
         .plan()
         .unwrap()
-}
-
-/// [`NOP`] with `n` cells.
-fn nop_grid(n: usize) -> String {
-    let seeds: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    NOP.replace(
-        "seeds = [0, 1, 2, 3, 4, 5, 6, 7]",
-        &format!("seeds = [{}]", seeds.join(", ")),
-    )
 }
 
 fn worker(registry: &str) -> WorkerArgs {
@@ -216,7 +194,7 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        Self::with_spec(NOP)
+        Self::with_spec(&nop_spec(8))
     }
 
     /// The scratch folder with `spec` as `nop.toml`.
@@ -411,7 +389,7 @@ fn launch(env: &Env, registry: &str, args: &[&str]) -> Option<String> {
 #[test]
 fn a_grid_of_several_chunks_is_queued_once_per_cell_and_a_relaunch_adds_nothing() {
     let cells = 600; // more than two chunks of beatlab::spec::cells::CHUNK (256)
-    let env = Env::with_spec(&nop_grid(cells));
+    let env = Env::with_spec(&nop_spec(cells));
     env.fake_sbatch(0);
     for (store, address, _dir) in stores::fresh_addresses() {
         let array = launch(&env, &address, &[]);
@@ -440,7 +418,7 @@ fn a_grid_of_several_chunks_is_queued_once_per_cell_and_a_relaunch_adds_nothing(
     }
 }
 
-/// Cell `index` of [`NOP`] run once and failed, through the library, as a worker would.
+/// Cell `index` of the eight-cell [`nop_spec`] run once and failed, through the library, as a worker would.
 fn fail_cell(address: &str, index: usize, dir: &Path) {
     let registry = Registry::open(address).unwrap();
     registry.upsert_experiment("nop", "nop.toml", "").unwrap();

@@ -66,6 +66,29 @@ codebook_size = 32
     };
 }
 
+/// A spec of `cells` cells (seeds `0..cells`) that finish at once: their only stage is
+/// disabled. For tests of the registry and the launchers, where what a cell does is beside the
+/// point.
+#[allow(dead_code)] // the multimodal tests that include this file have no use for it
+pub fn nop_spec(cells: usize) -> String {
+    let seeds: Vec<String> = (0..cells).map(|i| i.to_string()).collect();
+    format!(
+        r#"
+[experiment]
+name = "nop"
+
+[[stage]]
+name = "beat"
+kind = "beat"
+enabled = false
+
+[sweep]
+seeds = [{}]
+"#,
+        seeds.join(", ")
+    )
+}
+
 /// The registry file [`beatlab`] keeps in `dir`.
 fn registry_path(dir: &Path) -> std::path::PathBuf {
     dir.join("reg.db")
