@@ -791,3 +791,95 @@ fn a_multimodal_run_shows_its_closed_qa_answers_and_generations() {
         assert!(page.dom.contains(part), "{part} in the DOM");
     }
 }
+
+/// A sweep of 600 cells (more than two chunks of the plan walk) with one failed run past the
+/// first chunk: the page renders, counts every cell, lists the run and the first missing cells
+/// and counts the rest; the table covers the whole grid.
+#[test]
+fn a_sweep_larger_than_a_chunk_reports_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = SPEC.replace("seeds = [0, 1]", "seeds = 300");
+    std::fs::write(d.join("rep.toml"), &spec).unwrap();
+    let listed = beatlab::report::gather::MISSING_LISTED;
+    let cells_of = |html: &str| -> Vec<String> {
+        html.match_indices("<tr data-cell=\"")
+            .map(|(i, _)| html[i + 15..].split('"').next().unwrap().to_string())
+            .collect()
+    };
+
+    // No registry: every cell missing, the first ones listed.
+    ok(&beatlab(d, &["report", "rep.toml", "-o", "empty"]));
+    let html = std::fs::read_to_string(d.join("empty/index.html")).unwrap();
+    assert!(html.contains("<dd>600 shown</dd>"), "{html}");
+    assert!(html.contains("data-status=\"missing\" data-count=\"600\""));
+    let want: Vec<String> = (0..listed).map(|i| i.to_string()).collect();
+    assert_eq!(cells_of(&html), want);
+    assert!(
+        html.contains(&format!("data-unlisted=\"{}\"", 600 - listed)),
+        "the rest counted"
+    );
+    assert!(
+        html.contains("600 of 600 cells"),
+        "the table's footer: {html}"
+    );
+
+    // A failed run of cell 401 (the second level of seed 200), found by the walk's third chunk.
+    let plan = beatlab::spec::load(d.join("rep.toml").as_path(), &Default::default())
+        .unwrap()
+        .plan()
+        .unwrap();
+    let reg = Registry::open(&d.join("reg.db")).unwrap();
+    reg.upsert_experiment("rep", "rep.toml", "").unwrap();
+    let policy = beatlab::registry::ClaimPolicy {
+        experiment: "rep".into(),
+        worker: "w".into(),
+        host: "h".into(),
+        device: "cpu".into(),
+        code_rev: "r".into(),
+        code_dirty: false,
+        lease_s: 60.0,
+        force_before: None,
+        rerun_failed_before: None,
+        experiment_dir: d.join("runs/rep"),
+        max_failures: 3,
+        job: None,
+    };
+    let claim = reg
+        .claim(&policy, &[CellOffer::of(&plan.cells[401])])
+        .unwrap()
+        .unwrap();
+    reg.end_run(&claim.run_id, "w", RunStatus::Failed, Some("far away"))
+        .unwrap();
+    ok(&beatlab(d, &["report", "rep.toml", "-o", "out"]));
+    let html = std::fs::read_to_string(d.join("out/index.html")).unwrap();
+    assert!(html.contains("data-status=\"failed\" data-count=\"1\""));
+    assert!(html.contains("data-status=\"missing\" data-count=\"599\""));
+    let mut want: Vec<String> = (0..listed).map(|i| i.to_string()).collect();
+    want.push("401".into());
+    assert_eq!(
+        cells_of(&html),
+        want,
+        "listed: the first missing and the run"
+    );
+    assert!(html.contains(&format!("data-unlisted=\"{}\"", 599 - listed)));
+    assert!(html.contains("far away"), "the failure's text");
+
+    // Under --where only the matching run is shown, and the table covers just it.
+    ok(&beatlab(
+        d,
+        &[
+            "report",
+            "rep.toml",
+            "-o",
+            "w",
+            "--where",
+            "status = failed",
+        ],
+    ));
+    let html = std::fs::read_to_string(d.join("w/index.html")).unwrap();
+    assert!(html.contains("<dd>1 shown</dd>"), "{html}");
+    assert_eq!(cells_of(&html), ["401"]);
+    assert!(!html.contains("data-unlisted"));
+    assert!(html.contains("1 of 1 cells"), "the table of the shown cell");
+}

@@ -44,7 +44,7 @@ use beatlab::device::{self, DeviceChoice};
 use beatlab::query::Query;
 use beatlab::registry::{Registry, RunRow, RunStatus};
 use beatlab::runner::{self, CellOutcome, RunnerConfig};
-use beatlab::spec::{self, Overrides, Plan, PlanCells};
+use beatlab::spec::{self, Overrides, PlanCells};
 use beatlab::table::{self, Format};
 use beatlab::tracking::Console;
 
@@ -242,14 +242,6 @@ fn experiment_file(name: &str) -> Result<PathBuf> {
 
 fn load_spec(file: &Path, sets: Vec<String>) -> Result<spec::Loaded> {
     spec::load(file, &Overrides::from_process(sets)).map_err(bad)
-}
-
-/// The spec and all its cells, made at once (`report` keeps them; the commands that run or
-/// tabulate a grid use [`spec::Loaded::lazy_plan`], which makes them a chunk at a time).
-fn load_plan(g: &Global, file: &Path, sets: Vec<String>) -> Result<(spec::Loaded, Plan)> {
-    let loaded = load_spec(file, sets)?;
-    let plan = loaded.plan_within(g.max_cells).map_err(bad)?;
-    Ok((loaded, plan))
 }
 
 /// `beatlab plan`: the cells with their registry status, made and printed a chunk at a time
@@ -594,13 +586,15 @@ fn report(
     (filter, metric): (Option<&str>, Option<&str>),
     open: bool,
 ) -> Result<Exit> {
-    let (_, plan) = load_plan(g, &experiment_file(name)?, sets)?;
+    // A chunk of cells at a time: a report of a huge grid does not hold the grid.
+    let loaded = load_spec(&experiment_file(name)?, sets)?;
+    let plan = loaded.lazy_plan(g.max_cells).map_err(bad)?;
     let query = parse_where(filter)?;
     if let Some(m) = metric {
         beatlab::report::parallel::check_metric(&plan, m)
             .map_err(|e| bad(anyhow::anyhow!("--metric {e}")))?;
     }
-    let out = output.unwrap_or_else(|| Path::new("reports").join(&plan.experiment));
+    let out = output.unwrap_or_else(|| Path::new("reports").join(plan.experiment()));
     if out.exists() && !out.is_dir() {
         return Err(bad(anyhow::anyhow!(
             "--output {}: not a folder (the report is a folder holding index.html and plots/)",

@@ -1,15 +1,21 @@
 //! What a report shows, read from the registry and the run folders: the plan's cells with the
 //! run each one shows, their metric series, summaries, Beat samples and generations, and the
 //! experiment's table built from exactly those runs.
+//!
+//! The plan is walked a chunk of [`CHUNK`] cells at a time ([`PlanCells`]), so a report of a
+//! huge grid holds one chunk of cells, the cells that have a run (what the page shows of them)
+//! and the first [`MISSING_LISTED`] missing ones; the rest are counted.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::LoadError;
 use super::samples::{BeatSamples, load_beat_samples};
 use crate::query::Query;
 use crate::registry::{Registry, RegistryError, RunRow, RunStatus};
-use crate::spec::{Plan, StageKind, get_field};
+use crate::spec::cells::CHUNK;
+use crate::spec::{Cell, PlanCells, Spec, StageKind, get_field};
 use crate::table::{self, Table};
 use beatlab_heartcare::instruct::{ItemType, Task};
 
@@ -19,6 +25,9 @@ pub const SEED_KEY: &str = "experiment.seed";
 /// Generations shown per cell and task (open QA, report generation).
 const GENERATIONS_PER_TASK: usize = 3;
 
+/// Cells without a run that the page lists; the others are counted.
+pub const MISSING_LISTED: usize = CHUNK;
+
 /// Everything the page shows.
 pub struct ReportData {
     pub experiment: String,
@@ -27,12 +36,20 @@ pub struct ReportData {
     /// The `--where` expression, as given.
     pub filter: Option<String>,
     pub table: Table,
-    /// The plan's cells (those with a matching run, under `--where`).
+    /// The plan's cells with a (matching) run, and the first [`MISSING_LISTED`] without one
+    /// (none under `--where`), in plan order.
     pub cells: Vec<CellData>,
+    /// The cells shown, listed or not.
+    pub cell_count: usize,
+    /// Cells without a run beyond those listed.
+    pub unlisted_missing: usize,
     /// Cells that differ only in their seed, in plan order.
     pub groups: Vec<Group>,
     /// Sweep axes other than the seed.
     pub axes: Vec<String>,
+    /// The distinct values of each axis over the cells shown (listed or not), as text, in the
+    /// order the plan first has them.
+    pub axis_values: Vec<Vec<String>>,
     /// `[table] labels`: display names of fields and metrics.
     pub labels: BTreeMap<String, String>,
     /// The spec's enabled stages, in order.
@@ -133,48 +150,137 @@ impl CellData {
 /// Reads the report of `plan` from `registry` (none: every cell missing); `runs_dir` is where
 /// run folders are looked for when a run's recorded folder is not there.
 pub fn gather(
-    plan: &Plan,
+    plan: &dyn PlanCells,
     registry: Option<&Registry>,
     runs_dir: &Path,
     filter: Option<(&str, &Query)>,
 ) -> Result<ReportData, ReportError> {
-    let runs = match registry {
-        Some(r) => crate::query::select_runs(r, Some(&plan.experiment), None, filter.map(|f| f.1))?,
-        None => Vec::new(),
-    };
+    let runs = newest_runs(plan, registry, filter)?;
     let axes: Vec<String> = plan
-        .sweep_keys
+        .sweep_keys()
         .iter()
         .filter(|k| k.as_str() != SEED_KEY)
         .cloned()
         .collect();
-    let labels = &plan.base.table.labels;
-    let mut cells = Vec::new();
-    let mut groups: Vec<Group> = Vec::new();
-    for cell in &plan.cells {
-        // Runs come newest first: the first of this hash is the one shown.
-        let run = runs.iter().find(|r| r.hash == cell.hash).cloned();
-        if filter.is_some() && run.is_none() {
-            continue;
+    let mut walk = Walk {
+        labels: &plan.base().table.labels,
+        experiment: plan.experiment(),
+        axis_values: vec![Vec::new(); axes.len()],
+        axes,
+        cells: Vec::new(),
+        groups: Vec::new(),
+        cell_count: 0,
+        listed_missing: 0,
+        unlisted_missing: 0,
+        finished: table::Finished::new(),
+        shown: HashSet::new(),
+    };
+    for chunk in plan.chunks(CHUNK) {
+        for cell in chunk.iter() {
+            // Under `--where` a cell is shown only with a matching run.
+            let run = runs.get(&cell.hash).cloned();
+            if filter.is_some() && run.is_none() {
+                continue;
+            }
+            let Some(mut data) = walk.add(cell, run) else {
+                continue;
+            };
+            if let (Some(registry), Some(run)) = (registry, data.run.clone()) {
+                let dir = folder(&run, runs_dir, plan.experiment());
+                read_run(registry, &run, &dir, &mut data)?;
+            }
+            if data.status() == Some(RunStatus::Finished) {
+                walk.finished
+                    .insert(cell.hash.clone(), data.summaries.clone());
+            }
+            walk.cells.push(data);
         }
-        let axis_values: Vec<String> = axes
+    }
+    let table = match filter {
+        Some(_) => table::from_summaries(
+            &Shown {
+                plan,
+                keep: &walk.shown,
+            },
+            &walk.finished,
+        ),
+        None => table::from_summaries(plan, &walk.finished),
+    };
+    Ok(walk.finish(plan, table, filter.map(|f| f.0.to_string())))
+}
+
+/// The newest (matching) run of each cell hash of the experiment.
+fn newest_runs(
+    plan: &dyn PlanCells,
+    registry: Option<&Registry>,
+    filter: Option<(&str, &Query)>,
+) -> Result<HashMap<String, RunRow>, ReportError> {
+    let Some(r) = registry else {
+        return Ok(HashMap::new());
+    };
+    let mut newest = HashMap::new();
+    // Runs come newest first: the first of a hash is the one shown.
+    for run in crate::query::select_runs(r, Some(plan.experiment()), None, filter.map(|f| f.1))? {
+        newest.entry(run.hash.clone()).or_insert(run);
+    }
+    Ok(newest)
+}
+
+/// What the walk over the plan keeps.
+struct Walk<'a> {
+    labels: &'a BTreeMap<String, String>,
+    experiment: &'a str,
+    axes: Vec<String>,
+    axis_values: Vec<Vec<String>>,
+    cells: Vec<CellData>,
+    groups: Vec<Group>,
+    cell_count: usize,
+    listed_missing: usize,
+    unlisted_missing: usize,
+    finished: table::Finished,
+    /// Plan indices of the cells shown (what the table of a `--where` report covers).
+    shown: HashSet<usize>,
+}
+
+impl Walk<'_> {
+    /// Counts `cell` as shown and makes its data, without the run's files; `None` for a missing
+    /// cell past those listed.
+    fn add(&mut self, cell: &Cell, run: Option<RunRow>) -> Option<CellData> {
+        self.cell_count += 1;
+        if run.is_some() {
+            self.shown.insert(cell.index);
+        }
+        let axis_values: Vec<String> = self
+            .axes
             .iter()
             .map(|k| get_field(&cell.spec, k).map_or(String::new(), |v| show(&v)))
             .collect();
-        let label = group_label(&axes, &axis_values, &plan.experiment);
-        let group = match groups.iter().position(|g| g.label == label) {
+        for (seen, v) in self.axis_values.iter_mut().zip(&axis_values) {
+            if !seen.contains(v) {
+                seen.push(v.clone());
+            }
+        }
+        if run.is_none() {
+            if self.listed_missing == MISSING_LISTED {
+                self.unlisted_missing += 1;
+                return None;
+            }
+            self.listed_missing += 1;
+        }
+        let label = group_label(&self.axes, &axis_values, self.experiment);
+        let group = match self.groups.iter().position(|g| g.label == label) {
             Some(g) => g,
             None => {
-                groups.push(Group {
-                    title: group_title(&axes, &axis_values, &plan.experiment, labels),
+                self.groups.push(Group {
+                    title: group_title(&self.axes, &axis_values, self.experiment, self.labels),
                     label,
                     cells: Vec::new(),
                 });
-                groups.len() - 1
+                self.groups.len() - 1
             }
         };
-        groups[group].cells.push(cells.len());
-        let mut data = CellData {
+        self.groups[group].cells.push(self.cells.len());
+        Some(CellData {
             index: cell.index,
             label: cell.label(),
             group,
@@ -185,47 +291,82 @@ pub fn gather(
             samples: None,
             answers: Vec::new(),
             generations: Vec::new(),
-        };
-        if let (Some(registry), Some(run)) = (registry, data.run.clone()) {
-            read_run(
-                registry,
-                &run,
-                &folder(&run, runs_dir, &plan.experiment),
-                &mut data,
-            )?;
-        }
-        cells.push(data);
+        })
     }
-    let finished: table::Finished = cells
-        .iter()
-        .filter(|c| c.status() == Some(RunStatus::Finished))
-        .map(|c| (plan.cells[c.index].hash.clone(), c.summaries.clone()))
-        .collect();
-    let mut shown = plan.clone();
-    shown
-        .cells
-        .retain(|c| cells.iter().any(|d| d.index == c.index));
-    Ok(ReportData {
-        experiment: plan.experiment.clone(),
-        description: plan.description.clone(),
-        spec_path: plan.path.display().to_string(),
-        filter: filter.map(|f| f.0.to_string()),
-        table: table::from_summaries(&shown, &finished),
-        cells,
-        groups,
-        axes,
-        labels: labels.clone(),
-        stages: plan
-            .base
-            .stage
-            .iter()
-            .filter(|s| s.enabled)
-            .map(|s| (s.name.clone(), s.kind))
-            .collect(),
-        metrics: plan.base.table.metrics.clone(),
-        table_rows: plan.base.table.rows.clone(),
-        table_columns: plan.base.table.columns.clone(),
-    })
+
+    fn finish(self, plan: &dyn PlanCells, table: Table, filter: Option<String>) -> ReportData {
+        let base = plan.base();
+        ReportData {
+            experiment: plan.experiment().to_string(),
+            description: plan.description().to_string(),
+            spec_path: plan.path().display().to_string(),
+            filter,
+            table,
+            cells: self.cells,
+            cell_count: self.cell_count,
+            unlisted_missing: self.unlisted_missing,
+            groups: self.groups,
+            axes: self.axes,
+            axis_values: self.axis_values,
+            labels: self.labels.clone(),
+            stages: base
+                .stage
+                .iter()
+                .filter(|s| s.enabled)
+                .map(|s| (s.name.clone(), s.kind))
+                .collect(),
+            metrics: base.table.metrics.clone(),
+            table_rows: base.table.rows.clone(),
+            table_columns: base.table.columns.clone(),
+        }
+    }
+}
+
+/// The cells of a plan that a `--where` report shows, by plan index.
+struct Shown<'a> {
+    plan: &'a dyn PlanCells,
+    keep: &'a HashSet<usize>,
+}
+
+impl PlanCells for Shown<'_> {
+    fn experiment(&self) -> &str {
+        self.plan.experiment()
+    }
+
+    fn description(&self) -> &str {
+        self.plan.description()
+    }
+
+    fn path(&self) -> &Path {
+        self.plan.path()
+    }
+
+    fn base(&self) -> &Spec {
+        self.plan.base()
+    }
+
+    fn sweep_keys(&self) -> &[String] {
+        self.plan.sweep_keys()
+    }
+
+    fn count(&self) -> usize {
+        self.keep.len()
+    }
+
+    fn chunks(&self, size: usize) -> Box<dyn Iterator<Item = Cow<'_, [Cell]>> + '_> {
+        Box::new(self.plan.chunks(size).filter_map(|chunk| {
+            let kept: Vec<Cell> = chunk
+                .iter()
+                .filter(|c| self.keep.contains(&c.index))
+                .cloned()
+                .collect();
+            (!kept.is_empty()).then_some(Cow::Owned(kept))
+        }))
+    }
+
+    fn cells(&self) -> Box<dyn Iterator<Item = Cow<'_, Cell>> + '_> {
+        Box::new(self.plan.cells().filter(|c| self.keep.contains(&c.index)))
+    }
 }
 
 /// The run's metrics, summaries and files.
@@ -378,6 +519,7 @@ impl ReportData {
             .into_iter()
             .map(|k| (k, 0))
             .collect();
+        out[3].1 = self.unlisted_missing;
         for c in &self.cells {
             let key = c.status().map_or("missing", RunStatus::as_str);
             match out.iter_mut().find(|(k, _)| *k == key) {

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::Figures;
 use super::curves::Plot;
-use super::gather::{CellData, ReportData};
+use super::gather::{CellData, MISSING_LISTED, ReportData};
 use crate::registry::RunStatus;
 use crate::table::render::{html, html_escape};
 
@@ -146,7 +146,7 @@ fn header(s: &mut String, data: &ReportData) {
                 false => revisions.join(", "),
             },
         ),
-        ("cells", format!("{} shown", data.cells.len())),
+        ("cells", format!("{} shown", data.cell_count)),
     ];
     if let Some(f) = &data.filter {
         rows.push(("runs where", f.clone()));
@@ -220,6 +220,14 @@ fn cells(s: &mut String, data: &ReportData) {
             code = text(&|r| revision(r, usize::MAX)),
             // The header names every revision in full; a row's 12 characters tell them apart.
             short = text(&|r| revision(r, 12)),
+        );
+    }
+    if data.unlisted_missing > 0 {
+        let _ = writeln!(
+            s,
+            "<tr class=\"unlisted\" data-unlisted=\"{n}\"><td colspan=\"10\">\
+             … and {n} more cells without a run (the first {MISSING_LISTED} are listed)</td></tr>",
+            n = data.unlisted_missing
         );
     }
     s.push_str("</tbody></table></section>\n");
@@ -297,6 +305,7 @@ pub fn page_data(data: &ReportData) -> serde_json::Value {
         "spec": data.spec_path,
         "filter": data.filter,
         "cells": cells,
+        "unlisted_missing": data.unlisted_missing,
     })
 }
 

@@ -13,7 +13,7 @@ use super::curves::Plot;
 use super::gather::ReportData;
 use super::svg::{Svg, text_width};
 use crate::registry::RunStatus;
-use crate::spec::Plan;
+use crate::spec::PlanCells;
 use crate::spec::diag::did_you_mean;
 use crate::stages::catalog;
 use crate::table::render::html_escape;
@@ -38,9 +38,9 @@ pub fn chosen_metric(data: &ReportData) -> Option<String> {
 
 /// Whether some stage of `plan` records `metric` (what `--metric` may name); the error says
 /// why not and suggests the nearest key.
-pub fn check_metric(plan: &Plan, metric: &str) -> Result<(), String> {
-    let mut known: BTreeSet<String> = catalog::table_metrics(&plan.base).into_iter().collect();
-    for c in &plan.cells {
+pub fn check_metric(plan: &dyn PlanCells, metric: &str) -> Result<(), String> {
+    let mut known: BTreeSet<String> = catalog::table_metrics(plan.base()).into_iter().collect();
+    for c in plan.cells() {
         known.extend(catalog::table_metrics(&c.spec));
     }
     if known.contains(metric) {
@@ -78,7 +78,7 @@ pub fn parallel_plot(data: &ReportData, metric: &str) -> Option<Plot> {
         .enumerate()
         .map(|(k, key)| Axis {
             key: key.clone(),
-            values: ordered(data.cells.iter().map(|c| c.axis_values[k].as_str())),
+            values: ordered(data.axis_values[k].iter().map(String::as_str)),
         })
         .collect();
     let scale = Scale::linear(lines.iter().map(|l| l.1), false);
