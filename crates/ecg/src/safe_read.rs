@@ -103,9 +103,16 @@ fn kind_name(file_type: std::fs::FileType) -> &'static str {
 /// Opens `path` for reading if it is a regular file (a symlink to one is followed) of at most
 /// `limit` bytes.
 pub fn open_regular(path: &Path, limit: u64) -> Result<RegularFile, OpenError> {
-    // Resolve symlinks first so the open below can refuse to follow one.
-    let real = path.canonicalize().map_err(OpenError::Io)?;
-    let before = std::fs::metadata(&real).map_err(OpenError::Io)?;
+    // The open below refuses to follow a final symlink, so a path that ends in one is resolved
+    // first (one `lstat` decides; `canonicalize` costs a `readlink` per component).
+    let linked = std::fs::symlink_metadata(path).map_err(OpenError::Io)?;
+    let (real, before) = if linked.file_type().is_symlink() {
+        let real = path.canonicalize().map_err(OpenError::Io)?;
+        let before = std::fs::metadata(&real).map_err(OpenError::Io)?;
+        (std::borrow::Cow::Owned(real), before)
+    } else {
+        (std::borrow::Cow::Borrowed(path), linked)
+    };
     if !before.is_file() {
         return Err(OpenError::Refused(Refusal::NotRegular(kind_name(
             before.file_type(),
@@ -118,7 +125,7 @@ pub fn open_regular(path: &Path, limit: u64) -> Result<RegularFile, OpenError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
     }
-    let file = options.open(&real).map_err(OpenError::Io)?;
+    let file = options.open(&*real).map_err(OpenError::Io)?;
     let metadata = file.metadata().map_err(OpenError::Io)?;
     if !metadata.is_file() {
         return Err(OpenError::Refused(Refusal::NotRegular(kind_name(
@@ -147,19 +154,33 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
 /// Reads `len` bytes starting at byte `start`; a file that has shrunk since it was measured is
 /// an `UnexpectedEof` error, one that has grown is read only up to `len`.
 pub fn read_range(file: &mut File, start: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    let capacity = usize::try_from(len).map_err(|_| std::io::ErrorKind::OutOfMemory)?;
-    file.seek(SeekFrom::Start(start))?;
-    let mut buffer = Vec::with_capacity(capacity);
-    file.take(len).read_to_end(&mut buffer)?;
-    if buffer.len() != capacity {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
+    let mut buffer = Vec::new();
+    read_range_into(file, start, len, &mut buffer)?;
     Ok(buffer)
 }
 
-/// The real path of a file a record names (`name`, relative to the record's folder `dir`), if
+/// Like [`read_range`], into `buffer` (cleared first; its allocation is reused).
+pub fn read_range_into(
+    file: &mut File,
+    start: u64,
+    len: u64,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let capacity = usize::try_from(len).map_err(|_| std::io::ErrorKind::OutOfMemory)?;
+    file.seek(SeekFrom::Start(start))?;
+    buffer.clear();
+    buffer.reserve_exact(capacity);
+    file.take(len).read_to_end(buffer)?;
+    if buffer.len() != capacity {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// The path to open for a file a record names (`name`, relative to the record's folder `dir`), if
 /// it stays inside that folder: `name` must be relative without `..`, and with every symlink
-/// resolved the file must still lie under `dir`. A missing file is an I/O error.
+/// resolved the file must still lie under `dir` (the path comes back resolved when a symlink
+/// was involved). A missing file is an I/O error.
 pub fn resolve_in_folder(dir: &Path, name: &str) -> Result<PathBuf, OpenError> {
     let outside = |why: String| Err(OpenError::Refused(Refusal::OutsideFolder(why)));
     let relative = Path::new(name);
@@ -182,6 +203,15 @@ pub fn resolve_in_folder(dir: &Path, name: &str) -> Result<PathBuf, OpenError> {
     } else {
         dir
     };
+    // A bare file name that is not a symlink is inside the folder whatever the folder's own
+    // path resolves to: one `lstat` instead of resolving both paths.
+    if relative.components().count() == 1 {
+        let joined = folder.join(relative);
+        let linked = std::fs::symlink_metadata(&joined).map_err(OpenError::Io)?;
+        if !linked.file_type().is_symlink() {
+            return Ok(joined);
+        }
+    }
     let real_dir = folder.canonicalize().map_err(OpenError::Io)?;
     let real = folder
         .join(relative)

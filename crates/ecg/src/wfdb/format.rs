@@ -5,7 +5,10 @@
 //! path); otherwise, and for the bit-packed formats (212, 310, 311), the file's samples are first
 //! decoded into one flat stream in file order and then dealt out to the signals frame by frame.
 //! Format 8 stores first differences: this module returns the differences, the caller adds them
-//! up from each signal's initial value.
+//! up from each signal's initial value. [`decode_lead`] turns one signal of a byte-aligned
+//! file straight into millivolts (the reader's path to [`crate::record::Record`]s).
+
+use super::Millivolts;
 
 /// Storage layouts this reader decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,12 @@ impl Layout {
             Layout::Le(width) => Some(width),
             Layout::Packed212 | Layout::Packed310 | Layout::Packed311 => None,
         }
+    }
+
+    /// Whether samples convert straight from the file's bytes ([`decode_lead`]): the
+    /// byte-aligned layouts but format 8, whose differences need a running sum.
+    pub(crate) fn is_direct(self) -> bool {
+        self.width().is_some() && self != Layout::Diff8
     }
 
     /// Bytes that hold `samples` samples in file order, `None` on overflow. A trailing partial
@@ -209,6 +218,80 @@ pub(crate) fn decode_strided(
         }),
         Layout::Packed212 | Layout::Packed310 | Layout::Packed311 => return None,
     })
+}
+
+/// One signal of a [direct](Layout::is_direct) layout decoded straight to millivolts, with what
+/// its checks need.
+pub(crate) struct DecodedLead {
+    pub millivolts: Vec<f32>,
+    /// The first sample in ADC units.
+    pub first: Option<i32>,
+    /// Wrapping 32-bit sum of the samples in ADC units.
+    pub sum: i32,
+}
+
+/// Decodes signal `index` of `frames` frames of `nsig` one-sample-per-frame signals straight
+/// to millivolts. The caller has checked `data` is long enough.
+pub(crate) fn decode_lead(
+    layout: Layout,
+    data: &[u8],
+    nsig: usize,
+    index: usize,
+    frames: usize,
+    to_mv: &Millivolts,
+) -> DecodedLead {
+    let at = |width: usize| (nsig * width, index * width);
+    match layout {
+        Layout::Le(2) => lead::<2>(data, at(2), frames, to_mv, |b| {
+            i32::from(i16::from_le_bytes(b))
+        }),
+        Layout::Le(3) => lead::<3>(data, at(3), frames, to_mv, |b| {
+            i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8
+        }),
+        Layout::Le(_) => lead::<4>(data, at(4), frames, to_mv, i32::from_le_bytes),
+        Layout::Be16 => lead::<2>(data, at(2), frames, to_mv, |b| {
+            i32::from(i16::from_be_bytes(b))
+        }),
+        Layout::Offset8 => lead::<1>(data, at(1), frames, to_mv, |b| i32::from(b[0]) - 128),
+        Layout::Offset16 => lead::<2>(data, at(2), frames, to_mv, |b| {
+            i32::from(u16::from_le_bytes(b)) - 32768
+        }),
+        Layout::Diff8 | Layout::Packed212 | Layout::Packed310 | Layout::Packed311 => {
+            unreachable!("decode_lead is called for direct layouts only")
+        }
+    }
+}
+
+#[inline(always)]
+fn lead<const WIDTH: usize>(
+    data: &[u8],
+    (frame, at): (usize, usize),
+    frames: usize,
+    to_mv: &Millivolts,
+    sample: impl Fn([u8; WIDTH]) -> i32,
+) -> DecodedLead {
+    let bytes = &data[..frame * frames];
+    let mut millivolts = Vec::with_capacity(frames);
+    let mut sum = 0i32;
+    // De-interleave a block into ADC units, then convert the block in a loop the compiler can
+    // vectorise (the strided byte loads cannot be).
+    let mut adc = [0i32; 256];
+    for block in bytes.chunks(frame * adc.len()) {
+        let adc = &mut adc[..block.len() / frame];
+        for (value, f) in adc.iter_mut().zip(block.chunks_exact(frame)) {
+            *value = sample(f[at..at + WIDTH].try_into().expect("WIDTH bytes"));
+        }
+        sum = adc.iter().fold(sum, |acc, &v| acc.wrapping_add(v));
+        millivolts.extend(adc.iter().map(|&v| to_mv.convert(v)));
+    }
+    let first = bytes
+        .get(at..at + WIDTH)
+        .map(|b| sample(b.try_into().expect("WIDTH bytes")));
+    DecodedLead {
+        millivolts,
+        first,
+        sum,
+    }
 }
 
 fn strided<const WIDTH: usize>(

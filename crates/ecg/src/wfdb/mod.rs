@@ -184,13 +184,7 @@ impl DigitalRecord {
             .signals
             .iter()
             .zip(&self.samples)
-            .map(|(spec, digital)| {
-                let mv = to_millivolts(spec, digital);
-                match spec.samples_per_frame as usize {
-                    1 => mv,
-                    spf => mv.chunks_exact(spf).map(mean_of_valid).collect(),
-                }
-            })
+            .map(|(spec, digital)| physical_at_frame_rate(spec, digital))
             .collect()
     }
 
@@ -208,20 +202,48 @@ impl DigitalRecord {
     }
 }
 
+/// The conversion of one signal's ADC units to millivolts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Millivolts {
+    scale: f64,
+    baseline: f64,
+    /// The format's invalid-sample marker, or a value no sample has.
+    invalid: i64,
+}
+
+impl Millivolts {
+    pub(crate) fn of(spec: &SignalSpec) -> Self {
+        Self {
+            scale: spec.millivolts_per_unit() / spec.gain(),
+            baseline: f64::from(spec.baseline),
+            invalid: format::invalid_sample(spec.format).map_or(i64::MIN, i64::from),
+        }
+    }
+
+    /// `(adc - baseline) / gain` in millivolts; NaN for the invalid-sample marker.
+    #[inline(always)]
+    pub(crate) fn convert(&self, adc: i32) -> f32 {
+        if i64::from(adc) == self.invalid {
+            f32::NAN
+        } else {
+            ((f64::from(adc) - self.baseline) * self.scale) as f32
+        }
+    }
+}
+
 fn to_millivolts(spec: &SignalSpec, digital: &[i32]) -> Vec<f32> {
-    let scale = spec.millivolts_per_unit() / spec.gain();
-    let baseline = f64::from(spec.baseline);
-    let invalid = format::invalid_sample(spec.format);
-    digital
-        .iter()
-        .map(|&d| {
-            if Some(d) == invalid {
-                f32::NAN
-            } else {
-                ((f64::from(d) - baseline) * scale) as f32
-            }
-        })
-        .collect()
+    let to_mv = Millivolts::of(spec);
+    digital.iter().map(|&d| to_mv.convert(d)).collect()
+}
+
+/// One signal in millivolts at the frame rate: a signal with several samples per frame gives
+/// the mean of each frame's valid samples.
+pub(crate) fn physical_at_frame_rate(spec: &SignalSpec, digital: &[i32]) -> Vec<f32> {
+    let mv = to_millivolts(spec, digital);
+    match spec.samples_per_frame as usize {
+        1 => mv,
+        spf => mv.chunks_exact(spf).map(mean_of_valid).collect(),
+    }
 }
 
 fn mean_of_valid(frame: &[f32]) -> f32 {
@@ -337,10 +359,17 @@ pub fn read_record_with_header_within(
         let record = segments::read_segments(&header, limits)?;
         return Ok((header, record));
     }
-    let samples = signal::read_signals_within(&header, limits)?;
-    let digital = DigitalRecord { header, samples };
-    let record = digital.to_record();
-    Ok((digital.header, record))
+    let signals = signal::read_physical_within(&header, limits)?;
+    let record = Record {
+        id: header.record_name.clone(),
+        source: SourceKind::Wfdb,
+        fs: header.fs,
+        leads: header.leads(),
+        signals,
+        meta: RecordMeta::default(),
+        waves: Vec::new(),
+    };
+    Ok((header, record))
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::format::{Layout, decode_flat, decode_strided, invalid_sample, layout};
+use super::format::{Layout, decode_flat, decode_lead, decode_strided, invalid_sample, layout};
 use super::header::signal_groups;
-use super::{Header, ReadLimits, SignalSpec};
+use super::{Header, Millivolts, ReadLimits, SignalSpec};
 use crate::error::DataError;
 use crate::{mat, safe_read};
 
@@ -88,25 +88,55 @@ fn open_signal_file(
     Ok((opened, shown))
 }
 
-/// Reads and de-interleaves the signals stored in one file; each comes back with
-/// `frames x samples_per_frame` samples.
-fn read_group(
+/// Where one file's samples are: the open file, the byte range to read, and the frames in it.
+struct StoredGroup {
+    layout: Layout,
+    opened: safe_read::RegularFile,
+    /// The file as the header names it (for error messages).
+    file: PathBuf,
+    offset: u64,
+    bytes: u64,
+    frames: usize,
+}
+
+/// What one signal file (group of signals) holds.
+enum Group {
+    /// No file, or format 0: every one of `frames` frames is invalid.
+    Null {
+        frames: usize,
+    },
+    Stored(StoredGroup),
+}
+
+fn signal_file_error(
+    header: &Header,
+    spec: &SignalSpec,
+    file: &Path,
+    source: std::io::Error,
+) -> DataError {
+    DataError::SignalFile {
+        record: header.record_name.clone(),
+        lead: spec.lead.clone(),
+        line: spec.line,
+        path: file.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens the file of one group of signals and finds the bytes of its samples, checking its
+/// size against the header and the samples against `limits` before anything is read.
+fn locate_group(
     header: &Header,
     specs: &[SignalSpec],
     limits: ReadLimits,
     samples_so_far: u64,
-) -> Result<Vec<Vec<i32>>, DataError> {
+) -> Result<Group, DataError> {
     let first = &specs[0];
     let per_frame: usize = specs.iter().map(|s| s.samples_per_frame as usize).sum();
     if first.file_name == NULL_FILE || first.format == 0 {
-        // A signal without a file, or in format 0: every sample is invalid.
         let frames = header.num_samples.unwrap_or(0);
         check_limit(header, samples_so_far + (frames * per_frame) as u64, limits)?;
-        let invalid = invalid_sample(first.format).unwrap_or(i32::MIN);
-        return Ok(specs
-            .iter()
-            .map(|s| vec![invalid; frames * s.samples_per_frame as usize])
-            .collect());
+        return Ok(Group::Null { frames });
     }
     let layout = layout(first.format).ok_or_else(|| DataError::UnsupportedFormat {
         record: header.record_name.clone(),
@@ -115,46 +145,12 @@ fn read_group(
         format: first.format.to_string(),
     })?;
     let (mut opened, file) = open_signal_file(header, first)?;
-    let io_error = |source: std::io::Error| DataError::SignalFile {
-        record: header.record_name.clone(),
-        lead: first.lead.clone(),
-        line: first.line,
-        path: file.clone(),
-        source,
+    let (offset, num_samples) = if is_mat_file(&first.file_name) {
+        mat_data(header, specs, &mut opened, &file)?
+    } else {
+        (first.byte_offset.unwrap_or(0), header.num_samples)
     };
     let size = opened.size;
-    let mut offset = first.byte_offset.unwrap_or(0);
-    let mut num_samples = header.num_samples;
-    if is_mat_file(&first.file_name) {
-        if first.format != 16
-            || specs
-                .iter()
-                .any(|s| s.samples_per_frame != 1 || s.skew != 0)
-        {
-            return Err(DataError::UnsupportedFormat {
-                record: header.record_name.clone(),
-                lead: first.lead.clone(),
-                line: first.line,
-                format: format!(
-                    "{} in a MAT file (MAT files hold format 16, one sample per frame)",
-                    first.format
-                ),
-            });
-        }
-        let prefix_len = size.min(mat::MAX_HEADER_BYTES as u64);
-        let prefix = safe_read::read_range(&mut opened.file, 0, prefix_len).map_err(io_error)?;
-        let mat_header = mat::parse_header(&prefix, &header.record_name, &file)?;
-        mat::check_matches_wfdb(
-            &mat_header,
-            specs.len(),
-            num_samples,
-            first.byte_offset,
-            &header.record_name,
-            &file,
-        )?;
-        offset = mat_header.data_offset as u64;
-        num_samples = Some(mat_header.cols);
-    }
     let truncated = |expected: u64| DataError::TruncatedSignal {
         record: header.record_name.clone(),
         path: file.clone(),
@@ -170,7 +166,6 @@ fn read_group(
     let frames = match num_samples {
         Some(n) => n as u64,
         None => {
-            let samples = layout.samples_in(available);
             if let Some(width) = layout.width() {
                 let frame_bytes = (width * per_frame) as u64;
                 if !available.is_multiple_of(frame_bytes) {
@@ -178,27 +173,205 @@ fn read_group(
                     return Err(truncated(offset + whole * frame_bytes));
                 }
             }
-            samples / per_frame as u64
+            layout.samples_in(available) / per_frame as u64
         }
     };
     check_limit(header, samples_so_far + frames * per_frame as u64, limits)?;
     // The limit keeps these products far below overflow.
-    let (frames, total) = (frames as usize, frames as usize * per_frame);
-    let needed = layout
-        .bytes_for(total)
+    let frames = frames as usize;
+    let bytes = layout
+        .bytes_for(frames * per_frame)
         .expect("bounded by the sample limit") as u64;
-    if needed > available {
-        return Err(truncated(offset + needed));
+    if bytes > available {
+        return Err(truncated(offset + bytes));
     }
-    let data = safe_read::read_range(&mut opened.file, offset, needed).map_err(io_error)?;
-    let mut signals = deal_out(layout, &data, specs, frames);
-    for (spec, samples) in specs.iter().zip(&mut signals) {
-        if layout == Layout::Diff8 {
-            accumulate_differences(samples, spec.initial_value.unwrap_or(0));
+    Ok(Group::Stored(StoredGroup {
+        layout,
+        opened,
+        file,
+        offset,
+        bytes,
+        frames,
+    }))
+}
+
+/// A MAT v4 signal file's data offset and columns (samples per signal), checked against the
+/// header's signal lines.
+fn mat_data(
+    header: &Header,
+    specs: &[SignalSpec],
+    opened: &mut safe_read::RegularFile,
+    file: &Path,
+) -> Result<(u64, Option<usize>), DataError> {
+    let first = &specs[0];
+    if first.format != 16
+        || specs
+            .iter()
+            .any(|s| s.samples_per_frame != 1 || s.skew != 0)
+    {
+        return Err(DataError::UnsupportedFormat {
+            record: header.record_name.clone(),
+            lead: first.lead.clone(),
+            line: first.line,
+            format: format!(
+                "{} in a MAT file (MAT files hold format 16, one sample per frame)",
+                first.format
+            ),
+        });
+    }
+    let prefix_len = opened.size.min(mat::MAX_HEADER_BYTES as u64);
+    let prefix = safe_read::read_range(&mut opened.file, 0, prefix_len)
+        .map_err(|e| signal_file_error(header, first, file, e))?;
+    let mat_header = mat::parse_header(&prefix, &header.record_name, file)?;
+    mat::check_matches_wfdb(
+        &mat_header,
+        specs.len(),
+        header.num_samples,
+        first.byte_offset,
+        &header.record_name,
+        file,
+    )?;
+    Ok((mat_header.data_offset as u64, Some(mat_header.cols)))
+}
+
+impl StoredGroup {
+    /// Reads the group's sample bytes into `buffer`.
+    fn read_into(
+        &mut self,
+        header: &Header,
+        first: &SignalSpec,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), DataError> {
+        safe_read::read_range_into(&mut self.opened.file, self.offset, self.bytes, buffer)
+            .map_err(|e| signal_file_error(header, first, &self.file, e))
+    }
+}
+
+/// Reads and de-interleaves the signals stored in one file; each comes back with
+/// `frames x samples_per_frame` samples.
+fn read_group(
+    header: &Header,
+    specs: &[SignalSpec],
+    limits: ReadLimits,
+    samples_so_far: u64,
+) -> Result<Vec<Vec<i32>>, DataError> {
+    let group = locate_group(header, specs, limits, samples_so_far)?;
+    digital_group(header, specs, group)
+}
+
+/// The digital samples of a located group.
+fn digital_group(
+    header: &Header,
+    specs: &[SignalSpec],
+    group: Group,
+) -> Result<Vec<Vec<i32>>, DataError> {
+    let mut stored = match group {
+        Group::Null { frames } => {
+            let invalid = invalid_sample(specs[0].format).unwrap_or(i32::MIN);
+            return Ok(specs
+                .iter()
+                .map(|s| vec![invalid; frames * s.samples_per_frame as usize])
+                .collect());
         }
-        apply_skew(samples, spec);
+        Group::Stored(stored) => stored,
+    };
+    with_buffer(|data| {
+        stored.read_into(header, &specs[0], data)?;
+        let mut signals = deal_out(stored.layout, data, specs, stored.frames);
+        for (spec, samples) in specs.iter().zip(&mut signals) {
+            if stored.layout == Layout::Diff8 {
+                accumulate_differences(samples, spec.initial_value.unwrap_or(0));
+            }
+            apply_skew(samples, spec);
+        }
+        Ok(signals)
+    })
+}
+
+/// Runs `f` with this thread's buffer for signal file bytes, kept between reads so that reading
+/// a folder of records does not allocate (and fault in) a fresh buffer per file.
+fn with_buffer<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    /// A buffer larger than this is freed after use rather than kept.
+    const KEEP_BYTES: usize = 16 << 20;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Ok(signals)
+    BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            let out = f(&mut buffer);
+            if buffer.capacity() > KEEP_BYTES {
+                *buffer = Vec::new();
+            }
+            out
+        }
+        // Re-entered (cannot happen today): use a buffer of its own.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Decodes every signal of a header in millivolts at the frame rate, like
+/// [`super::DigitalRecord::physical`] of [`read_signals_within`] (the same values, bit for bit),
+/// but for files of one-sample-per-frame, unskewed signals in a byte-aligned format straight from
+/// the file's bytes, checking checksums and initial values on the way.
+pub fn read_physical_within(
+    header: &Header,
+    limits: ReadLimits,
+) -> Result<Vec<Vec<f32>>, DataError> {
+    if let Some(n) = header.num_samples {
+        let per_frame: u64 = header
+            .signals
+            .iter()
+            .map(|s| u64::from(s.samples_per_frame))
+            .sum();
+        check_limit(header, n as u64 * per_frame, limits)?;
+    }
+    let mut out: Vec<Vec<f32>> = Vec::with_capacity(header.signals.len());
+    let mut samples_so_far = 0u64;
+    for group in signal_groups(&header.signals) {
+        let specs = &header.signals[group];
+        let direct = specs
+            .iter()
+            .all(|s| s.samples_per_frame == 1 && s.skew == 0);
+        let decoded = match locate_group(header, specs, limits, samples_so_far)? {
+            Group::Stored(mut stored) if direct && stored.layout.is_direct() => {
+                with_buffer(|data| {
+                    stored.read_into(header, &specs[0], data)?;
+                    physical_direct(header, specs, &stored, data)
+                })?
+            }
+            group => {
+                let digital = digital_group(header, specs, group)?;
+                let mut leads = Vec::with_capacity(specs.len());
+                for (spec, samples) in specs.iter().zip(&digital) {
+                    verify_signal(header, spec, samples)?;
+                    leads.push(super::physical_at_frame_rate(spec, samples));
+                }
+                leads
+            }
+        };
+        samples_so_far += decoded.iter().map(|s| s.len() as u64).sum::<u64>();
+        out.extend(decoded);
+    }
+    Ok(out)
+}
+
+/// One lead per spec, in millivolts, from a file of one-sample-per-frame signals in a
+/// [direct](Layout::is_direct) layout.
+fn physical_direct(
+    header: &Header,
+    specs: &[SignalSpec],
+    stored: &StoredGroup,
+    data: &[u8],
+) -> Result<Vec<Vec<f32>>, DataError> {
+    let signals = specs.len();
+    let mut leads = Vec::with_capacity(signals);
+    for (index, spec) in specs.iter().enumerate() {
+        let to_mv = Millivolts::of(spec);
+        let lead = decode_lead(stored.layout, data, signals, index, stored.frames, &to_mv);
+        check_signal(header, spec, lead.first, lead.sum)?;
+        leads.push(lead.millivolts);
+    }
+    Ok(leads)
 }
 
 /// Decodes the file's frames and gives each signal its samples, in order.
@@ -254,8 +427,20 @@ fn is_mat_file(name: &str) -> bool {
 }
 
 fn verify_signal(header: &Header, spec: &SignalSpec, samples: &[i32]) -> Result<(), DataError> {
+    let sum = samples.iter().fold(0i32, |acc, &s| acc.wrapping_add(s));
+    check_signal(header, spec, samples.first().copied(), sum)
+}
+
+/// Checks a signal's first sample and the wrapping 32-bit sum of its samples against the
+/// header's initial value and checksum.
+fn check_signal(
+    header: &Header,
+    spec: &SignalSpec,
+    first: Option<i32>,
+    sum: i32,
+) -> Result<(), DataError> {
     // Format 8's initial value is where its differences start, not a check.
-    if let (Some(expected), Some(&first)) = (spec.initial_value, samples.first())
+    if let (Some(expected), Some(first)) = (spec.initial_value, first)
         && spec.format != 8
         && expected != first
     {
@@ -270,7 +455,7 @@ fn verify_signal(header: &Header, spec: &SignalSpec, samples: &[i32]) -> Result<
     if let Some(expected) = spec.checksum {
         // WFDB's checksum is the sum of the samples modulo 2^16; the low 16 bits of a wrapping
         // 32-bit sum are exactly that.
-        let computed = samples.iter().fold(0i32, |acc, &s| acc.wrapping_add(s)) as u16;
+        let computed = sum as u16;
         if computed != expected as u16 {
             return Err(DataError::Checksum {
                 record: header.record_name.clone(),
