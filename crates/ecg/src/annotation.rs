@@ -109,116 +109,23 @@ pub fn read_annotations(path: impl AsRef<Path>) -> Result<Vec<Annotation>, DataE
 
 /// Decodes MIT-format annotation bytes; `path` only names the file in errors.
 pub fn parse_annotations(bytes: &[u8], path: &Path) -> Result<Vec<Annotation>, DataError> {
-    let fail = |offset: usize, message: String| DataError::Annotation {
-        path: path.to_path_buf(),
-        offset,
-        message,
+    let mut stream = Stream {
+        bytes,
+        path,
+        annotations: Vec::with_capacity(bytes.len() / 2),
+        time: 0,
+        pending_skip: 0,
+        chan: 0,
+        num: 0,
     };
-    let word_at = |offset: usize| -> Option<u16> {
-        Some(u16::from_le_bytes([
-            *bytes.get(offset)?,
-            *bytes.get(offset + 1)?,
-        ]))
-    };
-    let mut annotations: Vec<Annotation> = Vec::with_capacity(bytes.len() / 2);
-    let mut time: i64 = 0;
-    let mut pending_skip: i64 = 0;
-    let mut chan = 0u16;
-    let mut num = 0u16;
     let mut offset = 0usize;
     while offset < bytes.len() {
-        let word = word_at(offset).ok_or_else(|| {
-            fail(
-                offset,
-                "file ends in the middle of a 16-bit annotation word".to_string(),
-            )
-        })?;
-        if word == 0 {
-            break;
+        match stream.step(offset)? {
+            Some(next) => offset = next,
+            None => break,
         }
-        let code = (word >> 10) as u8;
-        let value = word & 0x03ff;
-        match code {
-            CODE_SKIP => {
-                let (Some(high), Some(low)) = (word_at(offset + 2), word_at(offset + 4)) else {
-                    return Err(fail(
-                        offset,
-                        "file ends inside a SKIP's 32-bit interval".to_string(),
-                    ));
-                };
-                pending_skip += i64::from(((u32::from(high) << 16) | u32::from(low)) as i32);
-                offset += 6;
-                continue;
-            }
-            // Before any annotation, NUM and CHN only set the values later ones inherit.
-            CODE_NUM if annotations.is_empty() => num = value,
-            CODE_CHN if annotations.is_empty() => chan = value,
-            CODE_NUM | CODE_SUB | CODE_CHN | CODE_AUX => {
-                let Some(last) = annotations.last_mut() else {
-                    return Err(fail(
-                        offset,
-                        format!("pseudo-annotation code {code} before any annotation"),
-                    ));
-                };
-                match code {
-                    CODE_NUM => {
-                        num = value;
-                        last.num = value;
-                    }
-                    CODE_SUB => last.subtype = value,
-                    CODE_CHN => {
-                        chan = value;
-                        last.chan = value;
-                    }
-                    _ => {
-                        let start = offset + 2;
-                        let text =
-                            bytes
-                                .get(start..start + usize::from(value))
-                                .ok_or_else(|| {
-                                    fail(
-                                        offset,
-                                        format!(
-                                            "AUX announces {value} bytes but the file has {}",
-                                            bytes.len().saturating_sub(start)
-                                        ),
-                                    )
-                                })?;
-                        last.aux = Some(
-                            String::from_utf8_lossy(text)
-                                .trim_end_matches('\0')
-                                .to_string(),
-                        );
-                        // The text is padded to a whole number of 16-bit words.
-                        offset = start + usize::from(value).div_ceil(2) * 2;
-                        continue;
-                    }
-                }
-            }
-            code if code > MAX_ANNOTATION_CODE => {
-                return Err(fail(
-                    offset,
-                    format!("annotation code {code} is outside the MIT code table (0-49, 59-63)"),
-                ));
-            }
-            code => {
-                time += pending_skip + i64::from(value);
-                pending_skip = 0;
-                let sample = u64::try_from(time).map_err(|_| {
-                    fail(offset, format!("annotation time becomes negative ({time})"))
-                })?;
-                annotations.push(Annotation {
-                    sample,
-                    code,
-                    subtype: 0,
-                    chan,
-                    num,
-                    aux: None,
-                });
-            }
-        }
-        offset += 2;
     }
+    let mut annotations = stream.annotations;
     // As WFDB and python wfdb do: code 0 (NOTQRS) only advances time, and notes at sample 0
     // whose text starts with `## ` are definitions (the time resolution, custom labels).
     annotations.retain(|a| {
@@ -228,6 +135,151 @@ pub fn parse_annotations(bytes: &[u8], path: &Path) -> Result<Vec<Annotation>, D
         a.code != 0 && !definition
     });
     Ok(annotations)
+}
+
+/// An annotation file being decoded: the annotations so far, the running time, and the
+/// channel and number later annotations inherit.
+struct Stream<'a> {
+    bytes: &'a [u8],
+    path: &'a Path,
+    annotations: Vec<Annotation>,
+    time: i64,
+    /// SKIP intervals not yet added to the time (the next annotation adds them).
+    pending_skip: i64,
+    chan: u16,
+    num: u16,
+}
+
+impl Stream<'_> {
+    fn fail(&self, offset: usize, message: String) -> DataError {
+        DataError::Annotation {
+            path: self.path.to_path_buf(),
+            offset,
+            message,
+        }
+    }
+
+    fn word_at(&self, offset: usize) -> Option<u16> {
+        Some(u16::from_le_bytes([
+            *self.bytes.get(offset)?,
+            *self.bytes.get(offset + 1)?,
+        ]))
+    }
+
+    /// Decodes the word at `offset` (and what belongs to it); the offset of the next word, or
+    /// `None` at the end-of-file word.
+    fn step(&mut self, offset: usize) -> Result<Option<usize>, DataError> {
+        let word = self.word_at(offset).ok_or_else(|| {
+            self.fail(
+                offset,
+                "file ends in the middle of a 16-bit annotation word".to_string(),
+            )
+        })?;
+        if word == 0 {
+            return Ok(None);
+        }
+        let code = (word >> 10) as u8;
+        let value = word & 0x03ff;
+        match code {
+            CODE_SKIP => {
+                let (Some(high), Some(low)) = (self.word_at(offset + 2), self.word_at(offset + 4))
+                else {
+                    return Err(self.fail(
+                        offset,
+                        "file ends inside a SKIP's 32-bit interval".to_string(),
+                    ));
+                };
+                self.pending_skip += i64::from(((u32::from(high) << 16) | u32::from(low)) as i32);
+                return Ok(Some(offset + 6));
+            }
+            // Before any annotation, NUM and CHN only set the values later ones inherit.
+            CODE_NUM if self.annotations.is_empty() => self.num = value,
+            CODE_CHN if self.annotations.is_empty() => self.chan = value,
+            CODE_NUM | CODE_SUB | CODE_CHN | CODE_AUX => {
+                return self.modify_last(code, value, offset).map(Some);
+            }
+            code if code > MAX_ANNOTATION_CODE => {
+                return Err(self.fail(
+                    offset,
+                    format!("annotation code {code} is outside the MIT code table (0-49, 59-63)"),
+                ));
+            }
+            code => self.push(code, value, offset)?,
+        }
+        Ok(Some(offset + 2))
+    }
+
+    /// A pseudo-annotation (NUM, SUB, CHN, AUX) that modifies the last annotation; the offset
+    /// of the next word.
+    fn modify_last(&mut self, code: u8, value: u16, offset: usize) -> Result<usize, DataError> {
+        if self.annotations.is_empty() {
+            return Err(self.fail(
+                offset,
+                format!("pseudo-annotation code {code} before any annotation"),
+            ));
+        }
+        let aux = if code == CODE_AUX {
+            Some(self.aux_text(value, offset)?)
+        } else {
+            None
+        };
+        let last = self.annotations.last_mut().expect("checked above");
+        match code {
+            CODE_NUM => {
+                self.num = value;
+                last.num = value;
+            }
+            CODE_SUB => last.subtype = value,
+            CODE_CHN => {
+                self.chan = value;
+                last.chan = value;
+            }
+            _ => {
+                last.aux = aux;
+                // The text is padded to a whole number of 16-bit words.
+                return Ok(offset + 2 + usize::from(value).div_ceil(2) * 2);
+            }
+        }
+        Ok(offset + 2)
+    }
+
+    /// The `len` bytes of AUX text after the word at `offset`.
+    fn aux_text(&self, len: u16, offset: usize) -> Result<String, DataError> {
+        let start = offset + 2;
+        let text = self
+            .bytes
+            .get(start..start + usize::from(len))
+            .ok_or_else(|| {
+                self.fail(
+                    offset,
+                    format!(
+                        "AUX announces {len} bytes but the file has {}",
+                        self.bytes.len().saturating_sub(start)
+                    ),
+                )
+            })?;
+        Ok(String::from_utf8_lossy(text)
+            .trim_end_matches('\0')
+            .to_string())
+    }
+
+    /// An annotation `value` samples after the previous one (plus any pending SKIP).
+    fn push(&mut self, code: u8, value: u16, offset: usize) -> Result<(), DataError> {
+        self.time += self.pending_skip + i64::from(value);
+        self.pending_skip = 0;
+        let time = self.time;
+        let sample = u64::try_from(time)
+            .map_err(|_| self.fail(offset, format!("annotation time becomes negative ({time})")))?;
+        self.annotations.push(Annotation {
+            sample,
+            code,
+            subtype: 0,
+            chan: self.chan,
+            num: self.num,
+            aux: None,
+        });
+        Ok(())
+    }
 }
 
 /// Waves delineated from an annotation stream.

@@ -468,6 +468,62 @@ fn parse_gain_field(
     }
 }
 
+fn parse_adc_resolution(text: &str, ctx: &FieldContext) -> Result<u32, DataError> {
+    let expected = format!("an integer from 0 to {MAX_ADC_RESOLUTION} (bits)");
+    let bits: u32 = ctx.int("ADC resolution", &expected, text)?;
+    if bits > MAX_ADC_RESOLUTION {
+        return Err(ctx.error("ADC resolution", expected, text));
+    }
+    Ok(bits)
+}
+
+fn parse_initial_value(text: &str, format: u16, ctx: &FieldContext) -> Result<i32, DataError> {
+    let range = sample_range(format);
+    let expected = format!(
+        "an integer from {} to {} (format {format}'s sample range)",
+        range.start(),
+        range.end()
+    );
+    let value: i64 = ctx.int("initial value", &expected, text)?;
+    if !range.contains(&value) {
+        return Err(ctx.error("initial value", expected, text));
+    }
+    Ok(value as i32)
+}
+
+fn parse_checksum(text: &str, ctx: &FieldContext) -> Result<i32, DataError> {
+    let expected = "an integer from -32768 to 65535 (16-bit sum of the samples)";
+    let sum: i32 = ctx.int("checksum", expected, text)?;
+    if !(-32768..=65535).contains(&sum) {
+        return Err(ctx.error("checksum", expected, text));
+    }
+    Ok(sum)
+}
+
+/// Samples per frame and skew within their bounds (`format_text` is the FORMAT field).
+fn check_frame_layout(
+    samples_per_frame: u32,
+    skew: u32,
+    format_text: &str,
+    ctx: &FieldContext,
+) -> Result<(), DataError> {
+    if !(1..=MAX_SAMPLES_PER_FRAME).contains(&samples_per_frame) {
+        return Err(ctx.error(
+            "samples per frame",
+            format!("FORMATxN with N from 1 to {MAX_SAMPLES_PER_FRAME}"),
+            format_text,
+        ));
+    }
+    if skew > MAX_SKEW {
+        return Err(ctx.error(
+            "skew",
+            format!("FORMAT:SKEW with a skew from 0 to {MAX_SKEW} frames"),
+            format_text,
+        ));
+    }
+    Ok(())
+}
+
 fn parse_signal_line(
     line: &str,
     line_no: usize,
@@ -491,44 +547,16 @@ fn parse_signal_line(
         None => (0.0, None, None),
     };
     let adc_resolution = field(3)
-        .map(|t| {
-            let expected = format!("an integer from 0 to {MAX_ADC_RESOLUTION} (bits)");
-            let bits: u32 = ctx.int("ADC resolution", &expected, t)?;
-            if bits > MAX_ADC_RESOLUTION {
-                return Err(ctx.error("ADC resolution", expected, t));
-            }
-            Ok(bits)
-        })
+        .map(|t| parse_adc_resolution(t, &ctx))
         .transpose()?;
     let adc_zero = field(4)
         .map(|t| ctx.int("ADC zero", "an integer", t))
         .transpose()?
         .unwrap_or(0);
     let initial_value = field(5)
-        .map(|t| {
-            let range = sample_range(format);
-            let expected = format!(
-                "an integer from {} to {} (format {format}'s sample range)",
-                range.start(),
-                range.end()
-            );
-            let value: i64 = ctx.int("initial value", &expected, t)?;
-            if !range.contains(&value) {
-                return Err(ctx.error("initial value", expected, t));
-            }
-            Ok(value as i32)
-        })
+        .map(|t| parse_initial_value(t, format, &ctx))
         .transpose()?;
-    let checksum = field(6)
-        .map(|t| {
-            let expected = "an integer from -32768 to 65535 (16-bit sum of the samples)";
-            let sum: i32 = ctx.int("checksum", expected, t)?;
-            if !(-32768..=65535).contains(&sum) {
-                return Err(ctx.error("checksum", expected, t));
-            }
-            Ok(sum)
-        })
-        .transpose()?;
+    let checksum = field(6).map(|t| parse_checksum(t, &ctx)).transpose()?;
     let block_size = field(7)
         .map(|t| ctx.int("block size", "a non-negative integer", t))
         .transpose()?;
@@ -548,20 +576,7 @@ fn parse_signal_line(
             format: format_text.to_string(),
         });
     }
-    if !(1..=MAX_SAMPLES_PER_FRAME).contains(&samples_per_frame) {
-        return Err(ctx.error(
-            "samples per frame",
-            format!("FORMATxN with N from 1 to {MAX_SAMPLES_PER_FRAME}"),
-            format_text,
-        ));
-    }
-    if skew > MAX_SKEW {
-        return Err(ctx.error(
-            "skew",
-            format!("FORMAT:SKEW with a skew from 0 to {MAX_SKEW} frames"),
-            format_text,
-        ));
-    }
+    check_frame_layout(samples_per_frame, skew, format_text, &ctx)?;
     Ok(SignalSpec {
         line: line_no,
         file_name,

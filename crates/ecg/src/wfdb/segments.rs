@@ -88,7 +88,37 @@ pub fn read_segments(master: &Header, limits: ReadLimits) -> Result<Record, Data
             limit: limits.max_samples,
         });
     }
-    let mut segments = master.segments.iter();
+    let (leads, variable) = record_layout(master)?;
+    // A variable layout's first segment is the layout header and holds no samples.
+    let segments = &master.segments[usize::from(variable)..];
+    let total = total as usize;
+    let mut signals = vec![vec![f32::NAN; total]; leads.len()];
+    let mut start = 0;
+    for segment in segments {
+        if segment.name != NULL_FILE && segment.num_samples > 0 {
+            let placed = Placement {
+                leads: &leads,
+                variable,
+                start,
+            };
+            place_segment(master, segment, limits, &placed, &mut signals)?;
+        }
+        start += segment.num_samples;
+    }
+    Ok(Record {
+        id: master.record_name.clone(),
+        source: SourceKind::Wfdb,
+        fs: master.fs,
+        leads,
+        signals,
+        meta: RecordMeta::default(),
+        waves: Vec::new(),
+    })
+}
+
+/// The record's lead names (from its first data segment) and whether its layout is variable
+/// (the first segment then has 0 samples and names every signal).
+fn record_layout(master: &Header) -> Result<(Vec<String>, bool), DataError> {
     let first_data = master.segments.iter().find(|s| s.name != NULL_FILE);
     let (leads, variable) = match first_data {
         None => (
@@ -100,9 +130,6 @@ pub fn read_segments(master: &Header, limits: ReadLimits) -> Result<Record, Data
         Some(first) => {
             let header = segment_header(master, first)?;
             let variable = first.num_samples == 0 && std::ptr::eq(first, &master.segments[0]);
-            if variable {
-                segments.next();
-            }
             (header.leads(), variable)
         }
     };
@@ -118,56 +145,58 @@ pub fn read_segments(master: &Header, limits: ReadLimits) -> Result<Record, Data
             ),
         ));
     }
-    let total = total as usize;
-    let mut signals = vec![vec![f32::NAN; total]; leads.len()];
-    let mut start = 0;
-    for segment in segments {
-        if segment.name != NULL_FILE && segment.num_samples > 0 {
-            let digital = read_segment(master, segment, limits)?;
-            let physical = digital.physical();
-            if !variable && physical.len() != leads.len() {
-                return Err(header_error(
+    Ok((leads, variable))
+}
+
+/// Where a segment's samples go in the joined record.
+struct Placement<'a> {
+    leads: &'a [String],
+    variable: bool,
+    /// The segment's first sample in the record.
+    start: usize,
+}
+
+/// Reads one data segment and copies its leads into `signals` (matched by name in a variable
+/// layout, by position in a fixed one).
+fn place_segment(
+    master: &Header,
+    segment: &Segment,
+    limits: ReadLimits,
+    at: &Placement,
+    signals: &mut [Vec<f32>],
+) -> Result<(), DataError> {
+    let digital = read_segment(master, segment, limits)?;
+    let physical = digital.physical();
+    if !at.variable && physical.len() != at.leads.len() {
+        return Err(header_error(
+            master,
+            segment.line,
+            format!(
+                "fixed-layout segment {} has {} signals, the first segment {}",
+                segment.name,
+                physical.len(),
+                at.leads.len()
+            ),
+        ));
+    }
+    for (index, lead) in digital.header.leads().iter().enumerate() {
+        let target = if at.variable {
+            at.leads.iter().position(|l| l == lead).ok_or_else(|| {
+                header_error(
                     master,
                     segment.line,
                     format!(
-                        "fixed-layout segment {} has {} signals, the first segment {}",
-                        segment.name,
-                        physical.len(),
-                        leads.len()
+                        "segment {} has signal {lead}, which the layout segment does not list",
+                        segment.name
                     ),
-                ));
-            }
-            for (index, lead) in digital.header.leads().iter().enumerate() {
-                let target = if variable {
-                    leads.iter().position(|l| l == lead).ok_or_else(|| {
-                        header_error(
-                            master,
-                            segment.line,
-                            format!(
-                                "segment {} has signal {lead}, which the layout segment does not \
-                                 list",
-                                segment.name
-                            ),
-                        )
-                    })?
-                } else {
-                    index
-                };
-                signals[target][start..start + segment.num_samples]
-                    .copy_from_slice(&physical[index]);
-            }
-        }
-        start += segment.num_samples;
+                )
+            })?
+        } else {
+            index
+        };
+        signals[target][at.start..at.start + segment.num_samples].copy_from_slice(&physical[index]);
     }
-    Ok(Record {
-        id: master.record_name.clone(),
-        source: SourceKind::Wfdb,
-        fs: master.fs,
-        leads,
-        signals,
-        meta: RecordMeta::default(),
-        waves: Vec::new(),
-    })
+    Ok(())
 }
 
 /// Reads one data segment, checking it against its segment line.
