@@ -133,3 +133,97 @@ fn an_anyecg_cell_with_chunked_two_lead_recordings_runs_and_scores_localization(
     }
     assert!((0.0..=1.0).contains(&s["eval/localization/iou"]));
 }
+
+/// Writes `record` as a format-16 WFDB record `name` (gain 200/mV) in `dir`.
+fn write_wfdb(dir: &Path, name: &str, record: &beatlab_ecg::Record) {
+    let n = record.signals[0].len();
+    let digital: Vec<Vec<i16>> = record
+        .signals
+        .iter()
+        .map(|s| s.iter().map(|&v| (v * 200.0).round() as i16).collect())
+        .collect();
+    let mut header = format!("{name} {} {} {n}\n", digital.len(), record.fs);
+    for (lead, samples) in record.leads.iter().zip(&digital) {
+        let checksum = samples.iter().fold(0i32, |a, &s| a + i32::from(s)) as u16;
+        header += &format!(
+            "{name}.dat 16 200 16 0 {} {checksum} 0 {lead}\n",
+            samples[0]
+        );
+    }
+    std::fs::write(dir.join(format!("{name}.hea")), header).unwrap();
+    let mut bytes = Vec::with_capacity(n * digital.len() * 2);
+    for t in 0..n {
+        for samples in &digital {
+            bytes.extend_from_slice(&samples[t].to_le_bytes());
+        }
+    }
+    std::fs::write(dir.join(format!("{name}.dat")), bytes).unwrap();
+}
+
+/// An MIT annotation file: beats (`N`, or `V` where `ventricular`) at `times_s` at `fs`.
+fn write_atr(path: &Path, fs: f64, times_s: &[f64], ventricular: &[usize]) {
+    let mut bytes = Vec::new();
+    let mut last = 0u64;
+    for (k, &t) in times_s.iter().enumerate() {
+        let sample = (t * fs).round() as u64;
+        let code: u16 = if ventricular.contains(&k) { 5 } else { 1 };
+        bytes.extend_from_slice(&((code << 10) | (sample - last) as u16).to_le_bytes());
+        last = sample;
+    }
+    bytes.extend_from_slice(&[0, 0]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A WFDB folder whose records have `.atr` beat annotations gives the run's instruction data
+/// localization items answered from the annotations (V beats 4 and 5 of beats at 0.5 + k s:
+/// 4.0-6.0 s); a record with only normal beats is "None found.", one without an `.atr` gets
+/// none.
+#[test]
+fn annotated_wfdb_records_give_localization_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("records");
+    std::fs::create_dir(&root).unwrap();
+    let cfg = beatlab_ecg::synthetic::SimConfig {
+        fs: 250.0,
+        duration_s: 10.0,
+        ..Default::default()
+    };
+    let records = beatlab_ecg::synthetic::generate(&cfg, 9, 7);
+    let beats: Vec<f64> = (0..10).map(|k| 0.5 + f64::from(k)).collect();
+    for (i, record) in records.iter().enumerate() {
+        let name = format!("r{i}");
+        write_wfdb(&root, &name, record);
+        match i % 3 {
+            0 => write_atr(&root.join(format!("{name}.atr")), 250.0, &beats, &[4, 5]),
+            1 => write_atr(&root.join(format!("{name}.atr")), 250.0, &beats, &[]),
+            _ => {}
+        }
+    }
+    let spec_text = format!(
+        "[experiment]\nname = \"atr\"\n[data]\nsource = \"wfdb\"\nroot = {:?}\n\
+         [instructions]\nlocalization_per_record = 1\n",
+        root.display().to_string()
+    );
+    let spec: beatlab::spec::Spec = toml::from_str(&spec_text).unwrap();
+    let cache = dir.path().join("cache");
+    let corpus = beatlab::stages::multimodal::Corpus::load(&spec, &cache).unwrap();
+    let mut answers: Vec<(String, String)> = corpus
+        .items
+        .iter()
+        .filter(|item| item.task() == Some(beatlab_heartcare::instruct::Task::Localization))
+        .map(|item| (item.record_ids.join(","), item.answer.clone()))
+        .collect();
+    answers.sort();
+    let expected: Vec<(String, String)> = (0..9)
+        .filter(|i| i % 3 != 2)
+        .map(|i| {
+            let answer = if i % 3 == 0 {
+                "Duration: 4.0s-6.0s"
+            } else {
+                "None found."
+            };
+            (format!("r{i}"), answer.to_string())
+        })
+        .collect();
+    assert_eq!(answers, expected);
+}

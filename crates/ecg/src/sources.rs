@@ -4,7 +4,9 @@
 //! holding `ptbxl_database.csv` is read as PTB-XL at 500 Hz, one holding `ludb.csv` as LUDB; their
 //! subtrees belong to them. Every other `.hea` is a plain WFDB record whose CinC-style comments
 //! (`# Age:`, `# Sex:`, `# Dx:` SNOMED-CT codes) fill its labels ([`SourceKind::Cinc`] when `# Dx`
-//! is present). Hidden entries (names starting with `.`) are ignored.
+//! is present), and whose beat annotations (`NAME.atr` beside it, when there is one) give its
+//! abnormal segments (`meta.abnormal_segments`, the truth of anyECG-chat's localization items).
+//! Hidden entries (names starting with `.`) are ignored.
 //!
 //! Exclusion patterns are simple globs matched against `/`-separated paths relative to the root:
 //! `?` is one character and `*` any run of characters except `/`, `**` any run including `/`.
@@ -24,7 +26,7 @@ use crate::wfdb;
 
 /// Bumped whenever the set of files read (or what is derived from them) changes meaning, so
 /// that fingerprints taken by an older reader never match.
-const FINGERPRINT_VERSION: &str = "beatlab-ecg sources v1";
+const FINGERPRINT_VERSION: &str = "beatlab-ecg sources v2";
 
 /// Loads every record under `root` except those matching `exclude`; fails on the first broken
 /// record. PTB-XL rows without a 500 Hz file are skipped (see [`load_any_with_report`]).
@@ -100,6 +102,48 @@ pub fn fingerprint(root: &Path, exclude: &[String]) -> Result<String, DataError>
         hasher.update(b"\n");
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The extension of the beat annotation file a plain WFDB record may have beside its header.
+pub const BEAT_ANNOTATOR: &str = "atr";
+
+/// The record's beat annotation file (`NAME.atr` beside `NAME.hea`), when there is one inside
+/// the record's folder (the rule for signal files).
+fn beat_annotation_file(header: &Path) -> Option<PathBuf> {
+    let dir = header.parent().unwrap_or(Path::new(""));
+    let name = header.with_extension(BEAT_ANNOTATOR);
+    let name = name.file_name()?.to_str()?;
+    let file = crate::safe_read::resolve_in_folder(dir, name).ok()?;
+    file.is_file().then(|| dir.join(name))
+}
+
+/// The annotations of the record's `.atr`, when it has one.
+fn beat_annotations(
+    header: &Path,
+) -> Result<Option<Vec<crate::annotation::Annotation>>, DataError> {
+    beat_annotation_file(header)
+        .map(crate::annotation::read_annotations)
+        .transpose()
+}
+
+/// The abnormal segments (anyECG-chat's localization truth, [`crate::flexible`]) of a record
+/// whose annotations are `annotations`; `None` when they hold no beat, so a rhythm- or
+/// note-only file claims nothing.
+fn annotated_abnormal_segments(
+    annotations: &[crate::annotation::Annotation],
+    record: &Record,
+) -> Option<Vec<[f64; 2]>> {
+    let beats = crate::annotation::beats(annotations, record.fs);
+    if beats.is_empty() {
+        return None;
+    }
+    let segments = crate::flexible::annotated_segments(&beats, record.duration_s());
+    Some(
+        crate::flexible::merged(segments)
+            .iter()
+            .map(|s| [s.start_s, s.end_s])
+            .collect(),
+    )
 }
 
 /// Fills a record's labels from CinC-style header comments (`Age: 78`, `Sex: Male`,
@@ -275,9 +319,13 @@ impl Item {
                 })
             }
             Item::Wfdb { header, id } => {
-                let (header, mut record) = wfdb::read_record_with_header(header)?;
+                let (parsed, mut record) = wfdb::read_record_with_header(header)?;
                 record.id = id.clone();
-                apply_cinc_comments(&header.comments, &mut record);
+                apply_cinc_comments(&parsed.comments, &mut record);
+                if let Some(annotations) = beat_annotations(header)? {
+                    record.meta.abnormal_segments =
+                        annotated_abnormal_segments(&annotations, &record);
+                }
                 Ok(Loaded {
                     record,
                     incomplete_waves: 0,
@@ -293,6 +341,9 @@ impl Item {
         let mut files = vec![header_path.clone()];
         if let Ok(header) = wfdb::read_header(&header_path) {
             files.extend(header.signal_files());
+            if let Item::Wfdb { .. } = self {
+                files.extend(beat_annotation_file(&header_path));
+            }
             if let Item::Ludb { dataset, .. } = self {
                 files.extend(
                     dataset
