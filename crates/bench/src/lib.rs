@@ -8,7 +8,7 @@
 //! - [`beat`]: Beat training windows per second at the paper configuration, against PyTorch,
 //!   with achieved FLOP/s over the machine's measured matrix-product peak;
 //! - [`registry`]: metric points written per second by [`beatlab::registry::Registry`], against
-//!   MLflow's SQLite tracking store;
+//!   MLflow's tracking store (SQLite, or the same PostgreSQL server);
 //! - [`wfdb`]: WFDB records decoded per second, against the Python `wfdb` package;
 //! - [`sim`]: 12-lead records simulated per second by the built-in ECG simulator, against
 //!   NeuroKit2's `ecg_simulate(method="multileads")`;
@@ -76,6 +76,15 @@ pub enum BenchError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// The PostgreSQL server of `bench registry --registry` refused a scratch database
+    /// statement (`CREATE DATABASE`, `DROP DATABASE`) or could not be reached.
+    #[error("PostgreSQL server of the registry benchmark: {statement}: {message}")]
+    ScratchDatabase {
+        /// The statement.
+        statement: String,
+        /// The server's or the connection's error.
+        message: String,
     },
     /// The peer's interpreter could not be started.
     #[error(

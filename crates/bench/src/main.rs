@@ -13,7 +13,7 @@ use clap::Parser;
 
 /// Speed against peers in one invocation, with ratios: Beat training (PyTorch), the multimodal
 /// Qwen2 + LoRA step and SigLIP forward (PyTorch + transformers), registry
-/// writes (MLflow's SQLite store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2),
+/// writes (MLflow's SQLite or PostgreSQL store), WFDB decoding (Python wfdb), ECG simulation (NeuroKit2),
 /// `--where` filtering (the same filter in SQLite's SQL), LUDB delineation (NeuroKit2, ecgdeli).
 /// `scripts/bench.sh` sets up the peers' Python environment.
 ///
@@ -59,6 +59,10 @@ struct BenchArgs {
     /// Registry: points per write (the runner's Tracker flushes every 512).
     #[arg(long, default_value_t = 512)]
     metric_batch: usize,
+    /// Registry: both sides on this PostgreSQL server (`postgres://USER@HOST/DB`; each round
+    /// makes fresh databases there and drops them) instead of SQLite files.
+    #[arg(long, value_name = "ADDRESS")]
+    registry: Option<String>,
     /// Query: runs in the registry the `--where` filter goes through.
     #[arg(long, default_value_t = 30_000)]
     query_runs: usize,
@@ -106,6 +110,13 @@ fn run(args: &BenchArgs) -> Result<()> {
     options.beat.warmup = args.warmup;
     options.registry.steps = args.metric_steps;
     options.registry.batch = args.metric_batch;
+    if let Some(address) = &args.registry {
+        anyhow::ensure!(
+            address.starts_with("postgres://") || address.starts_with("postgresql://"),
+            "--registry {address}: expected a PostgreSQL server, postgres://USER@HOST/DB"
+        );
+        options.registry.postgres = Some(address.clone());
+    }
     if let Some(rounds) = args.rounds {
         options.beat.rounds = rounds;
         options.registry.rounds = rounds;
