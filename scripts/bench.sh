@@ -23,8 +23,8 @@ features=()
 if [ -n "${CARGO_FEATURES:-}" ]; then
     features=(--features "$CARGO_FEATURES")
 fi
-cargo build --release -p beatlab --bin beatlab -p beatlab-bench "${features[@]}"
+cargo build --release -p beatlab --bin beatlab -p beatlab-bench --bin beatlab-bench "${features[@]}"
 
 export RAYON_NUM_THREADS="${THREADS:-$(nproc)}"
 export BEATLAB_ECG_DATA="${BEATLAB_ECG_DATA:-$(cd .. && pwd)/shared/data/ecg}"
-exec target/release/beatlab-bench "${@:-all}"
+exec "${CARGO_TARGET_DIR:-target}/release/beatlab-bench" "${@:-all}"

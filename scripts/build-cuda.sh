@@ -178,7 +178,7 @@ jobs=()
 say "cargo build --release --features cuda into $target_dir (sm_$compute_cap; the first build"
 say "  compiles candle's CUDA kernels with nvcc: 30-40 minutes on 2 busy cores)"
 cargo_started=$SECONDS
-cargo build --release --locked -p beatlab --bin beatlab -p beatlab-bench \
+cargo build --release --locked -p beatlab --bin beatlab -p beatlab-bench --bin beatlab-bench \
     --features beatlab/cuda,beatlab-bench/cuda "${jobs[@]}" ||
     die "cargo build --features cuda failed"
 cargo_seconds=$((SECONDS - cargo_started))

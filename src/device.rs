@@ -1,4 +1,5 @@
-//! `--device auto|cpu|cuda[:N]`: choosing where tensors live.
+//! `--device auto|cpu|cuda[:N]`: choosing where tensors live, and the process settings the CPU
+//! device runs best with ([`tune_cpu_runtime`]).
 //!
 //! Asking for CUDA in a build without it, or on a machine without a usable GPU, is an error that
 //! says which; `auto` takes the GPU when there is one and otherwise falls back to the CPU with one
@@ -114,6 +115,30 @@ fn open_cuda(index: usize) -> Result<Resolved, DeviceError> {
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(_index: usize) -> Result<Resolved, DeviceError> {
     Err(DeviceError::NotBuilt)
+}
+
+/// Process-wide CPU settings that make candle's training steps faster (docs/benchmarks.md, Beat:
+/// measured on 2 cores). A binary calls it first thing in `main`, before any thread or large
+/// buffer exists: `beatlab`, and `beatlab-bench` so that it measures what the product runs.
+pub fn tune_cpu_runtime() {
+    // glibc returns freed blocks above 128 KiB to the kernel at once, so every step of a training
+    // loop faults its activation buffers in again (about 10 % of a Beat step in `perf`). Keeping
+    // them in the heap costs the process its peak heap, which a training run reaches anyway.
+    // 32 MiB is the highest mmap threshold glibc accepts (it ignores larger values).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator thresholds; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+    // candle runs elementwise ops on a pool of CANDLE_NUM_THREADS - 1 spinning workers beside
+    // the rayon threads of its matrix products; on two cores the spinning competes with them (a
+    // quarter of the samples in `perf`), so the pool is turned off there unless the user set it.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores <= 2 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet that could read the environment concurrently.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
 }
 
 #[cfg(test)]

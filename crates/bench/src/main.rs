@@ -77,6 +77,8 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    // Ours runs with the product binary's allocator and thread settings.
+    beatlab::device::tune_cpu_runtime();
     let args = BenchArgs::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
