@@ -166,33 +166,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Show { run, json } => show(g, &run, json),
         Command::Compare { a, b } => compare(g, &a, &b),
         Command::Resume { run, device, lease } => resume(g, &run, device, lease),
-        Command::Data(DataCommand::Check { root, json }) => data_check(&root, json),
-        Command::Data(DataCommand::Render {
-            record,
-            output,
-            layout,
-            px_per_mm,
-        }) => data_render(&record, &output, layout, px_per_mm),
-        Command::Data(DataCommand::Delineate { record, json }) => {
-            delineation::data_delineate(&record, json)
-        }
-        Command::Data(DataCommand::Measure { root, json }) => {
-            delineation::data_measure(&root, json)
-        }
-        Command::Data(DataCommand::ScoreDelineation { root, json }) => {
-            delineation::data_score_delineation(&root, json)
-        }
-        Command::Data(DataCommand::Localize {
-            record,
-            annotator,
-            chunk_s,
-            json,
-        }) => delineation::data_localize(&record, &annotator, chunk_s, json),
-        Command::Data(DataCommand::BuildInstructions {
-            spec,
-            output,
-            captions,
-        }) => build_instructions(g, &spec, &output, captions),
+        Command::Data(command) => data_command(g, command),
         Command::Registry(command) => registry_command(g, command),
         Command::Bench { args } => bench(&args),
         Command::Parity(args) => parity(&args),
@@ -352,6 +326,35 @@ impl RunChoices {
             max_failures: train.max_failures,
             wait: !train.no_wait,
         }
+    }
+}
+
+/// `beatlab data ...`: the commands over records and corpora that need no run.
+fn data_command(g: &Global, command: DataCommand) -> Result<Exit> {
+    match command {
+        DataCommand::Check { root, json } => data_check(&root, json),
+        DataCommand::Render {
+            record,
+            output,
+            layout,
+            px_per_mm,
+        } => data_render(&record, &output, layout, px_per_mm),
+        DataCommand::Delineate { record, json } => delineation::data_delineate(&record, json),
+        DataCommand::Measure { root, json } => delineation::data_measure(&root, json),
+        DataCommand::ScoreDelineation { root, json } => {
+            delineation::data_score_delineation(&root, json)
+        }
+        DataCommand::Localize {
+            record,
+            annotator,
+            chunk_s,
+            json,
+        } => delineation::data_localize(&record, &annotator, chunk_s, json),
+        DataCommand::BuildInstructions {
+            spec,
+            output,
+            captions,
+        } => build_instructions(g, &spec, &output, captions),
     }
 }
 

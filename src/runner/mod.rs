@@ -440,6 +440,39 @@ fn run_claimed(
         policy.lease_s,
         control.lease_lost.clone(),
     );
+    let mut tracker = start_tracker(cfg, claim, spec, label)?;
+    let store = CheckpointStore::new(cfg.registry.clone(), run_id, &claim.run_dir);
+    let cache_dir = cfg.runs_dir.join(".cache");
+
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_stages(
+            cfg,
+            spec,
+            run_id,
+            &claim.run_dir,
+            &cache_dir,
+            &mut tracker,
+            &store,
+            &control,
+        )
+    }))
+    .unwrap_or_else(|payload| Err(StageError::Panicked(panic_text(payload.as_ref()))));
+    let _ = tracker.flush();
+    Ok(CellReport {
+        run_id: run_id.to_string(),
+        label: label.to_string(),
+        outcome: record_end(cfg, &policy.worker, run_id, &mut tracker, outcome)?,
+    })
+}
+
+/// The run's tracker, with its first log line (and, for a first attempt, the spec it runs).
+fn start_tracker(
+    cfg: &RunnerConfig,
+    claim: &Claim,
+    spec: &Spec,
+    label: &str,
+) -> Result<Tracker, RunnerError> {
+    let run_id = claim.run_id.as_str();
     let mut tracker = Tracker::new(
         cfg.registry.clone(),
         run_id,
@@ -464,45 +497,35 @@ fn run_claimed(
             &format!("```toml\n{}\n```", crate::spec::to_toml_string(spec)),
         )?;
     }
-    let store = CheckpointStore::new(cfg.registry.clone(), run_id, &claim.run_dir);
-    let cache_dir = cfg.runs_dir.join(".cache");
+    Ok(tracker)
+}
 
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_stages(
-            cfg,
-            spec,
-            run_id,
-            &claim.run_dir,
-            &cache_dir,
-            &mut tracker,
-            &store,
-            &control,
-        )
-    }))
-    .unwrap_or_else(|payload| Err(StageError::Panicked(panic_text(payload.as_ref()))));
-    let _ = tracker.flush();
-    let report = |outcome| CellReport {
-        run_id: run_id.to_string(),
-        label: label.to_string(),
-        outcome,
-    };
+/// Records in the registry how the stages of `run_id` ended: finished, given back when
+/// interrupted, left to the worker that took the lease, or failed with the error's chain.
+fn record_end(
+    cfg: &RunnerConfig,
+    worker: &str,
+    run_id: &str,
+    tracker: &mut Tracker,
+    outcome: Result<Option<StopReason>, StageError>,
+) -> Result<CellOutcome, RunnerError> {
     match outcome {
         Ok(None) => {
             cfg.registry
-                .end_run(run_id, &policy.worker, RunStatus::Finished, None)?;
+                .end_run(run_id, worker, RunStatus::Finished, None)?;
             tracker.log("finished");
-            Ok(report(CellOutcome::Finished))
+            Ok(CellOutcome::Finished)
         }
         Ok(Some(StopReason::Interrupted)) => {
             // Given back at once (no lease wait): any worker, or `beatlab resume`, continues it
             // from the checkpoint the stage wrote when it stopped.
-            cfg.registry.release(run_id, &policy.worker)?;
+            cfg.registry.release(run_id, worker)?;
             tracker.log("interrupted: checkpointed and released (pending); the next worker or `beatlab resume` continues it");
-            Ok(report(CellOutcome::Stopped(StopReason::Interrupted)))
+            Ok(CellOutcome::Stopped(StopReason::Interrupted))
         }
         Ok(Some(StopReason::LeaseLost)) => {
             tracker.log("lease lost to another worker; stopped");
-            Ok(report(CellOutcome::Stopped(StopReason::LeaseLost)))
+            Ok(CellOutcome::Stopped(StopReason::LeaseLost))
         }
         Err(e) => {
             let text = error_chain(&e);
@@ -510,13 +533,13 @@ fn run_claimed(
             // failure fails too, and the run's log is where its cause stays.
             tracker.log(&format!("failed: {text}"));
             cfg.registry
-                .end_run(run_id, &policy.worker, RunStatus::Failed, Some(&text))
+                .end_run(run_id, worker, RunStatus::Failed, Some(&text))
                 .map_err(|source| RunnerError::Unrecorded {
                     run: run_id.to_string(),
                     failure: text.clone(),
                     source: Box::new(source),
                 })?;
-            Ok(report(CellOutcome::Failed(text)))
+            Ok(CellOutcome::Failed(text))
         }
     }
 }
