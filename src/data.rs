@@ -12,7 +12,7 @@ use beatlab_ecg::dataset::{self, Dataset, SplitConfig};
 use beatlab_ecg::preprocess::{
     BandpassConfig, Normalise, PreprocessConfig, WindowMode as EcgWindow,
 };
-use beatlab_ecg::synthetic::{NoiseConfig, SimConfig};
+use beatlab_ecg::synthetic::{Condition, NoiseConfig, SimConfig};
 use beatlab_ecg::{Record, ptbxl};
 use sha2::{Digest, Sha256};
 
@@ -91,6 +91,15 @@ pub fn sim_config(spec: &Spec) -> SimConfig {
                 emg_mv: base.emg_mv * scale,
                 ..base
             }
+        },
+        mix: match d.synthetic_mix.is_empty() {
+            true => SimConfig::default().mix,
+            // Validated: every name is a condition (spec::validate).
+            false => d
+                .synthetic_mix
+                .iter()
+                .filter_map(|(name, w)| Some((Condition::from_name(name)?, *w)))
+                .collect(),
         },
         ..SimConfig::default()
     }
@@ -206,4 +215,46 @@ pub fn windows(spec: &Spec, cache_dir: &Path) -> Result<Dataset, DataError> {
         dataset::CacheError::Build(inner) => inner,
         other => DataError::Cache(other.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use beatlab_ecg::synthetic::{Condition, generate_with_truth};
+
+    use crate::spec::{self, Overrides};
+
+    fn conditions_of(data: &str) -> Vec<Condition> {
+        let text =
+            format!("[experiment]\nname = \"mix\"\n\n[data]\nsynthetic_duration_s = 2\n{data}");
+        let loaded = spec::load_str("mix.toml", &text, &Overrides::default()).unwrap();
+        let cfg = super::sim_config(&loaded.spec);
+        generate_with_truth(&cfg, 60, 7)
+            .into_iter()
+            .map(|r| r.truth.condition)
+            .collect()
+    }
+
+    #[test]
+    fn the_spec_s_condition_mix_is_what_the_simulator_draws() {
+        let mixed = conditions_of(
+            "synthetic_mix = { atrial_fibrillation = 3, premature_ventricular = 1 }\n",
+        );
+        let af = mixed
+            .iter()
+            .filter(|c| **c == Condition::AtrialFibrillation)
+            .count();
+        let pvc = mixed
+            .iter()
+            .filter(|c| **c == Condition::PrematureVentricular)
+            .count();
+        assert_eq!(af + pvc, mixed.len(), "{mixed:?}");
+        assert!(
+            af > pvc && pvc > 0,
+            "3:1 weights gave {af} AF and {pvc} PVC"
+        );
+        // Without the field: the built-in mix, which draws many conditions.
+        let default = conditions_of("");
+        let distinct: std::collections::BTreeSet<_> = default.iter().collect();
+        assert!(distinct.len() >= 8, "{distinct:?}");
+    }
 }

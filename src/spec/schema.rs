@@ -251,6 +251,7 @@ pub mod checks {
             },
             (Ty::Float { .. }, Check::Range(lo, hi)) => Ty::Float { min: lo, max: hi },
             (Ty::List(inner), c @ Check::Range(..)) => Ty::List(Box::new(apply(*inner, c))),
+            (Ty::Map(inner), c @ Check::Range(..)) => Ty::Map(Box::new(apply(*inner, c))),
             (ty, _) => ty,
         }
     }

@@ -100,6 +100,10 @@ spec_section! {
         synthetic_duration_s: f64 = 10.0 => range(1, 3600),
         /// Scale of simulated baseline wander, mains hum and muscle noise (0 = clean).
         synthetic_noise: f64 = 1.0 => range(0, 100),
+        /// Relative weights of the simulator's conditions (`{ atrial_fibrillation = 3,
+        /// premature_ventricular = 1 }`; they need not sum to 1, conditions not listed are never
+        /// drawn). Empty: the built-in mix (28 % normal sinus, every other condition 4-7 %).
+        synthetic_mix: BTreeMap<String, f64> = BTreeMap::new() => range(0, 1_000_000),
         /// Seed of the simulator and of the patient-level split; kept apart from
         /// `experiment.seed` so that seed repeats see the same data.
         seed: u64 = 0 => range(0, u32::MAX),

@@ -1,6 +1,8 @@
 //! Checks a merged spec tree against the schema, then the typed spec against the rules that
 //! span several fields. Every problem becomes a [`Diagnostic`]; nothing stops at the first.
 
+use beatlab_ecg::synthetic::Condition;
+
 use super::diag::{Diagnostic, did_you_mean};
 use super::schema::{SectionSchema, Ty};
 use super::sections::{
@@ -400,6 +402,7 @@ fn data_rules(r: &mut Rules<'_>, d: &DataSpec) {
             format!("{} Hz: PTB-XL ships 100 or 500 Hz records", d.ptbxl_rate),
         );
     }
+    synthetic_mix_rules(r, &d.synthetic_mix);
     if d.source != DataSource::Synthetic && d.root.trim().is_empty() {
         r.err(
             "data.source",
@@ -407,6 +410,30 @@ fn data_rules(r: &mut Rules<'_>, d: &DataSpec) {
                 "source `{}` needs `data.root` (the folder of its records)",
                 d.source
             ),
+        );
+    }
+}
+
+/// The simulator's condition mix: known conditions, and one of them with a positive weight.
+fn synthetic_mix_rules(r: &mut Rules<'_>, mix: &std::collections::BTreeMap<String, f64>) {
+    let names = Condition::ALL.map(Condition::name);
+    for name in mix.keys() {
+        if Condition::from_name(name).is_none() {
+            let help = did_you_mean(name, names);
+            r.err(
+                &format!("data.synthetic_mix.{name}"),
+                format!(
+                    "unknown condition `{name}`: expected {}",
+                    super::schema::quote_list(&names)
+                ),
+            )
+            .help = help;
+        }
+    }
+    if !mix.is_empty() && mix.values().all(|w| *w <= 0.0) {
+        r.err(
+            "data.synthetic_mix",
+            "no condition has a positive weight: the simulator would have nothing to draw",
         );
     }
 }

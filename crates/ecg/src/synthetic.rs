@@ -116,6 +116,11 @@ impl Condition {
         Condition::PrematureAtrial,
     ];
 
+    /// The condition whose [`Condition::name`] is `name`.
+    pub fn from_name(name: &str) -> Option<Condition> {
+        Condition::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// The snake_case name used in configuration files.
     pub fn name(self) -> &'static str {
         match self {
